@@ -1,0 +1,5 @@
+import sys
+
+from livewatch.cli import main
+
+sys.exit(main())

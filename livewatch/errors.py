@@ -1,0 +1,71 @@
+"""Every exception livewatch raises on purpose, in one tree.
+
+    LivewatchError
+    ├── FatalError                 the daemon cannot run: main() turns these into exit codes
+    │   ├── ConfigError            the config file or an override is invalid
+    │   └── ModelUnavailableError  the model cannot be loaded (missing, offline, corrupt)
+    └── RecoverableError           one camera or one request fails; the daemon keeps serving
+        ├── CameraError            a camera URL cannot work (bad scheme, malformed, file missing)
+        ├── StorageError           the frame store could not write (disk full, read-only)
+        ├── RequestError           a client request is invalid; carries a stable protocol code
+        ├── CancelledRequest       a request was cancelled by its client or by shutdown
+        └── EngineError            the model failed one job (CUDA out-of-memory, bad input)
+
+Causes are always chained (``raise ... from exc``). Library code raises; only ``cli.main`` picks exit codes.
+"""
+
+from __future__ import annotations
+
+
+class LivewatchError(Exception):
+    """Base of every error raised on purpose by livewatch."""
+
+
+class FatalError(LivewatchError):
+    """The daemon cannot start or continue; ``exit_code`` is what ``main`` returns."""
+
+    exit_code = 1
+
+
+class ConfigError(FatalError):
+    """Invalid configuration. The message names the file, the key and the allowed values."""
+
+    exit_code = 78  # EX_CONFIG from sysexits.h; systemd shows it as "config"
+
+
+class ModelUnavailableError(FatalError):
+    """The model could not be loaded. The message names the model and how to provide it."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class RecoverableError(LivewatchError):
+    """An error confined to one camera or one request."""
+
+
+class CameraError(RecoverableError):
+    """A camera URL that can never work (unknown scheme, malformed URL, missing file)."""
+
+
+class StorageError(RecoverableError):
+    """A write to the state directory failed (disk full, read-only, I/O error)."""
+
+
+class RequestError(RecoverableError):
+    """A client request cannot be served. ``code`` is the stable protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CancelledRequest(RecoverableError):
+    """A request stopped before it finished because its client or the daemon cancelled it."""
+
+
+class EngineError(RecoverableError):
+    """The model failed one job. ``out_of_memory`` tells the caller that caches were freed."""
+
+    def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory

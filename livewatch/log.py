@@ -1,0 +1,114 @@
+"""Structured logging: JSON lines for journald, a console renderer on a terminal, credentials never logged.
+
+Log calls name a fixed event and pass fields: ``log.info("camera.connected", camera=name, url=redact_url(url))``.
+Context (camera, connection, request ids) is bound with ``bind(...)`` on structlog's contextvars, so it follows the
+task or thread that set it. As a second line of defence, a processor redacts ``user:password@`` in every string
+field of every event, including messages of third-party libraries routed through the stdlib bridge.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+
+# scheme://user[:password]@  ->  scheme://***@   (also inside longer text such as FFmpeg error messages)
+_CREDENTIALS_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def redact_url(url: str) -> str:
+    """Remove credentials from a URL: ``rtsp://u:p@h/x`` -> ``rtsp://***@h/x``; other URLs are unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    if parts.username is None and parts.password is None:
+        return redact_text(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Remove every ``scheme://user:password@`` found anywhere in a text."""
+    return _CREDENTIALS_RE.sub(r"\g<scheme>***@", text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value) if "@" in value else value
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v) for v in value)
+    return value
+
+
+def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: _redact_value(v) for k, v in event_dict.items()}
+
+
+def configure_logging(
+    level: Literal["debug", "info", "warning", "error"] = "info",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog (and route the stdlib ``logging`` of libraries through it)."""
+    out = stream if stream is not None else sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_processor,
+    ]
+    renderer: Any
+    if use_console:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.dict_tracebacks if not use_console else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.dict_tracebacks if not use_console else structlog.dev.set_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[level], logging.INFO))  # library debug chatter stays out unless asked for below
+    if level == "debug":
+        root.setLevel(logging.DEBUG)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name) if name else structlog.get_logger()
+
+
+def bind(**fields: Any) -> None:
+    """Bind context fields (camera, conn, request) to the current task or thread."""
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+def unbind(*names: str) -> None:
+    structlog.contextvars.unbind_contextvars(*names)

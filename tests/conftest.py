@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen2.5-VL checkpoint, built once per test session by tools/make_tiny_model.py."""
+    import make_tiny_model
+
+    return make_tiny_model.build(tmp_path_factory.mktemp("tiny-qwen2.5-vl"), seed=0)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import transformers
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def test_installed_entry_point_help() -> None:
+    out = subprocess.run([BIN / "livewatch", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: livewatch" in out.stdout
+
+
+def test_module_entry_point_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "livewatch", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: livewatch" in out.stdout
+
+
+def test_check_config_redacts_and_reports(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[cameras.door]\nurl = 'rtsp://admin:hunter2@192.0.2.1/s'\n")
+    out = subprocess.run(
+        [BIN / "livewatch", "check-config", "--config", cfg], capture_output=True, text=True, check=True
+    )
+    summary = json.loads(out.stdout)
+    assert summary["cameras"] == {"door": "rtsp://***@192.0.2.1/s"}
+    assert "hunter2" not in out.stdout
+
+
+def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nprot = 1\n")
+    out = subprocess.run([BIN / "livewatch", "check-config", "--config", cfg], capture_output=True, text=True)
+    assert out.returncode == 78
+    assert "server.prot: unknown key" in out.stderr
+
+
+def test_tested_transformers_version() -> None:
+    """The suite runs against the transformers minor version pyproject.toml pins (Qwen2.5-VL internals move)."""
+    assert transformers.__version__.startswith("5.17."), transformers.__version__

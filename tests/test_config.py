@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from livewatch.config import DEFAULT_MODEL_ID, FileConfig, load_settings, with_credentials
+from livewatch.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_config_loads_with_documented_defaults(tmp_path: Path) -> None:
+    settings = load_settings(ROOT / "config.toml", environ={"HOME": str(tmp_path)})
+    assert settings.model.id == DEFAULT_MODEL_ID
+    assert settings.model.max_pixels == 100352
+    assert settings.capture.fps == 1.0
+    assert settings.memory.star_frames == 20
+    assert settings.memory.window_frames == 20
+    assert settings.memory.importance_threshold == 0.6
+    assert settings.server.host == "127.0.0.1"
+    assert [c.name for c in settings.cameras] == ["demo"]
+    assert settings.cameras[0].url.startswith("testsrc://")
+    assert settings.state_dir == tmp_path / ".local" / "state" / "livewatch"
+
+
+def test_shipped_config_documents_and_sets_every_key() -> None:
+    """Every key the validator knows appears in config.toml with its default and a comment right above it."""
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    defaults = FileConfig().model_dump()
+    for section, fields in defaults.items():
+        if section == "cameras":
+            continue
+        assert set(data[section]) == set(fields), f"[{section}] keys differ from the schema"
+        for key, value in fields.items():
+            assert data[section][key] == value, f"{section}.{key}: config.toml shows a value that is not the default"
+            block = text.split(f"[{section}]", 1)[1]
+            m = re.search(rf"((?:^#.*\n)+){re.escape(key)} = ", block, re.M)
+            assert m, f"{section}.{key} has no comment above it"
+    for key in ("url", "username", "password_env", "password_file"):
+        assert re.search(rf"^#\s+{key}\s+\S", text, re.M), f"camera key {key} is not documented"
+
+
+def test_unknown_key_names_key_file_and_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, "[model]\nmax_pixel = 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "model.max_pixel: unknown key" in msg
+    assert "max_pixels" in msg  # allowed keys are listed
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"modle: unknown key \(allowed here: .*model"):
+        load_settings(write(tmp_path, "[modle]\nid = 'x'\n"), environ={})
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.port: .*integer.*'eighty'"):
+        load_settings(write(tmp_path, "[server]\nport = 'eighty'\n"), environ={})
+
+
+def test_out_of_range_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"memory\.importance_threshold: .*less than or equal to 1.*1\.5"):
+        load_settings(write(tmp_path, "[memory]\nimportance_threshold = 1.5\n"), environ={})
+
+
+def test_enum_lists_allowed_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model\.encode_mode: .*allowed: 'lazy' or 'eager'"):
+        load_settings(write(tmp_path, "[model]\nencode_mode = 'sometimes'\n"), environ={})
+
+
+def test_cross_field_and_pair_rules(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="min_pixels"):
+        load_settings(write(tmp_path, "[model]\nmin_pixels = 200000\n"), environ={})
+    with pytest.raises(ConfigError, match="window_frames must be even"):
+        load_settings(write(tmp_path, "[memory]\nwindow_frames = 21\n"), environ={})
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[model\n"), environ={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_unknown_timezone(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Base'"):
+        load_settings(write(tmp_path, "[model]\ntimezone = 'Mars/Base'\n"), environ={})
+
+
+def test_token_from_environment_then_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    path = write(tmp_path, f"[server]\ntoken_env = 'MY_TOKEN'\ntoken_file = '{token_file}'\n")
+    assert load_settings(path, environ={"MY_TOKEN": "from-env"}).token == "from-env"
+    assert load_settings(path, environ={}).token == "from-file"
+    assert "from-file" not in repr(load_settings(path, environ={}))
+
+
+def test_camera_password_from_environment_is_url_encoded(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[cameras.door]\nurl = 'rtsp://10.0.0.5:554/s1'\nusername = 'viewer'\npassword_env = 'DOOR_PW'\n",
+    )
+    settings = load_settings(path, environ={"DOOR_PW": "p@ss:w/rd"})
+    assert settings.cameras[0].url == "rtsp://viewer:p%40ss%3Aw%2Frd@10.0.0.5:554/s1"
+    assert "p%40ss" not in repr(settings)
+    with pytest.raises(ConfigError, match="DOOR_PW is not set"):
+        load_settings(path, environ={})
+
+
+def test_bad_camera_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="camera names are"):
+        load_settings(write(tmp_path, "[cameras.'bad name']\nurl = 'testsrc://'\n"), environ={})
+
+
+def test_overrides_are_validated_and_replace_cameras(tmp_path: Path) -> None:
+    settings = load_settings(
+        ROOT / "config.toml", model="/models/x", cameras=["porch=rtsp://h/s"], port=9000, environ={}
+    )
+    assert settings.model.id == "/models/x"
+    assert [(c.name, c.url) for c in settings.cameras] == [("porch", "rtsp://h/s")]
+    assert settings.server.port == 9000
+    with pytest.raises(ConfigError, match="server.port"):
+        load_settings(ROOT / "config.toml", port=70000, environ={})
+    with pytest.raises(ConfigError, match="expected NAME=URL"):
+        load_settings(ROOT / "config.toml", cameras=["porch"], environ={})
+
+
+def test_state_dir_from_systemd(tmp_path: Path) -> None:
+    assert load_settings(None, environ={"STATE_DIRECTORY": "/var/lib/livewatch:/x"}).state_dir == Path("/var/lib/livewatch")
+
+
+def test_with_credentials_ipv6() -> None:
+    assert with_credentials("rtsp://[::1]:8554/a", "u", "p") == "rtsp://u:p@[::1]:8554/a"
