@@ -159,13 +159,15 @@ def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
         "num_key_value_heads": 2,
         "max_position_embeddings": 128000,
         "rms_norm_eps": 1e-6,
-        "initializer_range": 0.1,
+        "initializer_range": 0.3,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
         "tie_word_embeddings": True,
     }
+    # initializer_range 0.3 (the real models use 0.02): with tiny random weights a small init makes every greedy
+    # answer the same token repeated, which would let token-equality tests pass vacuously.
     vision_config = {
         "depth": 2,
         "hidden_size": 32,
@@ -179,7 +181,7 @@ def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
         "window_size": 112,
         "out_hidden_size": 64,
         "fullatt_block_indexes": [1],
-        "initializer_range": 0.1,
+        "initializer_range": 0.3,
     }
     config = Qwen2_5_VLConfig(
         text_config=text_config,

@@ -1,0 +1,84 @@
+"""Which engine job runs next: pure bookkeeping, no threads, no tensors.
+
+Three kinds of work reach the engine:
+
+- context updates from the memory (one per camera and frame batch). Only the newest per camera matters, so a
+  newer update replaces a pending one ("keep latest"); they are applied before any other job, so a question
+  always sees the newest frames the memory published.
+- questions, first come first served, in a queue bounded by ``max_queued``: when it is full, ``push_ask`` raises
+  ``RequestError("busy")`` instead of letting the queue grow.
+- background encodes (eager mode), at most one pending per camera (a set), run only when no question waits:
+  questions outrank encodes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from livewatch.errors import RequestError
+from livewatch.frames import FramePair
+
+
+@dataclass
+class AskJob:
+    camera: str
+    question: str
+    params: Any  # SamplingParams
+    received_at: float
+    on_text: Any = None  # Callable[[str], None], called on the worker thread
+    cancelled: Any = None  # threading.Event
+    result: Any = None  # concurrent.futures.Future-like: set_result / set_exception
+    id: str = ""
+
+
+@dataclass
+class ContextUpdate:
+    pairs: tuple[FramePair, ...]
+    version: int
+
+
+@dataclass
+class Scheduler:
+    max_queued: int = 32
+    asks: deque[AskJob] = field(default_factory=deque)
+    contexts: dict[str, ContextUpdate | None] = field(default_factory=dict)  # None: remove the camera
+    encodes: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def push_ask(self, job: AskJob) -> None:
+        if len(self.asks) >= self.max_queued:
+            raise RequestError("busy", f"the engine has {len(self.asks)} questions waiting; try again shortly")
+        self.asks.append(job)
+
+    def push_context(self, camera: str, pairs: Sequence[FramePair], version: int, eager: bool) -> None:
+        self.contexts[camera] = ContextUpdate(tuple(pairs), version)
+        if eager:
+            self.encodes[camera] = None
+
+    def push_remove(self, camera: str) -> None:
+        self.contexts[camera] = None
+        self.encodes.pop(camera, None)
+
+    def take_contexts(self) -> dict[str, ContextUpdate | None]:
+        pending, self.contexts = self.contexts, {}
+        return pending
+
+    def next_job(self) -> AskJob | str | None:
+        """The next question, else a camera to encode, else None. A cancelled question is still returned: the
+        worker reports the cancellation to its waiter without running it."""
+        if self.asks:
+            return self.asks.popleft()
+        if self.encodes:
+            camera, _ = self.encodes.popitem(last=False)
+            return camera
+        return None
+
+    def has_work(self) -> bool:
+        return bool(self.asks or self.contexts or self.encodes)
+
+    def drain_asks(self) -> list[AskJob]:
+        jobs = list(self.asks)
+        self.asks.clear()
+        return jobs

@@ -1,0 +1,102 @@
+"""Test helpers for the engine: synthetic frames and an independent from-scratch reference.
+
+The reference shares nothing with livewatch's cached path but the frames and the prompt text: HF's processor
+tokenizes the whole prompt and lays out the video patches, the model's own forward embeds and scatters the video,
+positions come from a separate implementation of the model's training semantics (transformers 4.57
+get_rope_index, extended to per-pair timestamps), and every step recomputes the whole sequence with no cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from livewatch.engine.preprocess import resize, target_size
+from livewatch.frames import Frame, FramePair
+
+T0 = 1_780_000_000.0
+
+
+def make_frame(seq: int, t: float, size: tuple[int, int] = (360, 640), seed: int | None = None) -> Frame:
+    """A frame with a moving bright square over a per-frame colour gradient, plus noise."""
+    rng = np.random.default_rng(seq if seed is None else seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // w), (yy * 255 // h), np.full_like(xx, (seq * 37) % 255)], axis=-1).astype(np.uint8)
+    s = max(8, h // 6)
+    y0, x0 = (seq * 13) % (h - s), (seq * 29) % (w - s)
+    img[y0 : y0 + s, x0 : x0 + s] = 255
+    img = np.clip(img.astype(np.int16) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    return Frame(seq=seq, wall_time=t, mono_time=t - T0, image=img)
+
+
+def make_pair(index: int, t: float, size: tuple[int, int] = (360, 640)) -> FramePair:
+    return FramePair(index, make_frame(2 * index, t, size), make_frame(2 * index + 1, t + 1.0, size))
+
+
+def rope_index_reference(
+    input_ids: list[int], video_token_id: int, vision_start_id: int, grid: tuple[int, int, int], t_offsets: list[int]
+) -> np.ndarray:
+    """(3, S) positions of one prompt holding one video (grid T x H x W in patches, merge 2), training semantics."""
+    t_grids, gh, gw = grid[0], grid[1] // 2, grid[2] // 2
+    pos = np.zeros((3, len(input_ids)), dtype=np.int64)
+    start = input_ids.index(vision_start_id) + 1
+    pos[:, :start] = np.arange(start)
+    for g in range(t_grids):
+        for r in range(gh):
+            for c in range(gw):
+                i = start + g * gh * gw + r * gw + c
+                assert input_ids[i] == video_token_id
+                pos[:, i] = (start + t_offsets[g], start + r, start + c)
+    end = start + t_grids * gh * gw
+    nxt = pos[:, :end].max() + 1
+    pos[:, end:] = np.arange(nxt, nxt + len(input_ids) - end)
+    return pos
+
+
+def uniform_t_offsets(n: int, second_per_grid: float, tokens_per_second: float) -> list[int]:
+    """4.57's t_index: (arange(T) * second_per_grid_t * tokens_per_second).long()."""
+    return [math.floor(g * second_per_grid * tokens_per_second) for g in range(n)]
+
+
+@torch.inference_mode()
+def reference_greedy(core, camera: str, pairs: list[FramePair], question: str, n_tokens: int) -> list[int]:
+    """Greedy tokens from a from-scratch forward at every step (no cache, no cached vision, joint encode)."""
+    lm = core.lm
+    spec = lm.spec
+    size = target_size(*pairs[0].first.size, spec)
+    frames = np.stack([resize(f.image, size) for p in pairs for f in (p.first, p.second)])
+    from livewatch.engine.positions import temporal_positions
+    from livewatch.engine.prompt import question_text, system_text
+
+    first, last = pairs[0].time, pairs[-1].end_time
+    head = core.template.head(system_text(camera, first, core.tz))
+    tail = core.template.tail(question_text(question, first, last, 2 * len(pairs), core.tz))
+    inputs = lm.processor(
+        text=[head + "<|video_pad|>" + tail],
+        videos=[frames],
+        return_tensors="pt",
+        videos_kwargs={"do_resize": False, "do_sample_frames": False},
+    )
+    ids = inputs["input_ids"][0].tolist()
+    grid = tuple(inputs["video_grid_thw"][0].tolist())
+    offsets = temporal_positions([p.time for p in pairs], lm.tokens_per_second, core.max_gap_s)
+    vision_start = lm.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    pos = rope_index_reference(ids, lm.video_token_id, vision_start, grid, offsets)
+    out: list[int] = []
+    for _ in range(n_tokens):
+        logits = lm.model(
+            input_ids=torch.tensor([ids]),
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_grid_thw=inputs["video_grid_thw"],
+            position_ids=torch.from_numpy(pos).unsqueeze(1),
+        ).logits[0, -1]
+        token = int(torch.argmax(logits))
+        if token in lm.stop_token_ids:
+            break
+        out.append(token)
+        ids.append(token)
+        pos = np.concatenate([pos, np.full((3, 1), pos.max() + 1)], axis=1)
+    return out
