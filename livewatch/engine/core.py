@@ -12,7 +12,8 @@ modifying it: the question's and the answer's entries live in a cache of their o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,14 +166,20 @@ class EngineCore:
             raise RequestError("no_frames", f"camera {camera!r} has no frames yet")
         if state.cache_valid and state.last_encode is not None:
             return EncodeReport(UpdateKind.REUSE, 0.0, 0.0, 0.0, 0, 0)
-        try:
+        with self._model_errors(camera, "encoding"):
             return self._encode(state)
+
+    @contextmanager
+    def _model_errors(self, camera: str, doing: str) -> Iterator[None]:
+        """Turn a model failure into EngineError for this job alone, freeing the camera's caches."""
+        try:
+            yield
         except torch.OutOfMemoryError as exc:
             self.free_caches(camera)
-            raise EngineError(f"out of GPU memory while encoding camera {camera!r}", out_of_memory=True) from exc
+            raise EngineError(f"out of GPU memory while {doing} on camera {camera!r}", out_of_memory=True) from exc
         except RuntimeError as exc:
             self.free_caches(camera)
-            raise EngineError(f"model error while encoding camera {camera!r}: {exc}") from exc
+            raise EngineError(f"model error while {doing} on camera {camera!r}: {exc}") from exc
 
     def _encode(self, state: _CameraState) -> EncodeReport:
         t0 = time.perf_counter()
@@ -268,14 +275,8 @@ class EngineCore:
         reused = state.cache_valid
         report = self.encode(camera)
         encode_ms = 0.0 if reused else report.encode_ms
-        try:
+        with self._model_errors(camera, "answering"):
             return self._answer(state, question, params, on_text, cancelled, t_start, encode_ms, reused)
-        except torch.OutOfMemoryError as exc:
-            self.free_caches(camera)
-            raise EngineError(f"out of GPU memory while answering on camera {camera!r}", out_of_memory=True) from exc
-        except RuntimeError as exc:
-            self.free_caches(camera)
-            raise EngineError(f"model error while answering on camera {camera!r}: {exc}") from exc
 
     def _answer(
         self,
