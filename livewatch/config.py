@@ -67,6 +67,13 @@ class MemorySection(_Section):
     star_frames: int = Field(20, ge=0, le=512, description="Capacity of the star memory in frames (pairs x 2).")
     window_frames: int = Field(20, ge=2, le=512, description="Length of the rolling stream window in frames.")
     importance_threshold: float = Field(0.6, ge=0, le=1, description="Score above which a pair may become a star.")
+    star_half_life_s: float = Field(
+        600.0, gt=0, le=31536000, description="Age at which a star's importance counts half when competing."
+    )
+    jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored frames.")
+    max_bytes_per_camera: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024, le=1 << 40, description="Bound on one camera's stored frames, in bytes."
+    )
 
 
 class StateSection(_Section):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 
@@ -47,3 +48,12 @@ class FramePair:
     @property
     def end_time(self) -> float:
         return self.second.wall_time
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB frame to (height, width): area averaging when shrinking, bicubic when growing."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    shrinking = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)

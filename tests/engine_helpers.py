@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from livewatch.engine.preprocess import resize, target_size
+from livewatch.engine.preprocess import target_size
+from livewatch.frames import resize
 from livewatch.frames import Frame, FramePair
 
 T0 = 1_780_000_000.0

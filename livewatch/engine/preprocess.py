@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from qwen_vl_utils import smart_resize
 
-from livewatch.frames import FramePair
+from livewatch.frames import FramePair, resize
 
 
 @dataclass(frozen=True)
@@ -41,14 +40,6 @@ def target_size(height: int, width: int, spec: VisionSpec) -> tuple[int, int]:
 def tokens_per_pair(height: int, width: int, spec: VisionSpec) -> int:
     h, w = target_size(height, width, spec)
     return (h // spec.factor) * (w // spec.factor)
-
-
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    if image.shape[:2] == (h, w):
-        return image
-    shrinking = h * w < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
 
 def patchify(frames: np.ndarray, spec: VisionSpec) -> tuple[torch.Tensor, tuple[int, int, int]]:

@@ -1,0 +1,1 @@
+"""Frame memory: importance scoring, star memory, the on-disk stream window."""

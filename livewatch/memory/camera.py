@@ -1,0 +1,267 @@
+"""One camera's memory: pairing, scoring, star memory, stream window, persistence, the engine's context.
+
+Frames arrive one by one (``add_frame``); every two make a pair. Each frame is first capped to the model's pixel
+limit (the model never sees more) and round-tripped through JPEG, so the pixels held in RAM are exactly the
+pixels a restart restores from disk. A new pair is scored, offered to the star memory, pushed into the stream
+window (the oldest window pair leaves when it is full, and leaves memory unless it is a star), and the byte bound
+evicts the oldest window pairs first. Every change of the set star U window bumps ``version``.
+
+Persistence is best effort and never blocks the memory: a failed write (disk full, read-only, I/O error) is
+logged and counted, the pair stays in RAM marked unsaved, and the next commit retries every unsaved pair still in
+memory, so writes resume by themselves when space returns.
+
+Not thread-safe: the daemon calls one camera's memory from one task at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from livewatch.errors import StorageError
+from livewatch.frames import Frame, FramePair, resize
+from livewatch.log import get_logger
+from livewatch.memory.importance import PairSignature, importance, pair_signature
+from livewatch.memory.star import StarEntry, StarMemory
+from livewatch.memory.store import FrameStore, PairRecord, decode_jpeg, encode_jpeg
+
+log = get_logger("livewatch.memory")
+
+
+@dataclass(frozen=True)
+class MemoryParams:
+    star_pairs: int = 10
+    window_pairs: int = 10
+    threshold: float = 0.6
+    star_half_life_s: float = 600.0
+    jpeg_quality: int = 90
+    max_bytes: int = 64 * 1024 * 1024
+    frame_size: Any = None  # Callable[[int, int], tuple[int, int]]: capped (h, w) of a frame; None keeps the size
+
+
+@dataclass
+class _Slot:
+    pair: FramePair
+    record: PairRecord
+    signature: PairSignature
+    saved: bool
+
+
+class CameraMemory:
+    def __init__(self, name: str, params: MemoryParams, store: FrameStore | None = None) -> None:
+        self.name = name
+        self.params = params
+        self.store = store
+        self.stars = StarMemory(params.star_pairs, params.threshold, params.star_half_life_s)
+        self.window: deque[int] = deque()
+        self._slots: dict[int, _Slot] = {}
+        self._pending: Frame | None = None
+        self._pending_blob: bytes = b""
+        self._prev_signature: PairSignature | None = None
+        self._last_time = float("-inf")
+        self._next_id = 0
+        self._removed: list[PairRecord] = []  # left memory, rows still to delete
+        self.version = 0
+        self.total_frames_added = 0
+        self.frames_out_of_order = 0
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+        self.restored_pairs = 0
+
+    # -- restart ------------------------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load the last committed state of this camera from the store."""
+        if self.store is None:
+            return
+        state = self.store.load(self.name)
+        stars = []
+        for rec, images in state.pairs:
+            first = Frame(rec.seq[0], rec.wall[0], rec.mono[0], images[0])
+            second = first if rec.single else Frame(rec.seq[1], rec.wall[1], rec.mono[1], images[1])
+            pair = FramePair(rec.id, first, second, rec.importance)
+            sig = pair_signature(first.image, second.image)
+            self._slots[rec.id] = _Slot(pair, rec, sig, saved=True)
+            if rec.in_window:
+                self.window.append(rec.id)
+            if rec.is_star:
+                stars.append(StarEntry(rec.id, pair.time, rec.importance, sig))
+            self._last_time = max(self._last_time, pair.end_time)
+        self.stars.restore(stars)
+        if self.window:
+            self._prev_signature = self._slots[self.window[-1]].signature
+        self._next_id = state.next_id
+        self.total_frames_added = state.total_frames_added
+        self.restored_pairs = len(self._slots)
+        if state.pairs:
+            self.version += 1
+        log.info(
+            "memory.restored", camera=self.name, pairs=len(self._slots), window=len(self.window),
+            stars=len(self.stars), orphans_removed=state.removed_orphans, rows_dropped=state.dropped_rows,
+        )
+
+    # -- intake -------------------------------------------------------------------------------------------------
+
+    def _prepare(self, frame: Frame) -> tuple[Frame, bytes]:
+        image = frame.image
+        if self.params.frame_size is not None:
+            image = resize(image, self.params.frame_size(*image.shape[:2]))
+        blob = encode_jpeg(image, self.params.jpeg_quality)
+        stored = decode_jpeg(blob)
+        assert stored is not None
+        return Frame(frame.seq, frame.wall_time, frame.mono_time, stored), blob
+
+    def add_frame(self, frame: Frame) -> bool:
+        """Take one sampled frame; returns True when the context (star U window) changed."""
+        if frame.wall_time < self._last_time:
+            self.frames_out_of_order += 1
+            return False
+        self._last_time = frame.wall_time
+        self.total_frames_added += 1
+        prepared, blob = self._prepare(frame)
+        if self._pending is None:
+            self._pending, self._pending_blob = prepared, blob
+            return False
+        first, first_blob = self._pending, self._pending_blob
+        self._pending, self._pending_blob = None, b""
+        self._admit(first, prepared, (first_blob, blob))
+        return True
+
+    def flush_pending(self) -> bool:
+        """Pair a lone waiting frame with itself (the stream stalled or is stopping)."""
+        if self._pending is None:
+            return False
+        frame, blob = self._pending, self._pending_blob
+        self._pending, self._pending_blob = None, b""
+        self._admit(frame, frame, (blob,))
+        return True
+
+    def _admit(self, first: Frame, second: Frame, blobs: tuple[bytes, ...]) -> None:
+        pid = self._next_id
+        self._next_id += 1
+        sig = pair_signature(first.image, second.image)
+        score = importance(sig, self._prev_signature, self.stars.signatures())
+        self._prev_signature = sig
+        pair = FramePair(pid, first, second, score)
+        record = PairRecord(
+            id=pid,
+            seq=(first.seq, second.seq),
+            wall=(first.wall_time, second.wall_time),
+            mono=(first.mono_time, second.mono_time),
+            single=second is first,
+            importance=score,
+            in_window=True,
+            is_star=False,
+            jpegs=blobs,
+        )
+        self._slots[pid] = _Slot(pair, record, sig, saved=False)
+        decision = self.stars.offer(pid, pair.time, score, sig)
+        record.is_star = decision.admitted
+        if decision.evicted is not None:
+            self._slots[decision.evicted].record.is_star = False
+            self._forget_if_unused(decision.evicted)
+        self.window.append(pid)
+        while len(self.window) > self.params.window_pairs:
+            self._leave_window(self.window.popleft())
+        self._enforce_bytes()
+        self.version += 1
+        self._persist()
+
+    def _leave_window(self, pid: int) -> None:
+        self._slots[pid].record.in_window = False
+        self._forget_if_unused(pid)
+
+    def _forget_if_unused(self, pid: int) -> None:
+        slot = self._slots[pid]
+        if not slot.record.in_window and not slot.record.is_star:
+            del self._slots[pid]
+            if slot.saved:
+                self._removed.append(slot.record)
+
+    def _enforce_bytes(self) -> None:
+        while self.bytes_in_memory() > self.params.max_bytes and len(self._slots) > 1:
+            if len(self.window) > 1:
+                self._leave_window(self.window.popleft())
+            else:  # only stars (and at most one window pair) left: the oldest star goes
+                oldest = self.stars.entries.pop(0).pair_id
+                self._slots[oldest].record.is_star = False
+                self._forget_if_unused(oldest)
+
+    def bytes_in_memory(self) -> int:
+        return sum(s.record.nbytes for s in self._slots.values())
+
+    # -- persistence --------------------------------------------------------------------------------------------
+
+    def _persist(self) -> None:
+        if self.store is None:
+            return
+        inserts = []
+        for slot in self._slots.values():
+            if slot.saved:
+                continue
+            try:
+                self.store.write_files(self.name, slot.record)
+            except StorageError as exc:
+                self._write_failed(exc)
+                continue
+            inserts.append(slot)
+        roles = [s.record for s in self._slots.values() if s.saved]
+        try:
+            self.store.commit(
+                self.name, [s.record for s in inserts], roles, self._removed, self._next_id, self.total_frames_added
+            )
+        except StorageError as exc:
+            self._write_failed(exc)
+            self.store.unlink(self.name, [s.record for s in inserts])
+            return
+        for slot in inserts:
+            slot.saved = True
+        self._removed = []
+        if self.last_write_error is not None and not any(not s.saved for s in self._slots.values()):
+            log.info("memory.writes_resumed", camera=self.name)
+            self.last_write_error = None
+
+    def _write_failed(self, exc: StorageError) -> None:
+        self.write_errors += 1
+        if self.last_write_error is None:
+            log.error("memory.write_failed", camera=self.name, error=str(exc))
+        self.last_write_error = str(exc)
+
+    def delete_all(self) -> None:
+        """The camera was removed: delete its frames and index rows."""
+        self._slots.clear()
+        self.window.clear()
+        self.stars.entries.clear()
+        if self.store is not None:
+            self.store.remove_camera(self.name)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    def context(self) -> tuple[list[FramePair], int]:
+        """Star U window, ordered by time, with the version that changes exactly when the set changes."""
+        pairs = sorted((s.pair for s in self._slots.values()), key=lambda p: (p.time, p.id))
+        return pairs, self.version
+
+    def stats(self) -> dict[str, Any]:
+        def frames(ids) -> int:
+            return sum(1 if self._slots[i].record.single else 2 for i in ids)
+
+        unique = frames(self._slots)
+        unsaved = sum(1 for s in self._slots.values() if not s.saved)
+        return {
+            "total_frames_added": self.total_frames_added,
+            "star_memory_size": frames(self.stars.ids()),
+            "stream_memory_size": frames(self.window),
+            "unique_frames": unique,
+            "compression_ratio": round(self.total_frames_added / unique, 2) if unique else 0.0,
+            "disk_cache_enabled": self.store is not None and self.last_write_error is None,
+            "bytes_in_memory": self.bytes_in_memory(),
+            "bytes_on_disk": sum(s.record.nbytes for s in self._slots.values() if s.saved),
+            "write_errors": self.write_errors,
+            "unsaved_pairs": unsaved,
+            "frames_out_of_order": self.frames_out_of_order,
+            "version": self.version,
+        }
