@@ -30,6 +30,27 @@ setup() {
     echo "$want" >"$stamp"
 }
 
+# Debian packages the tests need: GStreamer's RTSP server (driven by the system python3) for the capture tests.
+TEST_DEBS=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+           gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools)
+
+test_system_packages() {
+    if [ -x /usr/bin/python3 ] && command -v gst-launch-1.0 >/dev/null &&
+        /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null &&
+        gst-inspect-1.0 x264enc >/dev/null 2>&1; then
+        return 0
+    fi
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${TEST_DEBS[@]}" >/dev/null
+        gst-inspect-1.0 x264enc >/dev/null  # fail here, clearly, if the install did not bring the encoder
+    else
+        echo "tools/dev.sh: the RTSP tests need these Debian packages (run as root to install them):" >&2
+        echo "  apt-get install ${TEST_DEBS[*]}" >&2
+        return 1
+    fi
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -37,6 +58,7 @@ case "$cmd" in
         setup
         ;;
     test)
+        test_system_packages
         setup
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -1,0 +1,1 @@
+"""Live camera capture through PyAV: sources, sampling, reconnect policy, the reader thread."""
