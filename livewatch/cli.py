@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,9 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"livewatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    serve_p = sub.add_parser("serve", help="run the daemon (the built-in test-pattern camera by default)")
+    _add_config_args(serve_p)
+
+    ask_p = sub.add_parser("ask", help="ask a question; the answer streams to stdout")
+    _add_client_args(ask_p)
+    ask_p.add_argument("--camera", help="camera to ask about (optional when the daemon watches one camera)")
+    ask_p.add_argument("--max-tokens", type=int, help="longest answer, in tokens")
+    ask_p.add_argument("--json", action="store_true", help="print the final answer message as JSON")
+    ask_p.add_argument("question", nargs="+", help="the question")
+
+    status_p = sub.add_parser("status", help="show cameras, memory and engine figures")
+    _add_client_args(status_p)
+    status_p.add_argument("--json", action="store_true", help="print the status message as JSON")
+
+    cams = sub.add_parser("cameras", help="list, add or remove cameras of the running daemon")
+    _add_client_args(cams)
+    cam_sub = cams.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cam_sub.add_parser("ls", help="list cameras and their state")
+    add_p = cam_sub.add_parser("add", help="attach a camera (kept across restarts)")
+    add_p.add_argument("name")
+    add_p.add_argument("camera_url", metavar="URL")
+    rm_p = cam_sub.add_parser("rm", help="detach a camera and delete its frames")
+    rm_p.add_argument("name")
+
     check = sub.add_parser("check-config", help="validate a config file and print the resolved settings")
     _add_config_args(check)
     return parser
+
+
+def _add_client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=os.environ.get("LIVEWATCH_URL", "ws://127.0.0.1:8765"),
+        help="daemon URL (default: $LIVEWATCH_URL or ws://127.0.0.1:8765)",
+    )
+    parser.add_argument("--token", default=None, help="API token (default: $LIVEWATCH_TOKEN)")
 
 
 def _settings_from_args(args: argparse.Namespace):
@@ -64,16 +98,77 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from livewatch.daemon import Daemon
+    from livewatch.log import configure_logging
+
+    settings = _settings_from_args(args)
+    configure_logging(settings.log.level, settings.log.format)
+    return asyncio.run(Daemon(settings).run())
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("LIVEWATCH_TOKEN") or None
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from livewatch import client
+
+    question = " ".join(args.question)
+    return asyncio.run(client.ask(args.url, _token(args), question, args.camera, args.max_tokens, args.json))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from livewatch import client
+
+    reply = asyncio.run(client.request(args.url, _token(args), {"type": "status"}))
+    if reply.get("type") == "error":
+        raise client.ClientError(f"{reply.get('code')}: {reply.get('message')}", client.EXIT_REQUEST_FAILED)
+    print(json.dumps(reply) if args.json else client.format_status(reply))
+    return 0
+
+
+def _cmd_cameras(args: argparse.Namespace) -> int:
+    from livewatch import client
+
+    token = _token(args)
+    if args.action == "ls":
+        reply = asyncio.run(client.request(args.url, token, {"type": "status"}))
+        for name, cam in sorted(reply.get("cameras", {}).items()):
+            print(f"{name}\t{cam.get('state')}\t{cam.get('source', '')}")
+        return 0
+    if args.action == "add":
+        message = {"type": "camera.add", "name": args.name, "url": args.camera_url}
+    else:
+        message = {"type": "camera.remove", "name": args.name}
+    reply = asyncio.run(client.request(args.url, token, message))
+    if reply.get("type") == "error":
+        raise client.ClientError(f"{reply.get('code')}: {reply.get('message')}", client.EXIT_REQUEST_FAILED)
+    print(f"{reply['type']}: {reply['name']}" + (f" ({reply['url']})" if reply.get("url") else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from livewatch.client import ClientError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"check-config": _cmd_check_config}
+    handlers = {
+        "serve": _cmd_serve,
+        "ask": _cmd_ask,
+        "status": _cmd_status,
+        "cameras": _cmd_cameras,
+        "check-config": _cmd_check_config,
+    }
     try:
         return handlers[args.command](args)
     except FatalError as exc:
+        print(f"livewatch: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ClientError as exc:
         print(f"livewatch: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from livewatch.errors import ConfigError
 
 DEFAULT_MODEL_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
 CAMERA_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEMO_CAMERA_URL = "testsrc://?size=1280x720&rate=30"
 
 
 class _Section(BaseModel):
@@ -61,6 +62,8 @@ class ModelSection(_Section):
 
 class CaptureSection(_Section):
     fps: float = Field(1.0, gt=0, le=30, description="Frames sampled per second from each camera.")
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds to wait for a camera to open.")
+    read_timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds without data before reconnecting.")
 
 
 class MemorySection(_Section):
@@ -89,6 +92,16 @@ class ServerSection(_Section):
         "LIVEWATCH_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the token."
     )
     token_file: str = Field("", description="File holding the token (read when the variable is unset).")
+    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request message.")
+    max_question_chars: int = Field(4000, ge=1, le=100000, description="Longest question.")
+    max_inflight_per_connection: int = Field(4, ge=1, le=1024, description="Questions in flight per connection.")
+    max_inflight_total: int = Field(32, ge=1, le=4096, description="Questions in flight in the whole daemon.")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Origin values accepted from browsers; clients without Origin always pass."
+    )
+    tls_cert: str = Field("", description="PEM certificate file; with tls_key, serve wss:// and https://.")
+    tls_key: str = Field("", description="PEM private key file for tls_cert.")
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=600, description="Deadline for a graceful stop.")
 
 
 class LogSection(_Section):
@@ -113,7 +126,8 @@ class FileConfig(_Section):
     server: ServerSection = ServerSection()
     log: LogSection = LogSection()
     cameras: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], CameraSection] = Field(
-        default_factory=dict, description="Cameras by name."
+        default_factory=lambda: {"demo": CameraSection(url=DEMO_CAMERA_URL)},
+        description="Cameras by name; without a [cameras] table, the built-in test-pattern camera 'demo'.",
     )
 
 
@@ -304,6 +318,8 @@ def load_settings(
         )
     if cfg.memory.window_frames % 2:
         raise ConfigError(f"{source}: memory.window_frames must be even (frames are kept in pairs); got {cfg.memory.window_frames}")
+    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
+        raise ConfigError(f"{source}: server.tls_cert and server.tls_key must be set together")
     if cfg.memory.star_frames % 2:
         raise ConfigError(f"{source}: memory.star_frames must be even (frames are kept in pairs); got {cfg.memory.star_frames}")
 

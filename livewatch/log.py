@@ -99,6 +99,8 @@ def configure_logging(
     root.setLevel(max(_LEVELS[level], logging.INFO))  # library debug chatter stays out unless asked for below
     if level == "debug":
         root.setLevel(logging.DEBUG)
+    # websockets logs every connection at INFO with object reprs; our own conn.open/conn.closed events say it better
+    logging.getLogger("websockets").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -3,6 +3,9 @@
 #
 #   tools/dev.sh setup   create .venv and install livewatch with its test tools (idempotent)
 #   tools/dev.sh test    setup, then run the whole test suite (what CI runs)
+#   tools/dev.sh serve   setup, then start the daemon on its embedded default: the test-pattern camera "demo"
+#                        (extra arguments go to `livewatch serve`, e.g. --model DIR)
+#   tools/dev.sh tiny    setup, then write the tiny random-weight checkpoint to .cache/tiny-model, print its path
 #   tools/dev.sh run     setup, then run the livewatch command with the given arguments
 #
 # Python >= 3.11 must be on PATH as python3 (or set PYTHON). Packages come from PyPI; PyTorch is installed first,
@@ -62,12 +65,21 @@ case "$cmd" in
         setup
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
+    serve)
+        setup
+        exec "$VENV/bin/livewatch" serve --config config.toml "$@"
+        ;;
+    tiny)
+        setup >&2
+        [ -f .cache/tiny-model/config.json ] || "$VENV/bin/python" tools/make_tiny_model.py .cache/tiny-model >&2
+        echo "$PWD/.cache/tiny-model"
+        ;;
     run)
         setup
         exec "$VENV/bin/livewatch" "$@"
         ;;
     *)
-        echo "usage: tools/dev.sh setup|test|run [args...]" >&2
+        echo "usage: tools/dev.sh setup|test|serve|tiny|run [args...]" >&2
         exit 2
         ;;
 esac

@@ -80,6 +80,7 @@ class CameraReader:
         self.decode_errors = 0
         self.corrupt_packets = 0
         self.cpu_seconds = 0.0
+        self._cpu0 = 0.0
         self.resolution: tuple[int, int] | None = None
         self.codec: str | None = None
         self.keyframes_only = False
@@ -141,7 +142,7 @@ class CameraReader:
 
     def _loop(self) -> None:
         sup = self.supervisor
-        cpu0 = time.thread_time()
+        self._cpu0 = time.thread_time()
         while not self._stop.is_set():
             sup.connecting(time.monotonic())
             log.info("camera.connecting", source=self.spec.redacted)
@@ -168,7 +169,7 @@ class CameraReader:
                 log.warning("camera.backoff", error=error, retry_in_s=round(delay, 2), reconnects=sup.reconnects)
                 self._stop.wait(delay)
             finally:
-                self.cpu_seconds = time.thread_time() - cpu0
+                self.cpu_seconds = time.thread_time() - self._cpu0
 
     def _session(self) -> None:
         spec = self.spec
@@ -249,6 +250,7 @@ class CameraReader:
                 with self._lock:
                     self._recent.append(now_mono)
                 self.supervisor.frame(now_mono)
+                self.cpu_seconds = time.thread_time() - self._cpu0
 
     def _pace(self, pace: tuple[float, float] | None, t: float) -> tuple[float, float]:
         """Hold decoding to the media clock (files and the test pattern play at their real rate)."""

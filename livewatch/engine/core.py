@@ -382,7 +382,14 @@ class EngineCore:
         return self._state(camera).kv
 
     def stats(self) -> dict[str, Any]:
+        gpu = {}
+        if self.lm.device.type == "cuda":
+            gpu = {
+                "gpu_memory_allocated": torch.cuda.memory_allocated(self.lm.device),
+                "gpu_memory_reserved": torch.cuda.memory_reserved(self.lm.device),
+            }
         return {
+            **gpu,
             "model": self.lm.model_id,
             "device": str(self.lm.device),
             "dtype": str(self.lm.dtype).removeprefix("torch."),

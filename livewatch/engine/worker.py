@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from livewatch.engine.core import Answer, EngineCore
+from livewatch.engine.core import Answer, EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.scheduler import AskJob, Scheduler
 from livewatch.errors import CancelledRequest, EngineError, RecoverableError
@@ -27,8 +27,16 @@ log = get_logger("livewatch.engine")
 
 
 class EngineWorker:
-    def __init__(self, core: EngineCore, *, encode_mode: str = "lazy", max_queued: int = 32) -> None:
+    def __init__(
+        self,
+        core: EngineCore,
+        *,
+        encode_mode: str = "lazy",
+        max_queued: int = 32,
+        on_encode: Callable[[EncodeReport], None] | None = None,
+    ) -> None:
         self.core = core
+        self._on_encode = on_encode
         self.eager = encode_mode == "eager"
         self._sched = Scheduler(max_queued=max_queued)
         self._cond = threading.Condition()
@@ -201,6 +209,8 @@ class EngineWorker:
             log.exception("engine.encode_crashed")
         else:
             self.jobs_done += 1
+            if self._on_encode is not None:
+                self._on_encode(report)
             log.info(
                 "engine.encoded", kind=report.kind.value, encode_ms=round(report.encode_ms, 1),
                 pairs_encoded=report.pairs_encoded, prefill_tokens=report.prefill_tokens,

@@ -1,0 +1,117 @@
+"""One watched camera in the running daemon: reader thread -> hand-off -> memory -> engine context.
+
+The pump task takes sampled frames from the reader's hand-off and feeds the camera's memory on a worker
+thread (JPEG encoding and fsync never run on the event loop), one frame at a time, in order. When the context
+changed it publishes the new (pairs, version) to the engine. If no frame comes for three sampling periods, a
+lone waiting frame is paired with itself so that it still reaches the context.
+
+The memory's statistics are snapshotted after each frame on that same thread, so the event loop reads them
+without touching the memory while it is being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from livewatch.capture.handoff import LatestHandoff
+from livewatch.capture.reader import CameraReader
+from livewatch.capture.source import SourceSpec
+from livewatch.frames import Frame
+from livewatch.log import bind, get_logger
+from livewatch.memory.camera import CameraMemory
+
+log = get_logger("livewatch.camera")
+
+
+class CameraRuntime:
+    def __init__(
+        self,
+        name: str,
+        spec: SourceSpec,
+        memory: CameraMemory,
+        publish: Callable[[str, list, int], None],
+        *,
+        fps: float,
+        frame_size: Callable[[int, int], tuple[int, int]] | None,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.memory = memory
+        self._publish = publish
+        self._fps = fps
+        self._frame_size = frame_size
+        self._timeouts = (open_timeout_s, read_timeout_s)
+        self.reader: CameraReader | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.memory_stats: dict[str, Any] = memory.stats()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        handoff: LatestHandoff[Frame] = LatestHandoff(loop, maxlen=8)
+        self.reader = CameraReader(
+            self.name,
+            self.spec,
+            handoff,
+            fps=self._fps,
+            frame_size=self._frame_size,
+            open_timeout_s=self._timeouts[0],
+            read_timeout_s=self._timeouts[1],
+        )
+        pairs, version = self.memory.context()
+        # restored memory is in context before the first new frame; an empty context makes the camera known, so
+        # an early question gets "no_frames" rather than "unknown camera"
+        self._publish(self.name, pairs, version)
+        self.reader.start()
+        self._task = asyncio.create_task(self._pump(handoff), name=f"camera-{self.name}")
+
+    async def _pump(self, handoff: LatestHandoff[Frame]) -> None:
+        bind(camera=self.name)
+        stall = 3.0 / self._fps
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(handoff.get(), timeout=stall)
+                except TimeoutError:
+                    await self._step(None)
+                    continue
+                if frame is None:  # the reader ended (stopped, failed, or daemon shutdown)
+                    await self._step(None)
+                    return
+                await self._step(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("camera.pump_crashed")
+            raise
+
+    async def _step(self, frame: Frame | None) -> None:
+        changed, pairs, version, stats = await asyncio.to_thread(self._feed, frame)
+        self.memory_stats = stats
+        if changed:
+            self._publish(self.name, pairs, version)
+
+    def _feed(self, frame: Frame | None) -> tuple[bool, list, int, dict[str, Any]]:
+        changed = self.memory.add_frame(frame) if frame is not None else self.memory.flush_pending()
+        pairs, version = self.memory.context() if changed else ([], 0)
+        return changed, pairs, version, self.memory.stats()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the reader, let the pump drain what was sampled, flush the lone frame."""
+        if self.reader is not None:
+            await asyncio.to_thread(self.reader.stop, timeout)
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            except Exception:
+                pass  # already logged by the pump
+
+    def reader_stats(self) -> dict[str, Any]:
+        if self.reader is None:
+            return {"state": "stopped", "frames_sampled": 0, "frames_dropped": 0, "reconnects": 0, "last_error": None}
+        return self.reader.stats()

@@ -1,0 +1,152 @@
+"""The command-line client: ask, status, cameras. Speaks the WebSocket protocol to a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import sys
+from typing import Any, TextIO
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+_ids = itertools.count(1)
+
+
+class ClientError(Exception):
+    """A failure the user must act on; ``exit_code`` is what the command returns."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+EXIT_UNREACHABLE = 3
+EXIT_UNAUTHORIZED = 4
+EXIT_REQUEST_FAILED = 5
+
+
+async def _open(url: str, token: str | None) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return await connect(url, additional_headers=headers, open_timeout=10, max_size=2**24)
+    except InvalidStatus as exc:
+        if exc.response.status_code == 401:
+            raise ClientError(
+                f"{url}: unauthorized: the token is missing or wrong (use --token or LIVEWATCH_TOKEN)",
+                EXIT_UNAUTHORIZED,
+            ) from None
+        raise ClientError(f"{url}: the server refused the connection: HTTP {exc.response.status_code}") from None
+    except (OSError, TimeoutError) as exc:
+        raise ClientError(
+            f"cannot connect to {url}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; "
+            f"is the daemon running (livewatch serve)?",
+            EXIT_UNREACHABLE,
+        ) from None
+
+
+async def request(url: str, token: str | None, message: dict[str, Any]) -> dict[str, Any]:
+    """Send one request and return its reply (status, camera.added, camera.removed or error)."""
+    rid = f"cli-{os.getpid()}-{next(_ids)}"
+    async with await _open(url, token) as ws:
+        await ws.send(json.dumps({**message, "id": rid}))
+        async for raw in ws:
+            reply = json.loads(raw)
+            if reply.get("id") == rid:
+                return reply
+    raise ClientError("the daemon closed the connection without replying")
+
+
+async def ask(
+    url: str,
+    token: str | None,
+    question: str,
+    camera: str | None,
+    max_tokens: int | None,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+) -> int:
+    rid = f"cli-{os.getpid()}-{next(_ids)}"
+    msg: dict[str, Any] = {"type": "ask", "id": rid, "question": question}
+    if camera:
+        msg["camera"] = camera
+    if max_tokens:
+        msg["max_tokens"] = max_tokens
+    loop = asyncio.get_running_loop()
+    async with await _open(url, token) as ws:
+        interrupted = asyncio.Event()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        try:
+            await ws.send(json.dumps(msg))
+            return await _stream(ws, rid, interrupted, as_json, out)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _stream(ws: ClientConnection, rid: str, interrupted: asyncio.Event, as_json: bool, out: TextIO) -> int:
+    cancel_sent = False
+    receive = asyncio.ensure_future(ws.recv())
+    stop = asyncio.ensure_future(interrupted.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stop in done and not cancel_sent:
+                cancel_sent = True
+                await ws.send(json.dumps({"type": "cancel", "id": rid}))
+            if receive not in done:
+                continue
+            try:
+                reply = json.loads(receive.result())
+            except ConnectionClosed:
+                raise ClientError("the daemon closed the connection", EXIT_REQUEST_FAILED) from None
+            receive = asyncio.ensure_future(ws.recv())
+            if reply.get("id") != rid:
+                continue
+            kind = reply.get("type")
+            if kind == "token":
+                if not as_json:
+                    out.write(reply["text"])
+                    out.flush()
+            elif kind == "answer":
+                if as_json:
+                    out.write(json.dumps(reply) + "\n")
+                else:
+                    out.write("\n")
+                out.flush()
+                return 0
+            elif kind == "error":
+                if not as_json:
+                    out.write("\n")
+                if reply.get("code") == "cancelled":
+                    print("livewatch: cancelled", file=sys.stderr)
+                    return 130
+                if as_json:
+                    out.write(json.dumps(reply) + "\n")
+                raise ClientError(f"{reply.get('code')}: {reply.get('message')}", EXIT_REQUEST_FAILED)
+    finally:
+        receive.cancel()
+        stop.cancel()
+
+
+def format_status(reply: dict[str, Any]) -> str:
+    lines = []
+    engine = reply.get("engine", {})
+    lines.append(
+        f"engine: {'alive' if engine.get('alive') else 'DOWN'}  model={engine.get('model')}  "
+        f"device={engine.get('device')}  mode={engine.get('encode_mode')}  queued={engine.get('queued_questions')}"
+    )
+    if engine.get("tiny_random_weights"):
+        lines.append("        TINY RANDOM-WEIGHT MODEL: answers are noise")
+    for name, cam in sorted(reply.get("cameras", {}).items()):
+        mem = reply.get("memory", {}).get(name, {})
+        lines.append(
+            f"{name}: {cam.get('state')}  {cam.get('resolution') or '-'} {cam.get('codec') or ''}  "
+            f"sampled={cam.get('frames_sampled')} dropped={cam.get('frames_dropped')} "
+            f"reconnects={cam.get('reconnects')}  frames in memory={mem.get('unique_frames')} "
+            f"(star {mem.get('star_memory_size')}, window {mem.get('stream_memory_size')})"
+            + (f"  last error: {cam['last_error']}" if cam.get("last_error") else "")
+        )
+    return "\n".join(lines)

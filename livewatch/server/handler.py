@@ -1,0 +1,280 @@
+"""One WebSocket connection: parse requests, run them concurrently, stream replies in order.
+
+Each connection owns its ask tasks (by request id) and one writer task; replies go through a bounded outbound
+queue so a request never awaits the network. A client that does not read its replies fills the queue; it is then
+disconnected (close code 1008) and its questions are cancelled, instead of letting memory grow. When the client
+goes away, its questions are cancelled, which stops their generation between two tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from livewatch.engine.core import Answer
+from livewatch.engine.generate import SamplingParams
+from livewatch.errors import CameraError, CancelledRequest, EngineError, RequestError, StorageError
+from livewatch.log import bind, get_logger
+from livewatch.metrics import Metrics
+from livewatch.server import protocol as p
+
+log = get_logger("livewatch.server")
+_conn_ids = itertools.count(1)
+
+
+class Service(Protocol):
+    """What the daemon offers to connections."""
+
+    shutting_down: bool
+
+    def camera_names(self) -> list[str]: ...
+
+    async def ask(
+        self, camera: str, question: str, params: SamplingParams, on_text: Callable[[str], None], request_id: str
+    ) -> Answer: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def add_camera(self, name: str, url: str) -> str: ...
+
+    async def remove_camera(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_message_bytes: int = 65536
+    max_question_chars: int = 4000
+    max_tokens: int = 1024
+    default_tokens: int = 256
+    per_connection: int = 4
+    total: int = 32
+    outbound_queue: int = 4096
+
+
+class InflightCounter:
+    """Questions in flight across all connections (the event loop's thread only)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+
+class Connection:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        service: Service,
+        limits: ServerLimits,
+        inflight: InflightCounter,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.ws = ws
+        self.service = service
+        self.limits = limits
+        self.inflight = inflight
+        self.metrics = metrics
+        self.id = f"c{next(_conn_ids)}"
+        self._asks: dict[p.RequestId, asyncio.Task[None]] = {}
+        self._others: set[asyncio.Task[None]] = set()
+        self._out: asyncio.Queue[str | None] = asyncio.Queue(maxsize=limits.outbound_queue)
+        self._closing = False
+        self._proto_limits = p.Limits(limits.max_question_chars, limits.max_tokens)
+
+    # -- the connection's life ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        bind(conn=self.id)
+        log.info("conn.open", remote=_remote(self.ws))
+        writer = asyncio.create_task(self._writer(), name=f"{self.id}-writer")
+        try:
+            async for message in self.ws:
+                if self._closing:
+                    break
+                self._dispatch(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in [*self._asks.values(), *self._others]:
+                task.cancel()
+            await asyncio.gather(*self._asks.values(), *self._others, return_exceptions=True)
+            self._closing = True
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            log.info("conn.closed")
+
+    async def shutdown(self) -> None:
+        """The daemon is stopping: cancel this connection's questions with a message, then close."""
+        for rid, task in list(self._asks.items()):
+            task.cancel(msg="shutdown")
+        await asyncio.gather(*self._asks.values(), return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._drain(), timeout=2.0)
+        except TimeoutError:
+            pass
+        await self.ws.close(1001, "daemon shutting down")
+
+    async def _drain(self) -> None:
+        while not self._out.empty():
+            await asyncio.sleep(0.01)
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                text = await self._out.get()
+                if text is None:
+                    return
+                await self.ws.send(text)
+        except ConnectionClosed:
+            pass
+
+    def send(self, text: str) -> None:
+        if self._closing:
+            return
+        try:
+            self._out.put_nowait(text)
+        except asyncio.QueueFull:
+            self._closing = True
+            log.warning("conn.slow_consumer", queued=self._out.qsize())
+            for task in self._asks.values():
+                task.cancel()
+            self._spawn(self.ws.close(1008, "client does not read its replies"))
+
+    def _error(self, rid: Any, code: p.ErrorCode, message: str) -> None:
+        if self.metrics is not None:
+            self.metrics.errors.labels(code.value).inc()
+        self.send(p.error_message(rid, code, message))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._others.add(task)
+        task.add_done_callback(self._others.discard)
+
+    # -- requests -----------------------------------------------------------------------------------------------
+
+    def _dispatch(self, message: str | bytes) -> None:
+        if len(message) > self.limits.max_message_bytes:
+            self._error(None, p.ErrorCode.TOO_LARGE, f"message over {self.limits.max_message_bytes} bytes")
+            return
+        try:
+            req = p.parse_request(message, self._proto_limits)
+        except p.ProtocolError as exc:
+            self._error(exc.request_id, exc.code, str(exc))
+            return
+        if isinstance(req, p.Ask):
+            self._start_ask(req)
+        elif isinstance(req, p.Cancel):
+            task = self._asks.get(req.id)
+            if task is None:
+                self._error(req.id, p.ErrorCode.UNKNOWN_REQUEST, "no question with this id is in flight")
+            else:
+                task.cancel(msg="client")
+        elif isinstance(req, p.Status):
+            status = self.service.status()
+            self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"]))
+        elif isinstance(req, p.CameraAdd):
+            self._spawn(self._camera_add(req))
+        elif isinstance(req, p.CameraRemove):
+            self._spawn(self._camera_remove(req))
+
+    def _start_ask(self, req: p.Ask) -> None:
+        if self.service.shutting_down:
+            self._error(req.id, p.ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+            return
+        if req.id in self._asks:
+            self._error(req.id, p.ErrorCode.DUPLICATE_ID, "a question with this id is already in flight")
+            return
+        if len(self._asks) >= self.limits.per_connection:
+            self._error(req.id, p.ErrorCode.BUSY, f"at most {self.limits.per_connection} questions per connection")
+            return
+        if self.inflight.count >= self.inflight.limit:
+            self._error(req.id, p.ErrorCode.BUSY, "the daemon is answering as many questions as it can; retry shortly")
+            return
+        camera = req.camera
+        if camera is None:
+            names = self.service.camera_names()
+            if len(names) != 1:
+                self._error(req.id, p.ErrorCode.BAD_REQUEST, f"field 'camera' is required: cameras are {names}")
+                return
+            camera = names[0]
+        self.inflight.count += 1
+        task = asyncio.create_task(self._ask(req, camera), name=f"{self.id}-ask-{req.id}")
+        self._asks[req.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.inflight.count -= 1
+            if self._asks.get(req.id) is task:
+                del self._asks[req.id]
+
+        task.add_done_callback(done)
+
+    async def _ask(self, req: p.Ask, camera: str) -> None:
+        bind(request=str(req.id), camera=camera)
+        params = SamplingParams(
+            max_new_tokens=req.max_tokens or self.limits.default_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+        )
+        try:
+            answer = await self.service.ask(
+                camera, req.question, params, lambda text: self.send(p.token_message(req.id, text)), str(req.id)
+            )
+        except asyncio.CancelledError as exc:
+            reason = exc.args[0] if exc.args else ""
+            if reason == "shutdown":
+                self._error(req.id, p.ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; the answer was cut")
+            elif reason == "client":
+                self._error(req.id, p.ErrorCode.CANCELLED, "cancelled")
+            raise
+        except RequestError as exc:
+            code = p.ErrorCode(exc.code) if exc.code in p.ErrorCode._value2member_map_ else p.ErrorCode.BAD_REQUEST
+            self._error(req.id, code, str(exc))
+        except CancelledRequest as exc:
+            code = p.ErrorCode.SHUTTING_DOWN if self.service.shutting_down else p.ErrorCode.CANCELLED
+            self._error(req.id, code, str(exc))
+        except EngineError as exc:
+            self._error(req.id, p.ErrorCode.MODEL_ERROR, str(exc))
+        except Exception:
+            log.exception("conn.ask_crashed")
+            self._error(req.id, p.ErrorCode.INTERNAL, "internal error; see the daemon's log")
+        else:
+            if self.metrics is not None:
+                self.metrics.observe_answer(answer.metrics)
+            self.send(p.answer_message(req.id, camera, answer.text, answer.metrics))
+
+    async def _camera_add(self, req: p.CameraAdd) -> None:
+        try:
+            redacted = await self.service.add_camera(req.name, req.url)
+        except RequestError as exc:
+            self._error(req.id, p.ErrorCode(exc.code), str(exc))
+        except CameraError as exc:
+            self._error(req.id, p.ErrorCode.INVALID_CAMERA, str(exc))
+        except StorageError as exc:
+            self._error(req.id, p.ErrorCode.INTERNAL, str(exc))
+        else:
+            self.send(p.camera_added_message(req.id, req.name, redacted))
+
+    async def _camera_remove(self, req: p.CameraRemove) -> None:
+        try:
+            await self.service.remove_camera(req.name)
+        except RequestError as exc:
+            self._error(req.id, p.ErrorCode(exc.code), str(exc))
+        except StorageError as exc:
+            self._error(req.id, p.ErrorCode.INTERNAL, str(exc))
+        else:
+            self.send(p.camera_removed_message(req.id, req.name))
+
+
+def _remote(ws: ServerConnection) -> str:
+    try:
+        host, port = ws.remote_address[:2]
+        return f"{host}:{port}"
+    except (TypeError, ValueError):
+        return "?"

@@ -1,0 +1,253 @@
+"""The WebSocket protocol: typed messages and their validation. Pure: no sockets, no clocks.
+
+Every message is a JSON object with a ``type``. Requests carry a client-chosen ``id`` (a string of 1-128
+characters or an integer) that replies echo. ``parse_request`` turns one text frame into a typed request or
+raises ``ProtocolError`` with a stable code; the builders below produce every server message. README.md
+("WebSocket protocol") documents the same, message by message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from livewatch.config import CAMERA_NAME_RE
+
+
+class ErrorCode(str, Enum):
+    BAD_REQUEST = "bad_request"  # not JSON, not an object, a missing or mistyped field
+    UNKNOWN_TYPE = "unknown_type"  # a type the server does not know
+    TOO_LARGE = "too_large"  # the message or the question is over its limit
+    UNAUTHORIZED = "unauthorized"  # (HTTP 401 before the upgrade; never sent on an open connection)
+    UNKNOWN_CAMERA = "unknown_camera"
+    UNKNOWN_REQUEST = "unknown_request"  # cancel of an id with nothing in flight
+    DUPLICATE_ID = "duplicate_id"  # an ask whose id is still in flight on this connection
+    CAMERA_EXISTS = "camera_exists"
+    INVALID_CAMERA = "invalid_camera"  # camera.add with a URL that can never work
+    NO_FRAMES = "no_frames"  # the camera has not delivered frames yet
+    BUSY = "busy"  # too many questions in flight (per connection or in total); retry later
+    MODEL_ERROR = "model_error"  # the model failed this request (out-of-memory included); the daemon goes on
+    CANCELLED = "cancelled"  # the client cancelled the request
+    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
+    INTERNAL = "internal"  # a bug; logged with a traceback
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: ErrorCode, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+RequestId = str | int
+
+
+@dataclass(frozen=True)
+class Ask:
+    id: RequestId
+    camera: str | None
+    question: str
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Cancel:
+    id: RequestId
+
+
+@dataclass(frozen=True)
+class Status:
+    id: RequestId
+
+
+@dataclass(frozen=True)
+class CameraAdd:
+    id: RequestId
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class CameraRemove:
+    id: RequestId
+    name: str
+
+
+Request = Ask | Cancel | Status | CameraAdd | CameraRemove
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_question_chars: int = 4000
+    max_tokens: int = 1024
+
+
+class _Fields:
+    """Typed access to a request's fields; every failure is a ProtocolError naming the field."""
+
+    def __init__(self, obj: dict[str, Any], request_id: Any, allowed: set[str]) -> None:
+        self.obj = obj
+        self.id = request_id
+        extra = set(obj) - allowed - {"type", "id"}
+        if extra:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown field(s): {', '.join(sorted(extra))}", request_id)
+
+    def _fail(self, name: str, what: str) -> ProtocolError:
+        return ProtocolError(ErrorCode.BAD_REQUEST, f"field {name!r} must be {what}", self.id)
+
+    def string(self, name: str, *, required: bool = True, max_len: int = 4096) -> str | None:
+        value = self.obj.get(name)
+        if value is None:
+            if required:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"missing field {name!r}", self.id)
+            return None
+        if not isinstance(value, str):
+            raise self._fail(name, "a string")
+        if len(value) > max_len:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"field {name!r} is over {max_len} characters", self.id)
+        return value
+
+    def integer(self, name: str, lo: int, hi: int) -> int | None:
+        value = self.obj.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self._fail(name, f"an integer in [{lo}, {hi}]")
+        return value
+
+    def number(self, name: str, lo: float, hi: float, default: float) -> float:
+        value = self.obj.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self._fail(name, f"a number in [{lo}, {hi}]")
+        if not lo <= value <= hi:
+            raise self._fail(name, f"a number in [{lo}, {hi}]")
+        return float(value)
+
+
+def _request_id(obj: dict[str, Any]) -> RequestId:
+    rid = obj.get("id")
+    if isinstance(rid, bool) or rid is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'id' (a string or an integer)")
+    if isinstance(rid, int):
+        if abs(rid) > 2**53:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'id' is out of range")
+        return rid
+    if isinstance(rid, str) and 1 <= len(rid) <= 128:
+        return rid
+    raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'id' must be a string of 1-128 characters or an integer")
+
+
+def _camera_name(f: _Fields, name: str, required: bool) -> str | None:
+    value = f.string(name, required=required, max_len=64)
+    if value is not None and not re.match(CAMERA_NAME_RE, value):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"field {name!r}: camera names are 1-64 letters, digits, '_', '.', '-' and start with a letter or digit",
+            f.id,
+        )
+    return value
+
+
+def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
+    """One WebSocket message to a typed request. Raises ProtocolError."""
+    if isinstance(text, bytes):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "binary messages are not part of the protocol; send JSON text")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", obj.get("id") if _id_ok(obj) else None)
+    rid = _request_id(obj)
+    if kind == "ask":
+        f = _Fields(obj, rid, {"camera", "question", "max_tokens", "temperature", "top_p", "top_k", "seed"})
+        camera = _camera_name(f, "camera", required=False)
+        question = f.string("question", max_len=limits.max_question_chars)
+        assert question is not None
+        if not question.strip():
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'question' is empty", rid)
+        return Ask(
+            id=rid,
+            camera=camera,
+            question=question,
+            max_tokens=f.integer("max_tokens", 1, limits.max_tokens),
+            temperature=f.number("temperature", 0.0, 2.0, 0.0),
+            top_p=f.number("top_p", 1e-6, 1.0, 1.0),
+            top_k=f.integer("top_k", 0, 1000) or 0,
+            seed=f.integer("seed", 0, 2**32 - 1),
+        )
+    if kind == "cancel":
+        _Fields(obj, rid, set())
+        return Cancel(id=rid)
+    if kind == "status":
+        _Fields(obj, rid, set())
+        return Status(id=rid)
+    if kind == "camera.add":
+        f = _Fields(obj, rid, {"name", "url"})
+        name = _camera_name(f, "name", required=True)
+        url = f.string("url", max_len=2048)
+        assert name is not None and url is not None
+        return CameraAdd(id=rid, name=name, url=url)
+    if kind == "camera.remove":
+        f = _Fields(obj, rid, {"name"})
+        name = _camera_name(f, "name", required=True)
+        assert name is not None
+        return CameraRemove(id=rid, name=name)
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_TYPE,
+        f"unknown message type {kind[:64]!r} (known: ask, cancel, status, camera.add, camera.remove)",
+        rid,
+    )
+
+
+def _id_ok(obj: dict[str, Any]) -> bool:
+    rid = obj.get("id")
+    return (isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) <= 2**53) or (
+        isinstance(rid, str) and 1 <= len(rid) <= 128
+    )
+
+
+# -- server messages --------------------------------------------------------------------------------------------
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def token_message(request_id: RequestId, text: str) -> str:
+    return _dump({"type": "token", "id": request_id, "text": text})
+
+
+def answer_message(request_id: RequestId, camera: str, text: str, metrics: dict[str, Any]) -> str:
+    return _dump({"type": "answer", "id": request_id, "camera": camera, "text": text, "metrics": metrics})
+
+
+def error_message(request_id: RequestId | None, code: ErrorCode, message: str) -> str:
+    return _dump({"type": "error", "id": request_id, "code": code.value, "message": message})
+
+
+def status_message(
+    request_id: RequestId, cameras: dict[str, Any], engine: dict[str, Any], memory: dict[str, Any]
+) -> str:
+    return _dump({"type": "status", "id": request_id, "cameras": cameras, "engine": engine, "memory": memory})
+
+
+def camera_added_message(request_id: RequestId, name: str, url: str) -> str:
+    return _dump({"type": "camera.added", "id": request_id, "name": name, "url": url})
+
+
+def camera_removed_message(request_id: RequestId, name: str) -> str:
+    return _dump({"type": "camera.removed", "id": request_id, "name": name})
