@@ -33,14 +33,15 @@ setup() {
     echo "$want" >"$stamp"
 }
 
-# Debian packages the tests need: GStreamer's RTSP server (driven by the system python3) for the capture tests.
+# Debian packages the tests need: GStreamer's RTSP server (driven by the system python3) for the capture tests,
+# and systemd-analyze to verify the service unit.
 TEST_DEBS=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-           gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools)
+           gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools systemd)
 
 test_system_packages() {
     if [ -x /usr/bin/python3 ] && command -v gst-launch-1.0 >/dev/null &&
         /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null &&
-        gst-inspect-1.0 x264enc >/dev/null 2>&1; then
+        gst-inspect-1.0 x264enc >/dev/null 2>&1 && command -v systemd-analyze >/dev/null; then
         return 0
     fi
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
