@@ -115,18 +115,10 @@ def train_tokenizer(vocab_size: int, seed: int):
     return vocab, merges
 
 
-def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2Tokenizer,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def build_processor(seed: int = 0, vocab_size: int = 1024):
+    """The processor (trained tokenizer, chat template, image/video processors) and the special token ids."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     vocab, merges = train_tokenizer(vocab_size, seed)
     base = len(vocab)
     ids = {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -148,44 +140,88 @@ def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
         if got != want:
             raise RuntimeError(f"special token {tok} got id {got}, expected {want}")
     tokenizer.chat_template = CHAT_TEMPLATE
+    size = {"shortest_edge": 3136, "longest_edge": 12845056}
+    common = dict(size=size, patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**common),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**common),
+        chat_template=CHAT_TEMPLATE,
+    )
+    return processor, ids
 
-    total_vocab = base + len(SPECIAL_TOKENS)
-    text_config = {
-        "vocab_size": total_vocab,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128000,
-        "rms_norm_eps": 1e-6,
-        "initializer_range": 0.3,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-        "tie_word_embeddings": True,
-    }
-    # initializer_range 0.3 (the real models use 0.02): with tiny random weights a small init makes every greedy
-    # answer the same token repeated, which would let token-equality tests pass vacuously.
-    vision_config = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "in_channels": 3,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "tokens_per_second": 2,
-        "window_size": 112,
-        "out_hidden_size": 64,
-        "fullatt_block_indexes": [1],
-        "initializer_range": 0.3,
-    }
+
+# The real Qwen2.5-VL-3B-Instruct architecture (its config.json), for benchmarks with random weights.
+ARCH_3B_TEXT = {
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-6,
+    "initializer_range": 0.02,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    "tie_word_embeddings": True,
+}
+ARCH_3B_VISION = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "tokens_per_second": 2,
+    "window_size": 112,
+    "out_hidden_size": 2048,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "initializer_range": 0.02,
+}
+# initializer_range 0.3 (the real models use 0.02): with tiny random weights a small init makes every greedy
+# answer the same token repeated, which would let token-equality tests pass vacuously.
+ARCH_TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-6,
+    "initializer_range": 0.3,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+    "tie_word_embeddings": True,
+}
+ARCH_TINY_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "tokens_per_second": 2,
+    "window_size": 112,
+    "out_hidden_size": 64,
+    "fullatt_block_indexes": [1],
+    "initializer_range": 0.3,
+}
+
+
+def model_config(ids: dict[str, int], arch: str = "tiny"):
+    """A Qwen2_5_VLConfig of the given size whose token ids point at the processor's special tokens."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = dict(ARCH_3B_TEXT if arch == "qwen2.5-vl-3b" else ARCH_TINY_TEXT)
+    vision = dict(ARCH_3B_VISION if arch == "qwen2.5-vl-3b" else ARCH_TINY_VISION)
+    text.setdefault("vocab_size", max(ids.values()) + 1)
+    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     config = Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -195,25 +231,21 @@ def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
     config.bos_token_id = ids["<|endoftext|>"]
     config.eos_token_id = ids["<|im_end|>"]
     config.pad_token_id = ids["<|endoftext|>"]
+    return config
+
+
+def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor, ids = build_processor(seed, vocab_size)
+    config = model_config(ids, "tiny")
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out_dir)
-
-    size = {"shortest_edge": 3136, "longest_edge": 12845056}
-    image_processor = Qwen2VLImageProcessor(
-        size=size, patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        size=size, patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
-    )
     processor.save_pretrained(out_dir)
     (out_dir / "LIVEWATCH_TINY_RANDOM_MODEL").write_text(
         "Random weights written by tools/make_tiny_model.py: answers are noise.\n", encoding="utf-8"

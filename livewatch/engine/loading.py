@@ -111,9 +111,19 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise _unavailable(model_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-    model.to(device).eval()
-    model.requires_grad_(False)
+    model.to(device)
+    return wrap_model(
+        model_id, model, processor, min_pixels, max_pixels, is_tiny_random=is_dir and (local / TINY_MARKER).exists()
+    )
 
+
+def wrap_model(
+    model_id: str, model: Any, processor: Any, min_pixels: int, max_pixels: int, is_tiny_random: bool = False
+) -> LoadedModel:
+    """A LoadedModel around a model already on its device (also used by tools/bench.py for random weights)."""
+    model.eval()
+    model.requires_grad_(False)
+    param = next(model.parameters())
     cfg = model.config
     vcfg = cfg.vision_config
     vp = processor.video_processor
@@ -138,11 +148,11 @@ def load_model(
         model=model,
         processor=processor,
         tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
+        device=param.device,
+        dtype=param.dtype,
         spec=spec,
         tokens_per_second=float(vcfg.tokens_per_second),
         video_token_id=int(cfg.video_token_id),
         stop_token_ids=frozenset(int(s) for s in stops),
-        is_tiny_random=is_dir and (local / TINY_MARKER).exists(),
+        is_tiny_random=is_tiny_random,
     )

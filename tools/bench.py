@@ -1,0 +1,685 @@
+#!/usr/bin/env python3
+"""livewatch against the prototype's method, side by side, in one run.
+
+    python tools/bench.py --tiny [--out DIR]                                # CPU smoke run, tiny random model
+    python tools/bench.py --arch qwen2.5-vl-3b --random-weights [--out DIR] # the real 3B architecture, random weights
+    python tools/bench.py --model DIR_OR_ID [--out DIR]                     # a real checkpoint
+
+Sections (each in the JSON; the markdown table summarises):
+  ceilings    the card's measured bf16 (fp32 on CPU) matmul rate and device copy bandwidth
+  prototype   the prototype's method: all frames re-encoded at native 1092x1932 for the first question after a
+              batch (grid 24x78x138 = 64,584 visual tokens for 48 frames), answered with HF generate
+  livewatch   20 star + 20 window frames at the default pixel cap: eager (prefix ready) and lazy (first question
+              after a new batch) time to first token, follow-up on the reused prefix, decode rate, a whole answer
+  scaling     latency vs frames in context and vs cameras sharing the model; vision time per pair (batched and
+              alone); prefix rebuild vs partial rebuild vs extension; KV bytes per camera
+  ingest      CPU seconds per camera-second of a 1080p30 H.264 stream sampled at 1 fps (full decode vs livewatch's
+              skipping path), importance scoring and frame-store writes per pair (needs PyAV)
+  floors      each measured figure against its physical floor (decode: LLM weight bytes / bandwidth; prefill and
+              vision: FLOPs / matmul rate)
+Answers have a fixed length (end-of-turn ignored) so runs compare. Figures that depend on the machine are labelled
+with it. Runs where only torch, transformers and torchvision are installed: frames are synthesised with numpy;
+PyAV (ingest) is optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from livewatch.engine.core import EngineCore  # noqa: E402
+from livewatch.engine.generate import SamplingParams  # noqa: E402
+from livewatch.engine.loading import LoadedModel, load_model, wrap_model  # noqa: E402
+from livewatch.engine.preprocess import patchify, target_size  # noqa: E402
+from livewatch.engine.vision import VisionCache  # noqa: E402
+from livewatch.frames import Frame, FramePair  # noqa: E402
+
+QUESTION = "What happened in the last minute, and is anyone at the door now?"
+T_END = 1_780_000_000.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    proto_frames: int
+    proto_size: tuple[int, int]
+    answer_tokens: int
+    star_pairs: int
+    window_pairs: int
+    frame_size: tuple[int, int]
+    scaling_frames: tuple[int, ...]
+    scaling_cameras: tuple[int, ...]
+    ingest_seconds: float
+    repeats: int
+
+
+FULL = Plan(48, (1092, 1932), 256, 10, 10, (1080, 1920), (20, 40, 80, 160), (1, 4, 16), 10.0, 5)
+TINY = Plan(8, (336, 588), 32, 3, 3, (1080, 1920), (8, 16), (1, 2), 2.0, 2)
+
+
+# -- utilities --------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+
+def peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return None
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 3)
+
+
+def synth_image(seed: int, size: tuple[int, int]) -> np.ndarray:
+    """A 'scene' with structure and noise: gradients, a moving block, sensor noise (not zeros, not pure noise)."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    yy = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    xx = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    img = np.empty((h, w, 3), dtype=np.float32)
+    img[..., 0] = xx * 0.8 + (seed * 13) % 60
+    img[..., 1] = yy * 0.7 + (seed * 7) % 50
+    img[..., 2] = (xx + yy) * 0.3
+    s = h // 5
+    y0, x0 = (seed * 37) % (h - s), (seed * 91) % (w - s)
+    img[y0 : y0 + s, x0 : x0 + s] = 240
+    img += rng.normal(0, 8, size=(h, w, 3)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+class FrameBank:
+    """A few distinct synthetic frames reused by many pairs (keeps host memory small for 160-frame contexts)."""
+
+    def __init__(self, size: tuple[int, int], n: int = 16) -> None:
+        self.images = [synth_image(i, size) for i in range(n)]
+
+    def pair(self, pid: int, t: float) -> FramePair:
+        a = self.images[(2 * pid) % len(self.images)]
+        b = self.images[(2 * pid + 1) % len(self.images)]
+        return FramePair(pid, Frame(2 * pid, t, t, a), Frame(2 * pid + 1, t + 1.0, t + 1.0, b))
+
+
+def context_pairs(bank: FrameBank, star: int, window: int, first_id: int = 0) -> list[FramePair]:
+    """``star`` pairs spread over the last 10 minutes, then ``window`` pairs in the last seconds (1 fps)."""
+    pairs = []
+    for i in range(star):
+        pairs.append(bank.pair(first_id + i, T_END - 600 + i * (540 / max(star, 1))))
+    for i in range(window):
+        pairs.append(bank.pair(first_id + star + i, T_END - 2 * (window - i)))
+    return pairs
+
+
+# -- model --------------------------------------------------------------------------------------------------------
+
+
+def build_model(args: argparse.Namespace) -> LoadedModel:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bfloat16": torch.bfloat16,
+             "float32": torch.float32, "float16": torch.float16}[args.dtype]
+    if args.model:
+        return load_model(args.model, str(device), str(dtype).removeprefix("torch."), args.attn)
+    import make_tiny_model
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    processor, ids = make_tiny_model.build_processor()
+    config = make_tiny_model.model_config(ids, args.arch)
+    config._attn_implementation = args.attn
+    config.text_config._attn_implementation = args.attn
+    config.vision_config._attn_implementation = args.attn
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return wrap_model(f"random-weights {args.arch}", model, processor, 3136, args.max_pixels, is_tiny_random=True)
+
+
+def param_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# -- sections -----------------------------------------------------------------------------------------------------
+
+
+def ceilings(device: torch.device, tiny: bool) -> dict[str, Any]:
+    clock = Clock(device)
+    n = 1024 if tiny or device.type == "cpu" else 8192
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(5 if tiny else 20):
+        t0 = clock.now()
+        a @ b
+        times.append(clock.now() - t0)
+    flops = 2 * n**3 / statistics.median(times)
+    size = (64 if tiny or device.type == "cpu" else 2048) * 2**20
+    src = torch.empty(size, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(5 if tiny else 20):
+        t0 = clock.now()
+        dst.copy_(src)
+        times.append(clock.now() - t0)
+    bandwidth = 2 * size / statistics.median(times)  # bytes read + bytes written
+    del a, b, src, dst
+    free(device)
+    return {"matmul_tflops": round(flops / 1e12, 2), "matmul_dtype": str(dtype).removeprefix("torch."),
+            "copy_gbps": round(bandwidth / 1e9, 1)}
+
+
+@torch.inference_mode()
+def prototype(lm: LoadedModel, core: EngineCore, plan: Plan) -> dict[str, Any]:
+    """All frames re-encoded at native size for the first question after a batch, then HF generate."""
+    clock = Clock(lm.device)
+    model = lm.model
+    frames = np.stack([synth_image(100 + i, plan.proto_size) for i in range(plan.proto_frames)])
+    rows, grid = patchify(frames, lm.spec)
+    n_visual = grid[0] * grid[1] * grid[2] // 4
+    head = lm.tokenizer(core.template.head("You are a helpful assistant."), add_special_tokens=False)["input_ids"]
+    tail = lm.tokenizer(core.template.tail(QUESTION), add_special_tokens=False)["input_ids"]
+    input_ids = torch.tensor([head + [lm.video_token_id] * n_visual + tail], device=lm.device)
+    pixels = rows.to(lm.device, lm.dtype)
+    grid_t = torch.tensor([grid], device=lm.device)
+    spg = torch.tensor([2.0], device=lm.device)  # 1 fps sampling: 2 s per temporal grid
+    del frames, rows
+    peak_reset(lm.device)
+
+    t0 = clock.now()
+    model.model.visual(pixels, grid_thw=grid_t)
+    vision_s = clock.now() - t0
+    t0 = clock.now()
+    model(input_ids=input_ids, pixel_values_videos=pixels, video_grid_thw=grid_t, second_per_grid_ts=spg,
+          use_cache=True, logits_to_keep=1)
+    ttft_s = clock.now() - t0
+    free(lm.device)
+    n = plan.answer_tokens
+    t0 = clock.now()
+    out = model.generate(
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values_videos=pixels,
+        video_grid_thw=grid_t, second_per_grid_ts=spg, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+    )
+    total_s = clock.now() - t0
+    produced = int(out.shape[1] - input_ids.shape[1])
+    decode_s = max(total_s - ttft_s, 1e-9)
+    result = {
+        "frames": plan.proto_frames,
+        "frame_size": f"{plan.proto_size[1]}x{plan.proto_size[0]}",
+        "grid_thw": list(grid),
+        "visual_tokens": n_visual,
+        "context_tokens": int(input_ids.shape[1]),
+        "vision_ms": round(vision_s * 1e3, 1),
+        "ttft_ms": round(ttft_s * 1e3, 1),
+        "answer_tokens": produced,
+        "answer_total_ms": round(total_s * 1e3, 1),
+        "decode_tokens_per_s": round((produced - 1) / decode_s, 2),
+        "peak_gib": peak_gib(lm.device),
+    }
+    del out, input_ids, pixels
+    free(lm.device)
+    return result
+
+
+def _ask(core: EngineCore, camera: str, tokens: int) -> dict[str, Any]:
+    return core.ask(camera, QUESTION, SamplingParams(max_new_tokens=tokens, ignore_eos=True)).metrics
+
+
+@torch.inference_mode()
+def livewatch_section(lm: LoadedModel, plan: Plan, bank: FrameBank) -> dict[str, Any]:
+    peak_reset(lm.device)
+    core = EngineCore(lm, timezone="UTC")
+    stars = context_pairs(bank, plan.star_pairs, 0)
+    window = context_pairs(bank, 0, plan.window_pairs, first_id=plan.star_pairs)
+    version = 1
+    core.set_context("cam", stars + window, version)
+    build = core.encode("cam")  # eager: the prefix is built as the batch lands, before any question
+    eager = _ask(core, "cam", plan.answer_tokens)
+    followups = [_ask(core, "cam", 1)["ttft_ms"] for _ in range(plan.repeats)]
+    lazy = []
+    next_id = plan.star_pairs + plan.window_pairs
+    for _ in range(plan.repeats):
+        # a new batch: one new pair lands, the oldest window pair leaves (steady state at 1 fps)
+        window = window[1:] + [bank.pair(next_id, window[-1].time + 2.0)]
+        next_id += 1
+        version += 1
+        core.set_context("cam", stars + window, version)
+        lazy.append(_ask(core, "cam", 1))
+    stats = core.camera_stats("cam")
+    result = {
+        "frames_in_context": eager["frames_in_context"],
+        "visual_tokens": eager["visual_tokens"],
+        "context_tokens": eager["context_tokens"],
+        "prefix_build_ms": round(build.encode_ms, 1),
+        "prefix_build_vision_ms": round(build.vision_ms, 1),
+        "prefix_build_prefill_ms": round(build.prefill_ms, 1),
+        "eager_ttft_ms": eager["ttft_ms"],
+        "followup_ttft_ms": median(followups),
+        "lazy_first_question_ttft_ms": median([m["ttft_ms"] for m in lazy]),
+        "lazy_encode_ms": median([m["encode_ms"] for m in lazy]),
+        "answer_tokens": eager["output_tokens"],
+        "answer_total_ms": eager["total_ms"],
+        "decode_tokens_per_s": eager["decode_tokens_per_s"],
+        "kv_bytes": stats["kv_bytes"],
+        "peak_gib": peak_gib(lm.device),
+    }
+    del core
+    free(lm.device)
+    return result
+
+
+@torch.inference_mode()
+def scaling(lm: LoadedModel, plan: Plan, bank: FrameBank) -> dict[str, Any]:
+    clock = Clock(lm.device)
+    out: dict[str, Any] = {"frames": [], "cameras": []}
+    for n_frames in plan.scaling_frames:
+        pairs = n_frames // 2
+        core = EngineCore(lm, timezone="UTC", max_gap_s=600)
+        core.set_context("cam", context_pairs(bank, pairs // 2, pairs - pairs // 2), 1)
+        build = core.encode("cam")
+        ttfts = [_ask(core, "cam", 1)["ttft_ms"] for _ in range(plan.repeats)]
+        answer = _ask(core, "cam", min(64, plan.answer_tokens))
+        out["frames"].append({
+            "frames": n_frames, "visual_tokens": answer["visual_tokens"], "prefix_build_ms": round(build.encode_ms, 1),
+            "followup_ttft_ms": median(ttfts), "decode_tokens_per_s": answer["decode_tokens_per_s"],
+            "kv_bytes": core.camera_stats("cam")["kv_bytes"],
+        })
+        del core
+        free(lm.device)
+
+    # vision per pair: one call for a batch of pairs, and one call per pair
+    batch = context_pairs(bank, 0, 20 if plan is FULL else 4, first_id=1000)
+    vc = VisionCache(lm.visual, lm.spec, lm.device, max_batch=64)
+    vc.ensure(batch[:2])
+    vc.clear()
+    t0 = clock.now()
+    vc.ensure(batch)
+    batched = (clock.now() - t0) / len(batch)
+    vc.clear()
+    singles = []
+    for pair in batch[:5]:
+        t0 = clock.now()
+        vc.ensure([pair])
+        singles.append(clock.now() - t0)
+    out["vision_ms_per_pair_batched"] = round(batched * 1e3, 2)
+    out["vision_ms_per_pair_alone"] = round(statistics.median(singles) * 1e3, 2)
+    out["vision_batch_pairs"] = len(batch)
+    del vc
+
+    # prefix maintenance, prefill only (vision embeddings cached)
+    core = EngineCore(lm, timezone="UTC")
+    stars = context_pairs(bank, plan.star_pairs, 0)
+    window = context_pairs(bank, 0, plan.window_pairs, first_id=plan.star_pairs)
+    core.set_context("cam", stars + window[:-1], 1)
+    core.encode("cam")
+    t0 = clock.now()
+    core.set_context("cam", stars + window, 2)
+    extend = core.encode("cam")
+    t_extend = clock.now() - t0
+    core.set_context("cam", stars + window[1:] + [bank.pair(500, window[-1].time + 2)], 3)
+    t0 = clock.now()
+    partial = core.encode("cam")
+    t_partial = clock.now() - t0
+    state = core._cameras["cam"]
+    state.kv, state.layout, state.encoded_version = None, None, None
+    t0 = clock.now()
+    rebuild = core.encode("cam")
+    t_rebuild = clock.now() - t0
+    out["prefix_extension_ms"] = round(t_extend * 1e3, 1)
+    out["prefix_partial_rebuild_ms"] = round(t_partial * 1e3, 1)
+    out["prefix_full_rebuild_ms"] = round(t_rebuild * 1e3, 1)
+    out["prefix_update_kinds"] = [extend.kind.value, partial.kind.value, rebuild.kind.value]
+    del core
+    free(lm.device)
+
+    for n_cams in plan.scaling_cameras:
+        peak_reset(lm.device)
+        core = EngineCore(lm, timezone="UTC")
+        for c in range(n_cams):
+            core.set_context(f"cam{c}", context_pairs(bank, plan.star_pairs, plan.window_pairs, first_id=10_000 * c), 1)
+        t0 = clock.now()
+        for c in range(n_cams):
+            core.encode(f"cam{c}")
+        encode_all = clock.now() - t0
+        ttfts = [_ask(core, f"cam{c}", 1)["ttft_ms"] for c in range(n_cams)]
+        kv = [core.camera_stats(f"cam{c}")["kv_bytes"] for c in range(n_cams)]
+        out["cameras"].append({
+            "cameras": n_cams, "encode_all_ms": round(encode_all * 1e3, 1), "followup_ttft_ms": median(ttfts),
+            "kv_bytes_per_camera": int(statistics.mean(kv)), "peak_gib": peak_gib(lm.device),
+        })
+        del core
+        free(lm.device)
+    return out
+
+
+def ingest(plan: Plan, frame_size) -> dict[str, Any]:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return {"skipped": "PyAV is not installed here"}
+    from fractions import Fraction
+
+    import av
+
+    from livewatch.capture.handoff import LatestHandoff
+    from livewatch.capture.reader import CameraReader
+    from livewatch.capture.source import SourceSpec
+    from livewatch.memory.camera import CameraMemory, MemoryParams
+    from livewatch.memory.importance import importance, pair_signature
+    from livewatch.memory.store import FrameStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="livewatch-bench-"))
+    video = tmp / "1080p30.mp4"
+    n = int(plan.ingest_seconds * 30)
+    base = [synth_image(i, (1080, 1920)) for i in range(8)]
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.codec_context.options = {"g": "30", "preset": "veryfast", "bf": "2"}  # a 1 s GOP, like most cameras
+        stream.codec_context.time_base = Fraction(1, 30)
+        for i in range(n):
+            img = np.roll(base[(i // 30) % len(base)], i * 6, axis=1)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def full_decode() -> tuple[float, int]:
+        c0, sampled, next_t = cpu(), 0, 0.0
+        with av.open(str(video)) as container:
+            vstream = container.streams.video[0]
+            for frame in container.decode(vstream):
+                if frame.time is not None and frame.time + 1e-6 >= next_t:
+                    next_t += 1.0
+                    size = frame_size(frame.height, frame.width)
+                    frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
+                    sampled += 1
+        return cpu() - c0, sampled
+
+    def livewatch_path() -> tuple[float, int, dict[str, Any]]:
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        handoff = LatestHandoff(loop, maxlen=10_000)
+        spec = SourceSpec("file", str(video), None, realtime=False, loop=False, live=False, redacted=str(video))
+        reader = CameraReader("bench", spec, handoff, fps=1.0, frame_size=frame_size)
+        c0 = cpu()
+        reader.start()
+        reader._thread.join(120)
+        used = cpu() - c0
+        stats = reader.stats()
+        loop.close()
+        return used, stats["frames_sampled"], stats
+
+    full_cpu, full_sampled = full_decode()
+    skip_cpu, skip_sampled, skip_stats = livewatch_path()
+
+    capped = [np.ascontiguousarray(synth_image(50 + i, frame_size(1080, 1920))) for i in range(20)]
+    sigs = [pair_signature(capped[i], capped[i + 1]) for i in range(0, 20, 2)]
+    t0 = time.perf_counter()
+    for i in range(0, 20, 2):
+        importance(pair_signature(capped[i], capped[i + 1]), sigs[0], sigs)
+    scoring_ms = (time.perf_counter() - t0) / 10 * 1e3
+
+    memory = CameraMemory("bench", MemoryParams(star_pairs=10, window_pairs=10), FrameStore(tmp / "state"))
+    full_frames = [synth_image(70 + i, (1080, 1920)) for i in range(4)]
+    size = frame_size(1080, 1920)
+    t0 = time.perf_counter()
+    for i in range(40):
+        memory.add_frame(Frame(i, T_END + i, float(i), full_frames[i % 4]))
+    store_ms = (time.perf_counter() - t0) / 20 * 1e3
+    return {
+        "stream": f"1920x1080 {n / plan.ingest_seconds:.0f} fps H.264, 1 s GOP, {plan.ingest_seconds:g} s",
+        "full_decode_cpu_s_per_camera_s": round(full_cpu / plan.ingest_seconds, 4),
+        "full_decode_sampled": full_sampled,
+        "livewatch_cpu_s_per_camera_s": round(skip_cpu / plan.ingest_seconds, 4),
+        "livewatch_sampled": skip_sampled,
+        "livewatch_keyframes_only": skip_stats["keyframes_only"],
+        "livewatch_packets_skipped": skip_stats["packets_skipped"],
+        "importance_ms_per_pair": round(scoring_ms, 3),
+        "store_ms_per_pair": round(store_ms, 3),
+        "store_frame_size": f"{size[1]}x{size[0]}",
+        "note": "store cost includes capping, JPEG encode+decode, fsync'ed file writes and one SQLite commit",
+    }
+
+
+def floors(lm: LoadedModel, ceil: dict[str, Any], lw: dict[str, Any], sc: dict[str, Any]) -> dict[str, Any]:
+    elem = torch.finfo(lm.dtype).bits // 8
+    text = lm.text_model
+    text_params = param_count(text)  # embeddings included: tied, they are read again as the LM head each token
+    embed_params = lm.embed_tokens.weight.numel()
+    matmul_params = text_params - embed_params  # per-token matmul work; the LM head adds embed_params once per token
+    bw = ceil["copy_gbps"] * 1e9
+    rate = ceil["matmul_tflops"] * 1e12
+    decode_floor_ms = text_params * elem / bw * 1e3
+    prefix_tokens = lw["context_tokens"] - 60
+    prefill_floor_ms = 2 * matmul_params * prefix_tokens / rate * 1e3
+    vision_params = param_count(lm.visual)
+    patches = lw["visual_tokens"] / max(lw["frames_in_context"] / 2, 1) * 4
+    vision_floor_ms = 2 * vision_params * patches / rate * 1e3
+    measured_decode_ms = 1e3 / lw["decode_tokens_per_s"] if lw["decode_tokens_per_s"] else float("inf")
+    return {
+        "llm_weight_bytes": text_params * elem,
+        "decode_floor_ms_per_token": round(decode_floor_ms, 3),
+        "decode_ceiling_tokens_per_s": round(1e3 / decode_floor_ms, 1),
+        "decode_fraction_of_ceiling": round(decode_floor_ms / measured_decode_ms, 3),
+        "prefix_prefill_floor_ms": round(prefill_floor_ms, 2),
+        "prefix_prefill_fraction": round(prefill_floor_ms / lw["prefix_build_prefill_ms"], 3)
+        if lw["prefix_build_prefill_ms"] else None,
+        "followup_ttft_floor_ms": round(decode_floor_ms, 3),
+        "followup_ttft_fraction": round(decode_floor_ms / lw["followup_ttft_ms"], 3),
+        "vision_floor_ms_per_pair": round(vision_floor_ms, 3),
+        "vision_batched_fraction": round(vision_floor_ms / sc["vision_ms_per_pair_batched"], 3)
+        if sc.get("vision_ms_per_pair_batched") else None,
+    }
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """a / b, as 'N.Nx'."""
+    if not a or not b:
+        return "-"
+    return f"{a / b:.1f}x"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m, p, lw, sc, fl, ing = r["machine"], r["prototype"], r["livewatch"], r["scaling"], r["floors"], r["ingest"]
+    lines = [
+        f"Machine: {m['device_name']} ({m['device']}), {m['dtype']}, torch {m['torch']}, transformers "
+        f"{m['transformers']}; model: {r['model']}; {r['date']}",
+        f"Ceilings measured in this run: matmul {r['ceilings']['matmul_tflops']} TFLOP/s "
+        f"({r['ceilings']['matmul_dtype']}), copy {r['ceilings']['copy_gbps']} GB/s",
+        "",
+        "| | prototype method | livewatch | prototype / livewatch |",
+        "| --- | --- | --- | --- |",
+        f"| frames in context | {p['frames']} at {p['frame_size']} | {lw['frames_in_context']} at the default cap | |",
+        f"| visual tokens | {p['visual_tokens']:,} | {lw['visual_tokens']:,} | {ratio(p['visual_tokens'], lw['visual_tokens'])} |",
+        f"| first question after a new batch, TTFT (lazy) | {p['ttft_ms']:,} ms | {lw['lazy_first_question_ttft_ms']:,} ms | {ratio(p['ttft_ms'], lw['lazy_first_question_ttft_ms'])} |",
+        f"| first question, prefix ready (eager), TTFT | {p['ttft_ms']:,} ms | {lw['eager_ttft_ms']:,} ms | {ratio(p['ttft_ms'], lw['eager_ttft_ms'])} |",
+        f"| follow-up question, TTFT | (reused cache) | {lw['followup_ttft_ms']:,} ms | |",
+        f"| encode of a new batch | {p['ttft_ms']:,} ms (vision {p['vision_ms']:,} ms) | {lw['lazy_encode_ms']:,} ms | {ratio(p['ttft_ms'], lw['lazy_encode_ms'])} |",
+        f"| decode | {p['decode_tokens_per_s']} tok/s | {lw['decode_tokens_per_s']} tok/s | {ratio(p['decode_tokens_per_s'], lw['decode_tokens_per_s'])} |",
+        f"| {lw['answer_tokens']}-token answer, total | {p['answer_total_ms']:,} ms | {lw['answer_total_ms']:,} ms | {ratio(p['answer_total_ms'], lw['answer_total_ms'])} |",
+        f"| peak GPU memory | {p['peak_gib']} GiB | {lw['peak_gib']} GiB | |",
+        "",
+        f"Floors: decode {fl['decode_floor_ms_per_token']} ms/token (ceiling {fl['decode_ceiling_tokens_per_s']} tok/s; "
+        f"measured {fl['decode_fraction_of_ceiling']:.0%} of it); prefix prefill floor {fl['prefix_prefill_floor_ms']} ms "
+        f"(measured {lw['prefix_build_prefill_ms']} ms, {fl['prefix_prefill_fraction'] or 0:.0%}); follow-up TTFT floor "
+        f"{fl['followup_ttft_floor_ms']} ms ({fl['followup_ttft_fraction']:.0%}); vision floor "
+        f"{fl['vision_floor_ms_per_pair']} ms/pair (batched {sc['vision_ms_per_pair_batched']} ms/pair, "
+        f"{fl['vision_batched_fraction'] or 0:.0%}; alone {sc['vision_ms_per_pair_alone']} ms).",
+        f"Prefix upkeep (prefill from cached vision): extension {sc['prefix_extension_ms']} ms, partial rebuild "
+        f"{sc['prefix_partial_rebuild_ms']} ms, full rebuild {sc['prefix_full_rebuild_ms']} ms; KV "
+        f"{lw['kv_bytes'] / 2**20:.1f} MiB per camera.",
+        "",
+        "| frames in context | visual tokens | prefix build | follow-up TTFT | decode | KV |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in sc["frames"]:
+        lines.append(
+            f"| {row['frames']} | {row['visual_tokens']:,} | {row['prefix_build_ms']} ms | {row['followup_ttft_ms']} ms "
+            f"| {row['decode_tokens_per_s']} tok/s | {row['kv_bytes'] / 2**20:.1f} MiB |"
+        )
+    lines += ["", "| cameras | encode all | follow-up TTFT | KV per camera | peak memory |", "| --- | --- | --- | --- | --- |"]
+    for row in sc["cameras"]:
+        lines.append(
+            f"| {row['cameras']} | {row['encode_all_ms']} ms | {row['followup_ttft_ms']} ms | "
+            f"{row['kv_bytes_per_camera'] / 2**20:.1f} MiB | {row['peak_gib']} GiB |"
+        )
+    if "skipped" in ing:
+        lines += ["", f"Ingest: skipped ({ing['skipped']})."]
+    else:
+        lines += [
+            "",
+            f"Ingest ({ing['stream']}, sampled at 1 fps, CPU of {m['cpu']}): full decode "
+            f"{ing['full_decode_cpu_s_per_camera_s']} CPU-s per camera-second, livewatch's path "
+            f"{ing['livewatch_cpu_s_per_camera_s']} ({ratio(ing['full_decode_cpu_s_per_camera_s'], ing['livewatch_cpu_s_per_camera_s'])} less); "
+            f"importance scoring {ing['importance_ms_per_pair']} ms/pair; frame store {ing['store_ms_per_pair']} ms/pair "
+            f"({ing['store_frame_size']}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@torch.inference_mode()
+def warm_up(lm: LoadedModel, bank: FrameBank) -> None:
+    """Module loading, kernel selection and allocator growth stay out of every timed figure."""
+    core = EngineCore(lm, timezone="UTC")
+    core.set_context("warm", context_pairs(bank, 1, 2), 1)
+    core.ask("warm", QUESTION, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    rows, grid = patchify(np.stack([bank.images[0][:224, :392], bank.images[1][:224, :392]]), lm.spec)
+    lm.visual(rows.to(lm.device, lm.dtype), grid_thw=torch.tensor([grid], device=lm.device))
+    del core
+    free(lm.device)
+
+
+def machine(lm: LoadedModel) -> dict[str, Any]:
+    import transformers
+
+    dev = lm.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": str(dev), "device_name": name, "dtype": str(lm.dtype).removeprefix("torch."),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "cpu": f"{os.cpu_count()} cores {platform.machine()}", "python": platform.python_version(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--model", help="a checkpoint directory or HF id")
+    src.add_argument("--arch", choices=["qwen2.5-vl-3b", "tiny"], help="build this architecture with random weights")
+    parser.add_argument("--random-weights", action="store_true", help="with --arch: random weights (no download)")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, small sizes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--max-pixels", type=int, default=100352)
+    parser.add_argument("--sections", default="prototype,livewatch,scaling,ingest",
+                        help="comma-separated subset of prototype,livewatch,scaling,ingest")
+    parser.add_argument("--out", type=Path, default=ROOT / ".bench")
+    args = parser.parse_args(argv)
+    if args.tiny and not args.model:
+        args.arch = args.arch or "tiny"
+    if not args.model and not args.arch:
+        parser.error("give --model, --arch ARCH --random-weights, or --tiny")
+    if args.arch and not args.model and args.arch != "tiny" and not args.random_weights:
+        parser.error("--arch needs --random-weights (weights are not downloaded)")
+    plan = TINY if args.tiny else FULL
+    sections = set(args.sections.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from livewatch.log import configure_logging
+
+    configure_logging("warning", "console", stream=sys.stderr)
+    t_start = time.time()
+    lm = build_model(args)
+    report: dict[str, Any] = {
+        "model": lm.model_id, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "plan": asdict(plan),
+        "machine": machine(lm),
+    }
+    print(f"[bench] {report['machine']['device_name']} {report['machine']['dtype']} model={lm.model_id}", flush=True)
+    report["ceilings"] = ceilings(lm.device, args.tiny)
+    print(f"[bench] ceilings {report['ceilings']}", flush=True)
+    core = EngineCore(lm, timezone="UTC")
+    bank = FrameBank(plan.frame_size)
+    warm_up(lm, bank)
+    if "prototype" in sections:
+        report["prototype"] = prototype(lm, core, plan)
+        print(f"[bench] prototype {report['prototype']}", flush=True)
+    if "livewatch" in sections:
+        report["livewatch"] = livewatch_section(lm, plan, bank)
+        print(f"[bench] livewatch {report['livewatch']}", flush=True)
+    if "scaling" in sections:
+        report["scaling"] = scaling(lm, plan, bank)
+        print(f"[bench] scaling {json.dumps(report['scaling'])}", flush=True)
+    if "ingest" in sections:
+        spec = lm.spec
+        report["ingest"] = ingest(plan, lambda h, w: target_size(h, w, spec))
+        print(f"[bench] ingest {report['ingest']}", flush=True)
+    if {"livewatch", "scaling"} <= sections:
+        report["floors"] = floors(lm, report["ceilings"], report["livewatch"], report["scaling"])
+    report["seconds"] = round(time.time() - t_start, 1)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    if {"prototype", "livewatch", "scaling", "ingest"} <= sections:
+        table = markdown(report)
+        (args.out / "bench.md").write_text(table)
+        print(table)
+    print(f"[bench] done in {report['seconds']} s; wrote {args.out / 'bench.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
