@@ -46,6 +46,13 @@ class ModelSection(_Section):
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Answer length when a question does not ask.")
     max_new_tokens_limit: int = Field(1024, ge=1, le=8192, description="Largest answer length a question may ask.")
     timezone: str = Field("local", min_length=1, description="Time zone of times in prompts: local or an IANA name.")
+    batch_size: int = Field(8, ge=1, le=64, description="Answers decoded together (decode slots).")
+    max_kv_tokens: int = Field(
+        4096, ge=512, le=131072, description="Tokens per decode slot: prefix + question + answer."
+    )
+    cuda_graphs: Literal["auto", "off"] = Field(
+        "auto", description="auto: capture the decode path as CUDA graphs on a GPU; off: eager."
+    )
 
     @field_validator("timezone")
     @classmethod

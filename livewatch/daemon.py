@@ -145,10 +145,12 @@ class Daemon:
         core = EngineCore(
             self.lm, max_gap_s=m.max_gap_s, timezone=m.timezone, max_new_tokens_limit=m.max_new_tokens_limit
         )
+        self.notifier.status("preparing the decode path")
         self.worker = EngineWorker(
-            core, encode_mode=m.encode_mode, max_queued=s.server.max_inflight_total, on_encode=self._observe_encode
+            core, encode_mode=m.encode_mode, max_queued=s.server.max_inflight_total, on_encode=self._observe_encode,
+            slots=m.batch_size, max_len=m.max_kv_tokens, cuda_graphs=m.cuda_graphs == "auto",
         )
-        self.worker.start()
+        await asyncio.to_thread(self.worker.start)
 
         for name, spec in specs.items():
             await self._start_camera(name, spec)
@@ -291,12 +293,13 @@ class Daemon:
         return sorted(self.cameras)
 
     async def ask(
-        self, camera: str, question: str, params: SamplingParams, on_text: Callable[[str], None], request_id: str
+        self, camera: str, question: str, params: SamplingParams, on_text: Callable[[str], None], request_id: str,
+        client: str = "",
     ) -> Answer:
         if camera not in self.cameras:
             raise RequestError("unknown_camera", f"no camera named {camera!r}; cameras are {self.camera_names()}")
         assert self.worker is not None
-        return await self.worker.ask(camera, question, params, on_text, request_id)
+        return await self.worker.ask(camera, question, params, on_text, request_id, client)
 
     def status(self) -> dict[str, Any]:
         engine = self.worker.stats() if self.worker is not None else {"alive": False, "cameras": {}}

@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from livewatch.engine.core import EngineCore  # noqa: E402
+from livewatch.engine.batch import BatchDecoder  # noqa: E402
+from livewatch.engine.core import Answer, EngineCore  # noqa: E402
 from livewatch.engine.generate import SamplingParams  # noqa: E402
 from livewatch.engine.loading import LoadedModel, load_model, wrap_model  # noqa: E402
 from livewatch.engine.preprocess import patchify, target_size  # noqa: E402
@@ -396,6 +397,147 @@ def scaling(lm: LoadedModel, plan: Plan, bank: FrameBank) -> dict[str, Any]:
     return out
 
 
+def _fast_answer(core: EngineCore, dec: BatchDecoder, camera: str, tokens: int, t0: float | None = None,
+                 question: str = QUESTION) -> Answer:
+    prepared = core.prepare(camera, question, tokens, received_at=t0)
+    out = dec.admit(camera, prepared, SamplingParams(max_new_tokens=tokens, ignore_eos=True), None, lambda: False)
+    while out is None:
+        ended = dec.step()
+        out = ended[0] if ended else None
+    return out.answer
+
+
+@torch.inference_mode()
+def fastpath(lm: LoadedModel, plan: Plan, bank: FrameBank, eager_lw: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's decode path: batched slots, CUDA graphs on a GPU (eager on the CPU)."""
+    clock = Clock(lm.device)
+    peak_reset(lm.device)
+    core = EngineCore(lm, timezone="UTC")
+    n_clients = 16 if plan is FULL else 4
+    dec = BatchDecoder(core, slots=n_clients, max_len=4096, use_graphs=True)
+    capture_s = dec.capture()
+    stars = context_pairs(bank, plan.star_pairs, 0)
+    window = context_pairs(bank, 0, plan.window_pairs, first_id=plan.star_pairs)
+    core.set_context("cam", stars + window, 1)
+    core.encode("cam")
+    eager_ready = _fast_answer(core, dec, "cam", 1).metrics  # prefix ready, copied into a slot
+    followups = [_fast_answer(core, dec, "cam", 1).metrics["ttft_ms"] for _ in range(plan.repeats)]
+    answer = _fast_answer(core, dec, "cam", plan.answer_tokens).metrics
+    lazy = []
+    next_id = plan.star_pairs + plan.window_pairs
+    for version in range(2, 2 + plan.repeats):
+        window = window[1:] + [bank.pair(next_id, window[-1].time + 2.0)]
+        next_id += 1
+        core.set_context("cam", stars + window, version)
+        lazy.append(_fast_answer(core, dec, "cam", 1, t0=time.perf_counter()).metrics)
+
+    # agreement with the eager path, greedy, same prompt
+    n_agree = 64 if plan is FULL else 16
+    fast_ids = _fast_answer(core, dec, "cam", n_agree, question="Describe the scene.").token_ids
+    eager_ids = core.ask("cam", "Describe the scene.",
+                         SamplingParams(max_new_tokens=n_agree, ignore_eos=True)).token_ids
+    same_prefix = next((i for i, (a, b) in enumerate(zip(fast_ids, eager_ids)) if a != b), len(fast_ids))
+    matches = sum(a == b for a, b in zip(fast_ids, eager_ids))
+    # the first token's logits through both paths: how far apart the arithmetic is (random weights make
+    # near-ties common, so token agreement alone says little about correctness)
+    from livewatch.engine.generate import cache_from_kv, forward, position_tensor
+    from livewatch.engine.positions import text_positions
+
+    prepared = core.prepare("cam", "Describe the scene.", 1)
+    kv = core.prefix_kv("cam")
+    emb = lm.embed_tokens(torch.tensor(prepared.suffix, device=lm.device)).unsqueeze(0)
+    eager_logits = forward(lm, emb, position_tensor(text_positions(prepared.next_position, len(prepared.suffix)),
+                                                    lm.device), cache_from_kv(lm.model.config.text_config, kv))
+    dec.runner.cache.load(0, *core.stacked_prefix("cam"))
+    dec._slots[0].loaded = None
+    fast_logits, _ = dec.runner.prefill(0, prepared.suffix, prepared.next_position, prepared.prefix_tokens)
+    rel = float((fast_logits - eager_logits).norm() / eager_logits.norm())
+
+    # where a decode step's time goes: graph replay alone vs the whole call (host work included)
+    runner = dec.runner
+    runner.set_rows(1, {0: (1, prepared.next_position, prepared.prefix_tokens)})
+    runner.decode(1, 1)
+    reps = 20 if plan is FULL else 5
+    t0 = clock.now()
+    for _ in range(reps):
+        runner.decode(1, 1)
+    call_1 = (clock.now() - t0) / reps
+    t0 = clock.now()
+    for _ in range(reps):
+        runner.decode(1, 8)
+    call_8 = (clock.now() - t0) / reps / 8
+    replay = None
+    graph = runner._decode_graphs.get(1)
+    if graph is not None:
+        t0 = clock.now()
+        for _ in range(reps):
+            graph.graph.replay()
+        replay = (clock.now() - t0) / reps
+
+    # concurrent questions: 4 cameras, clients arriving at once; batched vs one by one
+    cams = [f"c{i}" for i in range(4)]
+    for i, cam in enumerate(cams):
+        core.set_context(cam, context_pairs(bank, plan.star_pairs, plan.window_pairs, first_id=1000 * (i + 1)), 1)
+        core.encode(cam)
+    tokens = plan.answer_tokens // 2
+
+    def concurrent(batched: bool) -> dict[str, Any]:
+        t0 = clock.now()
+        answers: list[Answer] = []
+        if batched:
+            params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)
+            for i in range(n_clients):
+                cam = cams[i % len(cams)]
+                out = dec.admit(i, core.prepare(cam, f"question {i}?", tokens, received_at=t0), params, None,
+                                lambda: False)
+                if out is not None:
+                    answers.append(out.answer)
+            while dec.active:
+                answers.extend(o.answer for o in dec.step())
+        else:
+            for i in range(n_clients):
+                answers.append(_fast_answer(core, dec, cams[i % len(cams)], tokens, t0=t0, question=f"question {i}?"))
+        wall = clock.now() - t0
+        total_tokens = sum(a.metrics["output_tokens"] for a in answers)
+        return {
+            "clients": n_clients, "tokens_each": tokens, "wall_ms": round(wall * 1e3, 1),
+            "aggregate_tokens_per_s": round(total_tokens / wall, 1),
+            "slowest_ttft_ms": round(max(a.metrics["ttft_ms"] for a in answers), 1),
+            "median_ttft_ms": median([a.metrics["ttft_ms"] for a in answers]),
+            "slowest_last_token_ms": round(max(a.metrics["total_ms"] for a in answers), 1),
+        }
+
+    batched = concurrent(True)
+    one_by_one = concurrent(False)
+    result = {
+        "decoder": dec.stats(),
+        "capture_s": round(capture_s, 2),
+        "eager_ttft_ms": eager_ready["ttft_ms"],
+        "followup_ttft_ms": median(followups),
+        "lazy_first_question_ttft_ms": median([m["ttft_ms"] for m in lazy]),
+        "lazy_encode_ms": median([m["encode_ms"] for m in lazy]),
+        "answer_tokens": answer["output_tokens"],
+        "answer_total_ms": answer["total_ms"],
+        "decode_tokens_per_s": answer["decode_tokens_per_s"],
+        "decode_speedup_vs_eager_path": round(answer["decode_tokens_per_s"] / eager_lw["decode_tokens_per_s"], 2)
+        if eager_lw.get("decode_tokens_per_s") else None,
+        "greedy_agreement": {"tokens": n_agree, "identical_prefix": same_prefix, "matching": matches,
+                             "dtype": str(lm.dtype).removeprefix("torch."),
+                             "first_logits_relative_difference": round(rel, 5)},
+        "step_breakdown_ms": {
+            "graph_replay_only": round(replay * 1e3, 3) if replay is not None else None,
+            "decode_call_1_step": round(call_1 * 1e3, 3),
+            "decode_call_8_steps_per_token": round(call_8 * 1e3, 3),
+        },
+        "concurrent_batched": batched,
+        "concurrent_one_by_one": one_by_one,
+        "peak_gib": peak_gib(lm.device),
+    }
+    del dec, core
+    free(lm.device)
+    return result
+
+
 def ingest(plan: Plan, frame_size) -> dict[str, Any]:
     try:
         import av  # noqa: F401
@@ -493,7 +635,8 @@ def ingest(plan: Plan, frame_size) -> dict[str, Any]:
     }
 
 
-def floors(lm: LoadedModel, ceil: dict[str, Any], lw: dict[str, Any], sc: dict[str, Any]) -> dict[str, Any]:
+def floors(lm: LoadedModel, ceil: dict[str, Any], lw: dict[str, Any], sc: dict[str, Any],
+           fp: dict[str, Any] | None) -> dict[str, Any]:
     elem = torch.finfo(lm.dtype).bits // 8
     text = lm.text_model
     text_params = param_count(text)  # embeddings included: tied, they are read again as the LM head each token
@@ -508,11 +651,16 @@ def floors(lm: LoadedModel, ceil: dict[str, Any], lw: dict[str, Any], sc: dict[s
     patches = lw["visual_tokens"] / max(lw["frames_in_context"] / 2, 1) * 4
     vision_floor_ms = 2 * vision_params * patches / rate * 1e3
     measured_decode_ms = 1e3 / lw["decode_tokens_per_s"] if lw["decode_tokens_per_s"] else float("inf")
+    fast = fp or {}
+    fast_decode_ms = 1e3 / fast["decode_tokens_per_s"] if fast.get("decode_tokens_per_s") else float("inf")
     return {
         "llm_weight_bytes": text_params * elem,
         "decode_floor_ms_per_token": round(decode_floor_ms, 3),
         "decode_ceiling_tokens_per_s": round(1e3 / decode_floor_ms, 1),
         "decode_fraction_of_ceiling": round(decode_floor_ms / measured_decode_ms, 3),
+        "fast_decode_fraction_of_ceiling": round(decode_floor_ms / fast_decode_ms, 3),
+        "fast_followup_ttft_fraction": round(decode_floor_ms / fast["followup_ttft_ms"], 3)
+        if fast.get("followup_ttft_ms") else None,
         "prefix_prefill_floor_ms": round(prefill_floor_ms, 2),
         "prefix_prefill_fraction": round(prefill_floor_ms / lw["prefix_build_prefill_ms"], 3)
         if lw["prefix_build_prefill_ms"] else None,
@@ -536,28 +684,45 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def markdown(r: dict[str, Any]) -> str:
     m, p, lw, sc, fl, ing = r["machine"], r["prototype"], r["livewatch"], r["scaling"], r["floors"], r["ingest"]
+    fp = r["fastpath"]
     lines = [
         f"Machine: {m['device_name']} ({m['device']}), {m['dtype']}, torch {m['torch']}, transformers "
         f"{m['transformers']}; model: {r['model']}; {r['date']}",
         f"Ceilings measured in this run: matmul {r['ceilings']['matmul_tflops']} TFLOP/s "
         f"({r['ceilings']['matmul_dtype']}), copy {r['ceilings']['copy_gbps']} GB/s",
         "",
-        "| | prototype method | livewatch | prototype / livewatch |",
-        "| --- | --- | --- | --- |",
-        f"| frames in context | {p['frames']} at {p['frame_size']} | {lw['frames_in_context']} at the default cap | |",
-        f"| visual tokens | {p['visual_tokens']:,} | {lw['visual_tokens']:,} | {ratio(p['visual_tokens'], lw['visual_tokens'])} |",
-        f"| first question after a new batch, TTFT (lazy) | {p['ttft_ms']:,} ms | {lw['lazy_first_question_ttft_ms']:,} ms | {ratio(p['ttft_ms'], lw['lazy_first_question_ttft_ms'])} |",
-        f"| first question, prefix ready (eager), TTFT | {p['ttft_ms']:,} ms | {lw['eager_ttft_ms']:,} ms | {ratio(p['ttft_ms'], lw['eager_ttft_ms'])} |",
-        f"| follow-up question, TTFT | (reused cache) | {lw['followup_ttft_ms']:,} ms | |",
-        f"| encode of a new batch | {p['ttft_ms']:,} ms (vision {p['vision_ms']:,} ms) | {lw['lazy_encode_ms']:,} ms | {ratio(p['ttft_ms'], lw['lazy_encode_ms'])} |",
-        f"| decode | {p['decode_tokens_per_s']} tok/s | {lw['decode_tokens_per_s']} tok/s | {ratio(p['decode_tokens_per_s'], lw['decode_tokens_per_s'])} |",
-        f"| {lw['answer_tokens']}-token answer, total | {p['answer_total_ms']:,} ms | {lw['answer_total_ms']:,} ms | {ratio(p['answer_total_ms'], lw['answer_total_ms'])} |",
-        f"| peak GPU memory | {p['peak_gib']} GiB | {lw['peak_gib']} GiB | |",
+        f"livewatch's decode path: {fp['decoder']['mode']} ({fp['decoder']['slots']} slots, capture "
+        f"{fp['capture_s']} s at start-up); the eager path is the unbatched reference.",
+        "",
+        "| | prototype method | livewatch eager path | livewatch fast path | prototype / fast path |",
+        "| --- | --- | --- | --- | --- |",
+        f"| frames in context | {p['frames']} at {p['frame_size']} | {lw['frames_in_context']} at the default cap | same | |",
+        f"| visual tokens | {p['visual_tokens']:,} | {lw['visual_tokens']:,} | same | {ratio(p['visual_tokens'], lw['visual_tokens'])} |",
+        f"| first question after a new batch, TTFT (lazy) | {p['ttft_ms']:,} ms | {lw['lazy_first_question_ttft_ms']:,} ms | {fp['lazy_first_question_ttft_ms']:,} ms | {ratio(p['ttft_ms'], fp['lazy_first_question_ttft_ms'])} |",
+        f"| first question, prefix ready (eager mode), TTFT | {p['ttft_ms']:,} ms | {lw['eager_ttft_ms']:,} ms | {fp['eager_ttft_ms']:,} ms | {ratio(p['ttft_ms'], fp['eager_ttft_ms'])} |",
+        f"| follow-up question, TTFT | (reused cache) | {lw['followup_ttft_ms']:,} ms | {fp['followup_ttft_ms']:,} ms | |",
+        f"| encode of a new batch | {p['ttft_ms']:,} ms (vision {p['vision_ms']:,} ms) | {lw['lazy_encode_ms']:,} ms | {fp['lazy_encode_ms']:,} ms | {ratio(p['ttft_ms'], fp['lazy_encode_ms'])} |",
+        f"| decode | {p['decode_tokens_per_s']} tok/s | {lw['decode_tokens_per_s']} tok/s | {fp['decode_tokens_per_s']} tok/s | {ratio(p['decode_tokens_per_s'], fp['decode_tokens_per_s'])} |",
+        f"| {lw['answer_tokens']}-token answer, total | {p['answer_total_ms']:,} ms | {lw['answer_total_ms']:,} ms | {fp['answer_total_ms']:,} ms | {ratio(p['answer_total_ms'], fp['answer_total_ms'])} |",
+        f"| peak GPU memory | {p['peak_gib']} GiB | {lw['peak_gib']} GiB | {fp['peak_gib']} GiB | |",
+        "",
+        f"Fast path vs eager path, greedy, {fp['greedy_agreement']['dtype']}: {fp['greedy_agreement']['identical_prefix']} "
+        f"of {fp['greedy_agreement']['tokens']} tokens identical before the first difference "
+        f"({fp['greedy_agreement']['matching']} matching positions); first-token logits differ by "
+        f"{fp['greedy_agreement']['first_logits_relative_difference']} (relative L2). Decode step: graph replay "
+        f"{fp['step_breakdown_ms']['graph_replay_only']} ms, one step per call {fp['step_breakdown_ms']['decode_call_1_step']} ms, "
+        f"{fp['step_breakdown_ms']['decode_call_8_steps_per_token']} ms per token at 8 steps per call.",
+        "",
+        "| concurrent questions | aggregate decode | slowest TTFT | median TTFT | slowest last token |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {fp['concurrent_batched']['clients']} at once, batched | {fp['concurrent_batched']['aggregate_tokens_per_s']} tok/s | {fp['concurrent_batched']['slowest_ttft_ms']:,} ms | {fp['concurrent_batched']['median_ttft_ms']:,} ms | {fp['concurrent_batched']['slowest_last_token_ms']:,} ms |",
+        f"| {fp['concurrent_one_by_one']['clients']} at once, one by one | {fp['concurrent_one_by_one']['aggregate_tokens_per_s']} tok/s | {fp['concurrent_one_by_one']['slowest_ttft_ms']:,} ms | {fp['concurrent_one_by_one']['median_ttft_ms']:,} ms | {fp['concurrent_one_by_one']['slowest_last_token_ms']:,} ms |",
         "",
         f"Floors: decode {fl['decode_floor_ms_per_token']} ms/token (ceiling {fl['decode_ceiling_tokens_per_s']} tok/s; "
-        f"measured {fl['decode_fraction_of_ceiling']:.0%} of it); prefix prefill floor {fl['prefix_prefill_floor_ms']} ms "
+        f"fast path at {fl['fast_decode_fraction_of_ceiling']:.0%} of it, eager path at "
+        f"{fl['decode_fraction_of_ceiling']:.0%}); prefix prefill floor {fl['prefix_prefill_floor_ms']} ms "
         f"(measured {lw['prefix_build_prefill_ms']} ms, {fl['prefix_prefill_fraction'] or 0:.0%}); follow-up TTFT floor "
-        f"{fl['followup_ttft_floor_ms']} ms ({fl['followup_ttft_fraction']:.0%}); vision floor "
+        f"{fl['followup_ttft_floor_ms']} ms (fast path at {fl['fast_followup_ttft_fraction'] or 0:.0%}); vision floor "
         f"{fl['vision_floor_ms_per_pair']} ms/pair (batched {sc['vision_ms_per_pair_batched']} ms/pair, "
         f"{fl['vision_batched_fraction'] or 0:.0%}; alone {sc['vision_ms_per_pair_alone']} ms).",
         f"Prefix upkeep (prefill from cached vision): extension {sc['prefix_extension_ms']} ms, partial rebuild "
@@ -590,6 +755,29 @@ def markdown(r: dict[str, Any]) -> str:
             f"({ing['store_frame_size']}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+@torch.inference_mode()
+def profile_decode(lm: LoadedModel, plan: Plan, bank: FrameBank) -> None:
+    """Kernel time of one decode step of the fast path's math, run eagerly, per batch size."""
+    from torch.profiler import ProfilerActivity, profile
+
+    core = EngineCore(lm, timezone="UTC")
+    dec = BatchDecoder(core, slots=16, max_len=4096, use_graphs=False)
+    core.set_context("cam", context_pairs(bank, plan.star_pairs, plan.window_pairs), 1)
+    prepared = core.prepare("cam", QUESTION, 8)
+    for slot in range(16):
+        dec.runner.cache.load(slot, *core.stacked_prefix("cam"))
+    for bucket in (1, 16):
+        rows = {i: (1, prepared.next_position, prepared.prefix_tokens + 40) for i in range(bucket)}
+        dec.runner.set_rows(bucket, rows)
+        dec.runner.decode(bucket, 2)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if lm.device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            dec.runner.decode(bucket, 1)
+        key = "cuda_time_total" if lm.device.type == "cuda" else "cpu_time_total"
+        print(f"[profile] batch {bucket}")
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
 
 
 @torch.inference_mode()
@@ -627,9 +815,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--max-pixels", type=int, default=100352)
-    parser.add_argument("--sections", default="prototype,livewatch,scaling,ingest",
-                        help="comma-separated subset of prototype,livewatch,scaling,ingest")
+    parser.add_argument("--sections", default="prototype,livewatch,fastpath,scaling,ingest",
+                        help="comma-separated subset of prototype,livewatch,fastpath,scaling,ingest")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench")
+    parser.add_argument("--profile-decode", action="store_true",
+                        help="print the GPU kernels of one eager decode step (batch 1 and 16) and exit")
     args = parser.parse_args(argv)
     if args.tiny and not args.model:
         args.arch = args.arch or "tiny"
@@ -656,12 +846,18 @@ def main(argv: list[str] | None = None) -> int:
     core = EngineCore(lm, timezone="UTC")
     bank = FrameBank(plan.frame_size)
     warm_up(lm, bank)
+    if args.profile_decode:
+        profile_decode(lm, plan, bank)
+        return 0
     if "prototype" in sections:
         report["prototype"] = prototype(lm, core, plan)
         print(f"[bench] prototype {report['prototype']}", flush=True)
     if "livewatch" in sections:
         report["livewatch"] = livewatch_section(lm, plan, bank)
         print(f"[bench] livewatch {report['livewatch']}", flush=True)
+    if "fastpath" in sections and "livewatch" in sections:
+        report["fastpath"] = fastpath(lm, plan, bank, report["livewatch"])
+        print(f"[bench] fastpath {json.dumps(report['fastpath'])}", flush=True)
     if "scaling" in sections:
         report["scaling"] = scaling(lm, plan, bank)
         print(f"[bench] scaling {json.dumps(report['scaling'])}", flush=True)
@@ -670,10 +866,10 @@ def main(argv: list[str] | None = None) -> int:
         report["ingest"] = ingest(plan, lambda h, w: target_size(h, w, spec))
         print(f"[bench] ingest {report['ingest']}", flush=True)
     if {"livewatch", "scaling"} <= sections:
-        report["floors"] = floors(lm, report["ceilings"], report["livewatch"], report["scaling"])
+        report["floors"] = floors(lm, report["ceilings"], report["livewatch"], report["scaling"], report.get("fastpath"))
     report["seconds"] = round(time.time() - t_start, 1)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    if {"prototype", "livewatch", "scaling", "ingest"} <= sections:
+    if {"prototype", "livewatch", "fastpath", "scaling", "ingest"} <= sections:
         table = markdown(report)
         (args.out / "bench.md").write_text(table)
         print(table)

@@ -53,6 +53,20 @@ class EncodeReport:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A question ready to run on a camera's up-to-date prefix."""
+
+    camera: str
+    suffix: list[int]  # the question's token ids, from <|vision_end|> to the assistant turn
+    next_position: int  # M-RoPE position of the first suffix token
+    prefix_tokens: int
+    kv_generation: int
+    reused: bool  # the prefix was ready when the question came
+    encode_ms: float
+    t_start: float
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     token_ids: tuple[int, ...]
@@ -74,11 +88,59 @@ class _CameraState:
     extensions: int = 0
     partial_rebuilds: int = 0
     questions: int = 0
+    kv_generation: int = 0  # changes whenever ``kv`` does (slot caches key their copies on it)
+    stacked: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     last_encode: EncodeReport | None = field(default=None, repr=False)
 
     @property
     def cache_valid(self) -> bool:
         return self.kv is not None and self.encoded_version == self.version
+
+
+def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    if params.temperature == 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(params.seed if params.seed is not None else int(time.time_ns() & 0xFFFFFFFF))
+    return generator
+
+
+class AnswerStream:
+    """One answer's tokens as they are picked: stop rules, streaming text, first-token time."""
+
+    def __init__(self, lm: LoadedModel, params: SamplingParams, on_text: Callable[[str], None] | None) -> None:
+        self._stops = lm.stop_token_ids
+        self._params = params
+        self._on_text = on_text
+        self._decoder = IncrementalDecoder(lm.tokenizer)
+        self._pieces: list[str] = []
+        self.ids: list[int] = []
+        self.finish_reason = "length"
+        self.t_first: float | None = None
+
+    def accept(self, token: int) -> bool:
+        """Take a picked token; False when the answer is complete (end-of-turn token or length)."""
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        if token in self._stops and not self._params.ignore_eos:
+            self.finish_reason = "stop"
+            return False
+        self.ids.append(token)
+        self._emit(self._decoder.push(token))
+        return len(self.ids) < self._params.max_new_tokens
+
+    def close(self) -> None:
+        self._emit(self._decoder.flush())
+
+    def _emit(self, delta: str) -> None:
+        if delta:
+            self._pieces.append(delta)
+            if self._on_text is not None:
+                self._on_text(delta)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
 
 
 class EngineCore:
@@ -98,6 +160,7 @@ class EngineCore:
         self.vision_batch = vision_batch
         self.template = PromptTemplate.from_processor(lm.processor, "<|video_pad|>")
         self._cameras: dict[str, _CameraState] = {}
+        self._generation = 0
 
     # -- contexts -----------------------------------------------------------------------------------------------
 
@@ -128,6 +191,7 @@ class EngineCore:
             return
         state.vision.clear()
         state.kv = None
+        state.stacked = None
         state.layout = None
         state.encoded_version = None
         if self.lm.device.type == "cuda":
@@ -215,6 +279,9 @@ class EngineCore:
                 use_cache=True,
             )
             state.kv = kv_from_cache(cache)
+            state.stacked = None
+            self._generation += 1
+            state.kv_generation = self._generation
             prefill_tokens = embeds.shape[1]
         self._sync()
         t2 = time.perf_counter()
@@ -250,6 +317,47 @@ class EngineCore:
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
+    def prepare(
+        self, camera: str, question: str, max_new_tokens: int, received_at: float | None = None
+    ) -> Prepared:
+        """Check the request, bring the camera's prefix up to date (lazy mode's encode) and tokenize the question."""
+        t_start = received_at if received_at is not None else time.perf_counter()
+        if max_new_tokens > self.max_new_tokens_limit:
+            raise RequestError(
+                "bad_request", f"max_tokens {max_new_tokens} exceeds the limit {self.max_new_tokens_limit}"
+            )
+        state = self._state(camera)
+        if not state.pairs:
+            raise RequestError("no_frames", f"camera {camera!r} has no frames yet")
+        reused = state.cache_valid
+        report = self.encode(camera)
+        assert state.layout is not None and state.kv is not None
+        return Prepared(
+            camera=camera,
+            suffix=self.question_ids(camera, question),
+            next_position=state.layout.next_position,
+            prefix_tokens=kv_length(state.kv),
+            kv_generation=state.kv_generation,
+            reused=reused,
+            encode_ms=0.0 if reused else report.encode_ms,
+            t_start=t_start,
+        )
+
+    def stacked_prefix(self, camera: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix as two [layers, kv_heads, P, head_dim] tensors (built once per encode)."""
+        from livewatch.engine.fastpath import stack_prefix
+
+        state = self._state(camera)
+        assert state.kv is not None
+        if state.stacked is None:
+            state.stacked = stack_prefix(state.kv)
+        return state.stacked
+
+    def guard(self, camera: str, doing: str):
+        """Model failures inside the block fail this job only (EngineError) and free the camera's caches."""
+        return self._model_errors(camera, doing)
+
+    @torch.inference_mode()
     def ask(
         self,
         camera: str,
@@ -261,99 +369,79 @@ class EngineCore:
     ) -> Answer:
         """Answer one question about ``camera``'s context, streaming text deltas to ``on_text``.
 
-        ``received_at`` (time.perf_counter()) is when the request arrived, so queueing counts in ttft_ms.
-        Raises CancelledRequest when ``cancelled()`` turns true (checked between tokens).
+        The unbatched, eager path: the reference the batched fast path is checked against, and the fallback for
+        questions that do not fit a decode slot. ``received_at`` (time.perf_counter()) is when the request
+        arrived, so queueing counts in ttft_ms. Raises CancelledRequest when ``cancelled()`` turns true (checked
+        between tokens).
         """
-        t_start = received_at if received_at is not None else time.perf_counter()
-        if params.max_new_tokens > self.max_new_tokens_limit:
-            raise RequestError(
-                "bad_request", f"max_tokens {params.max_new_tokens} exceeds the limit {self.max_new_tokens_limit}"
-            )
-        state = self._state(camera)
-        if not state.pairs:
-            raise RequestError("no_frames", f"camera {camera!r} has no frames yet")
-        reused = state.cache_valid
-        report = self.encode(camera)
-        encode_ms = 0.0 if reused else report.encode_ms
-        with self._model_errors(camera, "answering"):
-            return self._answer(state, question, params, on_text, cancelled, t_start, encode_ms, reused)
+        prepared = self.prepare(camera, question, params.max_new_tokens, received_at)
+        return self.run_prepared(prepared, params, on_text, cancelled)
+
+    @torch.inference_mode()
+    def run_prepared(
+        self,
+        prepared: Prepared,
+        params: SamplingParams,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Answer:
+        """The unbatched decode of a prepared question."""
+        with self._model_errors(prepared.camera, "answering"):
+            return self._answer(self._state(prepared.camera), prepared, params, on_text, cancelled)
 
     def _answer(
         self,
         state: _CameraState,
-        question: str,
+        prepared: Prepared,
         params: SamplingParams,
         on_text: Callable[[str], None] | None,
         cancelled: Callable[[], bool],
-        t_start: float,
-        encode_ms: float,
-        reused: bool,
     ) -> Answer:
         lm = self.lm
-        layout = state.layout
-        assert layout is not None and state.kv is not None
-        suffix = self.question_ids(state.name, question)
-        pos = layout.next_position
+        suffix = prepared.suffix
+        pos = prepared.next_position
         cache = cache_from_kv(lm.model.config.text_config, state.kv)
-        generator = None
-        if params.temperature > 0:
-            generator = torch.Generator(device=lm.device)
-            generator.manual_seed(params.seed if params.seed is not None else int(time.time_ns() & 0xFFFFFFFF))
-
+        generator = make_generator(params, lm.device)
         embeds = lm.embed_tokens(torch.tensor(suffix, dtype=torch.long, device=lm.device)).unsqueeze(0)
         logits = forward(lm, embeds, position_tensor(text_positions(pos, len(suffix)), lm.device), cache)
         pos += len(suffix)
-        decoder = IncrementalDecoder(lm.tokenizer)
-        ids: list[int] = []
-        pieces: list[str] = []
-        finish = "length"
-        t_first: float | None = None
+        stream = AnswerStream(lm, params, on_text)
         while True:
             if cancelled():
                 raise CancelledRequest("the request was cancelled")
             token = pick_token(logits, params, generator)
-            if t_first is None:
-                t_first = time.perf_counter()
-            if token in lm.stop_token_ids and not params.ignore_eos:
-                finish = "stop"
-                break
-            ids.append(token)
-            delta = decoder.push(token)
-            if delta:
-                pieces.append(delta)
-                if on_text is not None:
-                    on_text(delta)
-            if len(ids) >= params.max_new_tokens:
+            if not stream.accept(token):
                 break
             emb = lm.embed_tokens(torch.tensor([token], dtype=torch.long, device=lm.device)).unsqueeze(0)
             logits = forward(lm, emb, position_tensor(text_positions(pos, 1), lm.device), cache)
             pos += 1
-        tail = decoder.flush()
-        if tail:
-            pieces.append(tail)
-            if on_text is not None:
-                on_text(tail)
-        t_end = time.perf_counter()
         del cache
+        return self.finish(prepared, stream)
+
+    def finish(self, prepared: Prepared, stream: AnswerStream) -> Answer:
+        """The answer and its metrics once ``stream`` ended."""
+        stream.close()
+        t_end = time.perf_counter()
+        state = self._state(prepared.camera)
         state.questions += 1
-        pairs = state.pairs
-        decode_s = t_end - (t_first or t_end)
-        n_frames = sum(1 if p.first is p.second else 2 for p in pairs)
+        pairs, layout, ids = state.pairs, state.layout, stream.ids
+        t_first = stream.t_first or t_end
+        decode_s = t_end - t_first
         metrics = {
-            "ttft_ms": round(((t_first or t_end) - t_start) * 1e3, 3),
-            "encode_ms": round(encode_ms, 3),
-            "total_ms": round((t_end - t_start) * 1e3, 3),
+            "ttft_ms": round((t_first - prepared.t_start) * 1e3, 3),
+            "encode_ms": round(prepared.encode_ms, 3),
+            "total_ms": round((t_end - prepared.t_start) * 1e3, 3),
             "output_tokens": len(ids),
             "decode_tokens_per_s": round((len(ids) - 1) / decode_s, 2) if len(ids) > 1 and decode_s > 0 else 0.0,
-            "visual_tokens": layout.n_visual,
-            "context_tokens": layout.n_tokens + len(suffix),
-            "question_tokens": len(suffix),
-            "frames_in_context": n_frames,
-            "video_span_s": round(pairs[-1].end_time - pairs[0].time, 3),
-            "cache_reused": reused,
-            "finish_reason": finish,
+            "visual_tokens": layout.n_visual if layout else 0,
+            "context_tokens": prepared.prefix_tokens + len(prepared.suffix),
+            "question_tokens": len(prepared.suffix),
+            "frames_in_context": sum(1 if p.first is p.second else 2 for p in pairs),
+            "video_span_s": round(pairs[-1].end_time - pairs[0].time, 3) if pairs else 0.0,
+            "cache_reused": prepared.reused,
+            "finish_reason": stream.finish_reason,
         }
-        return Answer(text="".join(pieces), token_ids=tuple(ids), finish_reason=finish, metrics=metrics)
+        return Answer(text=stream.text, token_ids=tuple(ids), finish_reason=stream.finish_reason, metrics=metrics)
 
     # -- figures ------------------------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ Three kinds of work reach the engine:
 - context updates from the memory (one per camera and frame batch). Only the newest per camera matters, so a
   newer update replaces a pending one ("keep latest"); they are applied before any other job, so a question
   always sees the newest frames the memory published.
-- questions, first come first served, in a queue bounded by ``max_queued``: when it is full, ``push_ask`` raises
-  ``RequestError("busy")`` instead of letting the queue grow.
+- questions, in a queue bounded by ``max_queued`` (when it is full, ``push_ask`` raises ``RequestError("busy")``
+  instead of letting the queue grow), served round-robin across clients (a client's own questions in order), so
+  one busy client cannot starve the others.
 - background encodes (eager mode), at most one pending per camera (a set), run only when no question waits:
   questions outrank encodes.
 """
@@ -32,6 +33,7 @@ class AskJob:
     cancelled: Any = None  # threading.Event
     result: Any = None  # concurrent.futures.Future-like: set_result / set_exception
     id: str = ""
+    client: str = ""  # who asked (connection id); the unit of fairness
 
 
 @dataclass
@@ -43,14 +45,34 @@ class ContextUpdate:
 @dataclass
 class Scheduler:
     max_queued: int = 32
-    asks: deque[AskJob] = field(default_factory=deque)
+    by_client: OrderedDict[str, deque[AskJob]] = field(default_factory=OrderedDict)
+    queued: int = 0
     contexts: dict[str, ContextUpdate | None] = field(default_factory=dict)  # None: remove the camera
     encodes: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def push_ask(self, job: AskJob) -> None:
-        if len(self.asks) >= self.max_queued:
-            raise RequestError("busy", f"the engine has {len(self.asks)} questions waiting; try again shortly")
-        self.asks.append(job)
+        if self.queued >= self.max_queued:
+            raise RequestError("busy", f"the engine has {self.queued} questions waiting; try again shortly")
+        self.by_client.setdefault(job.client or job.camera, deque()).append(job)
+        self.queued += 1
+
+    def next_ask(self) -> AskJob | None:
+        """The oldest question of the client served longest ago (round-robin over clients)."""
+        if not self.by_client:
+            return None
+        client, jobs = next(iter(self.by_client.items()))
+        job = jobs.popleft()
+        del self.by_client[client]
+        if jobs:
+            self.by_client[client] = jobs  # to the back of the line
+        self.queued -= 1
+        return job
+
+    def next_encode(self) -> str | None:
+        if self.encodes:
+            camera, _ = self.encodes.popitem(last=False)
+            return camera
+        return None
 
     def push_context(self, camera: str, pairs: Sequence[FramePair], version: int, eager: bool) -> None:
         self.contexts[camera] = ContextUpdate(tuple(pairs), version)
@@ -68,17 +90,14 @@ class Scheduler:
     def next_job(self) -> AskJob | str | None:
         """The next question, else a camera to encode, else None. A cancelled question is still returned: the
         worker reports the cancellation to its waiter without running it."""
-        if self.asks:
-            return self.asks.popleft()
-        if self.encodes:
-            camera, _ = self.encodes.popitem(last=False)
-            return camera
-        return None
+        job = self.next_ask()
+        return job if job is not None else self.next_encode()
 
     def has_work(self) -> bool:
-        return bool(self.asks or self.contexts or self.encodes)
+        return bool(self.queued or self.contexts or self.encodes)
 
     def drain_asks(self) -> list[AskJob]:
-        jobs = list(self.asks)
-        self.asks.clear()
+        jobs = [job for q in self.by_client.values() for job in q]
+        self.by_client.clear()
+        self.queued = 0
         return jobs

@@ -3,9 +3,17 @@
 One named thread ("livewatch-engine") runs every EngineCore call; the event loop never waits on the GPU. The loop
 side submits work through a ``Scheduler`` guarded by a condition variable and awaits an asyncio future that the
 worker completes with ``loop.call_soon_threadsafe``. Streamed text goes the same way, to a callback run on the
-loop. A question whose awaiting task is cancelled (its client went away) sets an Event that the decode loop checks
-between tokens. A model failure fails only that job (EngineError); the worker keeps serving. Shutdown fails every
-waiting question with CancelledRequest and joins the thread.
+loop.
+
+The thread's loop: apply the newest contexts; admit waiting questions into free decode slots (round-robin over
+clients; a lazy encode happens here); advance every active answer by one decode step; when no question waits or
+runs, do one background encode (eager mode). So questions outrank encodes, and an answer that ends or is
+cancelled leaves the batch without stalling the others. At start the thread captures the CUDA graphs of the
+decode path (reported in the log and in status), before the daemon says it is ready.
+
+A question whose awaiting task is cancelled (its client went away) sets an Event that is checked before every
+decode step. A model failure fails only the jobs it touched (EngineError); the worker keeps serving. Shutdown
+fails every waiting and running question with CancelledRequest and joins the thread.
 """
 
 from __future__ import annotations
@@ -16,10 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.core import Answer, EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.scheduler import AskJob, Scheduler
-from livewatch.errors import CancelledRequest, EngineError, RecoverableError
+from livewatch.errors import CancelledRequest, EngineError, LivewatchError, RecoverableError
 from livewatch.frames import FramePair
 from livewatch.log import bind, get_logger
 
@@ -34,26 +43,35 @@ class EngineWorker:
         encode_mode: str = "lazy",
         max_queued: int = 32,
         on_encode: Callable[[EncodeReport], None] | None = None,
+        slots: int = 8,
+        max_len: int = 4096,
+        cuda_graphs: bool = True,
     ) -> None:
         self.core = core
         self._on_encode = on_encode
         self.eager = encode_mode == "eager"
+        self.batch = BatchDecoder(core, slots, max_len, cuda_graphs)
         self._sched = Scheduler(max_queued=max_queued)
         self._cond = threading.Condition()
         self._stopping = False
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="livewatch-engine", daemon=True)
         self._stats: dict[str, Any] = core.stats()
+        self._stats_at = 0.0
         self._busy_since: float | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
+        self.capture_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        """Start the thread and wait until its decode path is ready (graphs captured, or eager)."""
         self._thread.start()
+        self._ready.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Fail waiting questions, let the running job see its cancel flag, join. True if the thread ended."""
+        """Fail waiting questions, stop running ones, join. True if the thread ended."""
         with self._cond:
             self._stopping = True
             waiting = self._sched.drain_asks()
@@ -87,6 +105,7 @@ class EngineWorker:
         params: SamplingParams = SamplingParams(),
         on_text: Callable[[str], None] | None = None,
         request_id: str = "",
+        client: str = "",
     ) -> Answer:
         """Answer a question on the worker thread; ``on_text`` runs on the event loop with each text delta."""
         loop = asyncio.get_running_loop()
@@ -106,6 +125,7 @@ class EngineWorker:
             cancelled=cancelled,
             result=result,
             id=request_id,
+            client=client,
         )
         with self._cond:
             if self._stopping:
@@ -122,7 +142,7 @@ class EngineWorker:
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
-            queued = len(self._sched.asks)
+            queued = self._sched.queued
             pending_encodes = len(self._sched.encodes)
         busy = self._busy_since
         return {
@@ -134,66 +154,112 @@ class EngineWorker:
             "busy_s": round(time.monotonic() - busy, 3) if busy is not None else 0.0,
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
+            "decoder": {**self.batch.stats(), "capture_error": self.capture_error},
         }
+
+    def _refresh_stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._stats_at > 0.25:
+            self._stats = self.core.stats()
+            self._stats_at = now
 
     # -- the thread ---------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
         bind(thread="engine")
+        try:
+            seconds = self.batch.capture()
+            if seconds:
+                log.info("engine.graphs_captured", seconds=round(seconds, 2), **self.batch.runner.describe())
+            else:
+                log.info("engine.decode_path", mode="eager", reason=f"device {self.core.lm.device.type}")
+        except Exception as exc:  # capture is an optimisation: serve eagerly rather than not at all
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            self.batch.runner.use_graphs = False
+            self.batch.runner._decode_graphs.clear()
+            self.batch.runner._prefill_graphs.clear()
+            log.exception("engine.capture_failed")
+        finally:
+            self._ready.set()
+        try:
+            self._loop()
+        finally:
+            for outcome in self.batch.cancel_all(CancelledRequest("the daemon is shutting down")):
+                self._resolve(outcome)
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._sched.has_work():
+                while not self._stopping and not self._sched.has_work() and not self.batch.active:
                     self._cond.wait()
                 if self._stopping:
                     return
                 contexts = self._sched.take_contexts()
-                job = self._sched.next_job() if not contexts else None
+                admits: list[AskJob] = []
+                for _ in range(self.batch.free_slots()):
+                    job = self._sched.next_ask()
+                    if job is None:
+                        break
+                    admits.append(job)
+                encode = None
+                if not admits and not self.batch.active and not contexts:
+                    encode = self._sched.next_encode()
             for camera, update in contexts.items():
                 if update is None:
                     self.core.drop_camera(camera)
                 else:
                     self.core.set_context(camera, update.pairs, update.version)
-            if job is None:
-                if contexts:
-                    self._stats = self.core.stats()
-                continue
             self._busy_since = time.monotonic()
             try:
-                if isinstance(job, AskJob):
-                    self._run_ask(job)
-                else:
-                    self._run_encode(job)
+                for job in admits:
+                    self._admit(job)
+                if self.batch.active:
+                    for outcome in self.batch.step():
+                        self._resolve(outcome)
+                elif encode is not None:
+                    self._run_encode(encode)
             finally:
                 self._busy_since = None
-                self._stats = self.core.stats()
+                self._refresh_stats(force=not self.batch.active)
 
-    def _run_ask(self, job: AskJob) -> None:
+    def _admit(self, job: AskJob) -> None:
         bind(camera=job.camera, request=job.id)
         if job.cancelled.is_set():
             job.result.fail(CancelledRequest("the request was cancelled"))
             return
+
+        def cancelled() -> bool:
+            return job.cancelled.is_set() or self._stopping
+
         try:
-            answer = self.core.ask(
-                job.camera,
-                job.question,
-                job.params,
-                on_text=job.on_text,
-                cancelled=lambda: job.cancelled.is_set() or self._stopping,
-                received_at=job.received_at,
-            )
+            prepared = self.core.prepare(job.camera, job.question, job.params.max_new_tokens, job.received_at)
+            if self.batch.fits(prepared, job.params):
+                outcome = self.batch.admit(job, prepared, job.params, job.on_text, cancelled)
+            else:  # longer than a decode slot: the unbatched path
+                outcome = Outcome(job, answer=self.core.run_prepared(prepared, job.params, job.on_text, cancelled))
         except RecoverableError as exc:
-            if isinstance(exc, EngineError):
-                self.jobs_failed += 1
-                log.error("engine.ask_failed", error=str(exc), out_of_memory=exc.out_of_memory)
-            job.result.fail(exc)
+            outcome = Outcome(job, error=exc)
         except Exception as exc:  # a bug must not kill the thread that serves every camera
-            self.jobs_failed += 1
-            log.exception("engine.ask_crashed")
-            job.result.fail(EngineError(f"internal error: {type(exc).__name__}: {exc}"))
-        else:
+            log.exception("engine.admit_crashed")
+            outcome = Outcome(job, error=EngineError(f"internal error: {type(exc).__name__}: {exc}"))
+        if outcome is not None:
+            self._resolve(outcome)
+
+    def _resolve(self, outcome: Outcome) -> None:
+        job: AskJob = outcome.key
+        if outcome.answer is not None:
             self.jobs_done += 1
-            log.info("engine.answered", **{k: answer.metrics[k] for k in ("ttft_ms", "total_ms", "output_tokens")})
-            job.result.succeed(answer)
+            m = outcome.answer.metrics
+            log.info("engine.answered", camera=job.camera, request=job.id, ttft_ms=m["ttft_ms"],
+                     total_ms=m["total_ms"], output_tokens=m["output_tokens"])
+            job.result.succeed(outcome.answer)
+            return
+        error: LivewatchError = outcome.error or EngineError("unknown failure")
+        if isinstance(error, EngineError):
+            self.jobs_failed += 1
+            log.error("engine.ask_failed", camera=job.camera, request=job.id, error=str(error),
+                      out_of_memory=error.out_of_memory)
+        job.result.fail(error)
 
     def _run_encode(self, camera: str) -> None:
         bind(camera=camera, request=None)

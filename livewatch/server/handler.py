@@ -36,7 +36,8 @@ class Service(Protocol):
     def camera_names(self) -> list[str]: ...
 
     async def ask(
-        self, camera: str, question: str, params: SamplingParams, on_text: Callable[[str], None], request_id: str
+        self, camera: str, question: str, params: SamplingParams, on_text: Callable[[str], None], request_id: str,
+        client: str,
     ) -> Answer: ...
 
     def status(self) -> dict[str, Any]: ...
@@ -224,7 +225,8 @@ class Connection:
         )
         try:
             answer = await self.service.ask(
-                camera, req.question, params, lambda text: self.send(p.token_message(req.id, text)), str(req.id)
+                camera, req.question, params, lambda text: self.send(p.token_message(req.id, text)), str(req.id),
+                self.id,
             )
         except asyncio.CancelledError as exc:
             reason = exc.args[0] if exc.args else ""

@@ -1,0 +1,320 @@
+"""Decoder steps over preallocated KV slots, eager or captured as CUDA graphs.
+
+Plain eager PyTorch decoding of the 3B model is bound by kernel launches (hundreds per token), far from the
+weight-read floor (~2 ms per token on an H100). Here the language model's layers are driven with static shapes:
+
+- ``SlotCache``: K/V for ``slots`` concurrent answers, ``max_len`` tokens each (the camera's prefix, copied in,
+  then the question and the answer), one tensor per K and V: [layers, slots, kv_heads, max_len, head_dim].
+- ``decode``: one token for each of the first B slots. Each row writes its new K/V at its own index and attends
+  to keys 0..index (a mask), so rows of different lengths and cameras share one batch.
+- ``prefill``: S question tokens into one slot after its prefix (S padded to a bucket; the causal mask keeps the
+  real tokens from seeing the padding, later writes overwrite it).
+
+Grouped-query attention is computed without repeating K/V: the query heads that share a KV head are laid out
+as extra query rows of that head (exact for any mask). The layer's own modules (norms, projections, MLP,
+rotary tables) are called, so the arithmetic is the model's; only the cache and the attention call are ours.
+
+``StepRunner`` runs these eagerly (CPU, or CUDA without graphs) or replays CUDA graphs captured at start-up for
+a few batch sizes and prefill lengths; inputs go through static buffers, one host-to-device copy per call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+from livewatch.engine.loading import LoadedModel
+from livewatch.log import get_logger
+
+log = get_logger("livewatch.engine")
+
+DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+PREFILL_BUCKETS = (32, 64, 128, 256, 512)
+
+
+class SlotCache:
+    def __init__(self, lm: LoadedModel, slots: int, max_len: int) -> None:
+        cfg = lm.model.config.text_config
+        self.layers = int(cfg.num_hidden_layers)
+        self.kv_heads = int(cfg.num_key_value_heads)
+        self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
+        self.slots = slots
+        self.max_len = max_len
+        shape = (self.layers, slots, self.kv_heads, max_len, self.head_dim)
+        self.k = torch.zeros(shape, dtype=lm.dtype, device=lm.device)
+        self.v = torch.zeros(shape, dtype=lm.dtype, device=lm.device)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def load(self, slot: int, prefix_k: torch.Tensor, prefix_v: torch.Tensor) -> None:
+        """Copy a prefix ([layers, kv_heads, P, head_dim] each) into a slot: two copies."""
+        n = prefix_k.shape[2]
+        self.k[:, slot, :, :n].copy_(prefix_k)
+        self.v[:, slot, :, :n].copy_(prefix_v)
+
+
+def stack_prefix(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer [1, kv_heads, P, head_dim] tensors -> two [layers, kv_heads, P, head_dim] tensors."""
+    return torch.stack([k[0] for k, _ in kv]), torch.stack([v[0] for _, v in kv])
+
+
+class _Layers:
+    """The language model's math over a SlotCache."""
+
+    def __init__(self, lm: LoadedModel, cache: SlotCache) -> None:
+        text = lm.text_model
+        self.embed = text.embed_tokens
+        self.rotary = text.rotary_emb
+        self.layers = list(text.layers)
+        self.norm = text.norm
+        self.lm_head = lm.model.lm_head
+        cfg = lm.model.config.text_config
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_rep = self.n_heads // cache.kv_heads
+        self.cache = cache
+        self.scaling = self.layers[0].self_attn.scaling
+        self.key_index = torch.arange(cache.max_len, device=lm.device)
+
+    def _attend(
+        self, layer_idx: int, layer: Any, h: torch.Tensor, cos, sin, write, rows, mask, contiguous_rows: bool
+    ) -> torch.Tensor:
+        """h: [B, S, H]; write: [B, S] cache indices; rows: [B] slot per row; mask: [B, 1, n_rep*S, max_len]."""
+        b, s, _ = h.shape
+        c = self.cache
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(b, s, self.n_heads, c.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, s, c.kv_heads, c.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, s, c.kv_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        kc, vc = c.k[layer_idx], c.v[layer_idx]  # [slots, kv_heads, max_len, head_dim]
+        r = rows[:, None].expand(b, s)
+        kc[r, :, write] = k.transpose(1, 2)  # [B, S, kv_heads, head_dim] at (row, index)
+        vc[r, :, write] = v.transpose(1, 2)
+        if contiguous_rows:  # decode: rows are slots 0..B-1, a view
+            keys, values = kc[:b], vc[:b]
+        else:  # prefill: one slot given as a tensor (so one captured graph serves every slot)
+            keys, values = kc.index_select(0, rows), vc.index_select(0, rows)
+        qg = q.reshape(b, c.kv_heads, self.n_rep * s, c.head_dim)
+        # Attention as two batched matmuls: with a per-row mask and few query rows (decode), SDPA's fused kernels
+        # run one thread block per (row, head) and leave the GPU idle; cuBLAS splits the key axis instead.
+        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * self.scaling
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(values.dtype)
+        o = torch.matmul(probs, values)
+        o = o.view(b, c.kv_heads, self.n_rep, s, c.head_dim).permute(0, 3, 1, 2, 4).reshape(b, s, -1)
+        h = h + attn.o_proj(o)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor, write: torch.Tensor, rows: torch.Tensor,
+            last: torch.Tensor, contiguous_rows: bool) -> torch.Tensor:
+        """tokens [B, S], positions [3, B, S], write [B, S], rows [B] (slots; 0..B-1 when ``contiguous_rows``),
+        last [B] (which of S gives logits)."""
+        b, s = tokens.shape
+        h = self.embed(tokens)
+        cos, sin = self.rotary(h, positions)
+        allowed = self.key_index[None, None, :] <= write[:, :, None]  # [B, S, max_len]: causal over the slot
+        mask = allowed[:, None].expand(b, self.n_rep, s, -1).reshape(b, 1, self.n_rep * s, -1)
+        for i, layer in enumerate(self.layers):
+            h = self._attend(i, layer, h, cos, sin, write, rows, mask, contiguous_rows)
+        h = self.norm(h)
+        picked = h[torch.arange(b, device=h.device), last]  # [B, H]
+        return self.lm_head(picked).float()
+
+
+@dataclass
+class _Graph:
+    graph: Any
+    inputs: torch.Tensor  # [4, B, S] int64: token, position, write index, (row in [0, 0]; last in [0, 1])
+    logits: torch.Tensor
+    argmax: torch.Tensor
+
+
+class StepRunner:
+    """Decode and prefill calls over a SlotCache; CUDA graphs when ``use_graphs``."""
+
+    def __init__(self, lm: LoadedModel, cache: SlotCache, use_graphs: bool) -> None:
+        self.lm = lm
+        self.cache = cache
+        self.math = _Layers(lm, cache)
+        self.device = lm.device
+        self.use_graphs = use_graphs and lm.device.type == "cuda"
+        self.decode_buckets = tuple(b for b in DECODE_BUCKETS if b <= cache.slots) or (cache.slots,)
+        if self.decode_buckets[-1] != cache.slots:
+            self.decode_buckets = (*self.decode_buckets, cache.slots)
+        self.prefill_buckets = tuple(s for s in PREFILL_BUCKETS if s < cache.max_len)
+        self._decode_graphs: dict[int, _Graph] = {}
+        self._prefill_graphs: dict[int, _Graph] = {}
+        self._eager_inputs: dict[int, torch.Tensor] = {}
+        self._histories: dict[Any, torch.Tensor] = {}
+        self._host: dict[int, torch.Tensor] = {}
+        self.capture_s = 0.0
+
+    # -- the calls ------------------------------------------------------------------------------------------------
+
+    def bucket_for(self, top_slot: int) -> int:
+        bucket = next((b for b in self.decode_buckets if b > top_slot), None)
+        if bucket is None:
+            raise ValueError(f"slot {top_slot} is outside the {self.cache.slots} slots")
+        return bucket
+
+    def _decode_inputs(self, bucket: int) -> torch.Tensor:
+        graph = self._decode_graphs.get(bucket)
+        if graph is not None:
+            return graph.inputs
+        if bucket not in self._eager_inputs:
+            self._eager_inputs[bucket] = torch.zeros((4, bucket, 1), dtype=torch.long, device=self.device)
+        return self._eager_inputs[bucket]
+
+    @torch.inference_mode()
+    def set_rows(self, bucket: int, rows: dict[int, tuple[int, int, int]]) -> None:
+        """Load the decode inputs of ``bucket``: {slot: (token, position, write index)}; other rows are padding
+        that writes into its own slot's last cache position, which nothing reads."""
+        host = self._host_inputs(bucket)
+        host.zero_()
+        host[2, :, 0] = self.cache.max_len - 1
+        for slot, (token, position, write) in rows.items():
+            host[0, slot, 0], host[1, slot, 0], host[2, slot, 0] = token, position, write
+        self._decode_inputs(bucket).copy_(host, non_blocking=True)
+
+    @torch.inference_mode()
+    def set_tokens(self, bucket: int, tokens: dict[int, int]) -> None:
+        """Overwrite the next input token of some rows (sampled rows pick their token on the host)."""
+        inputs = self._decode_inputs(bucket)
+        for slot, token in tokens.items():
+            inputs[0, slot, 0] = token
+
+    @torch.inference_mode()
+    def decode(self, bucket: int, steps: int = 1) -> tuple[torch.Tensor, list[list[int]]]:
+        """``steps`` decode steps for the rows of ``bucket`` (inputs from set_rows). Each step feeds its greedy
+        tokens back as the next inputs on the device (positions and write indices advance by one), so
+        several steps run without a host round trip. Returns (the last step's logits [bucket, V] on the
+        device, greedy tokens per step [steps][bucket])."""
+        graph = self._decode_graphs.get(bucket)
+        history = self._history(bucket, steps)
+        for i in range(steps):
+            if graph is not None:
+                graph.graph.replay()
+                logits, argmax = graph.logits, graph.argmax
+            else:
+                logits, argmax = self._decode_eager(self._decode_inputs(bucket))
+            history[i].copy_(argmax)
+        out = self._host_history(bucket, steps)
+        out.copy_(history[:steps], non_blocking=out.is_pinned())
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return logits, out.tolist()
+
+    def _history(self, bucket: int, steps: int) -> torch.Tensor:
+        key = (bucket, steps)
+        if key not in self._histories:
+            self._histories[key] = torch.zeros((steps, bucket), dtype=torch.long, device=self.device)
+        return self._histories[key]
+
+    def _host_history(self, bucket: int, steps: int) -> torch.Tensor:
+        key = (bucket, steps, "host")
+        if key not in self._histories:
+            self._histories[key] = torch.zeros((steps, bucket), dtype=torch.long, pin_memory=self.device.type == "cuda")
+        return self._histories[key]
+
+    def _prefill_host(self, bucket: int) -> torch.Tensor:
+        key = ("prefill", bucket)
+        if key not in self._histories:
+            self._histories[key] = torch.zeros((4, 1, bucket), dtype=torch.long, pin_memory=self.device.type == "cuda")
+        return self._histories[key]
+
+    def _host_inputs(self, bucket: int) -> torch.Tensor:
+        if bucket not in self._host:
+            self._host[bucket] = torch.zeros((4, bucket, 1), dtype=torch.long, pin_memory=self.device.type == "cuda")
+        return self._host[bucket]
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, tokens: list[int], start_pos: int, start_write: int) -> tuple[torch.Tensor, int]:
+        """Write ``tokens`` into ``slot`` from cache index ``start_write`` (positions from ``start_pos``).
+
+        Returns the last token's logits [V] and its greedy token."""
+        s = len(tokens)
+        bucket = next((b for b in self.prefill_buckets if b >= s), None)
+        if bucket is None or bucket + start_write > self.cache.max_len:
+            bucket = s
+        host = self._prefill_host(bucket)
+        host.zero_()
+        host[0, 0, :s] = torch.tensor(tokens)
+        host[1, 0] = torch.arange(start_pos, start_pos + bucket)
+        host[2, 0] = torch.arange(start_write, start_write + bucket)
+        host[3, 0, 0] = slot
+        host[3, 0, 1] = s - 1
+        graph = self._prefill_graphs.get(bucket)
+        if graph is not None:
+            graph.inputs.copy_(host, non_blocking=True)
+            graph.graph.replay()
+            logits, argmax = graph.logits, graph.argmax
+        else:
+            logits, argmax = self._prefill_eager(host.to(self.device))
+        return logits[0], int(argmax[0])
+
+    def _decode_eager(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step that also feeds its greedy tokens back into ``inputs`` (captured as is)."""
+        b = inputs.shape[1]
+        rows = torch.arange(b, device=inputs.device)
+        pos = inputs[1].unsqueeze(0).expand(3, -1, -1)
+        last = torch.zeros(b, dtype=torch.long, device=inputs.device)
+        logits = self.math.run(inputs[0], pos, inputs[2], rows, last, contiguous_rows=True)
+        argmax = logits.argmax(-1)
+        inputs[0, :, 0].copy_(argmax)
+        inputs[1].add_(1)
+        inputs[2].add_(1).clamp_(max=self.cache.max_len - 1)  # padding rows stay on their unread last position
+        return logits, argmax
+
+    def _prefill_eager(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = inputs[3, :, 0]
+        pos = inputs[1].unsqueeze(0).expand(3, -1, -1)
+        logits = self.math.run(inputs[0], pos, inputs[2], rows, inputs[3, :, 1], contiguous_rows=False)
+        return logits, logits.argmax(-1)
+
+    # -- CUDA graphs ----------------------------------------------------------------------------------------------
+
+    def capture(self) -> float:
+        """Capture every decode and prefill bucket (start-up). Returns the seconds it took."""
+        if not self.use_graphs:
+            return 0.0
+        t0 = time.perf_counter()
+        pool = torch.cuda.graph_pool_handle()
+        for b in self.decode_buckets:
+            self._decode_graphs[b] = self._capture(self._decode_eager, (4, b, 1), pool)
+        for s in self.prefill_buckets:
+            self._prefill_graphs[s] = self._capture(self._prefill_eager, (4, 1, s), pool)
+        torch.cuda.synchronize(self.device)
+        self.capture_s = time.perf_counter() - t0
+        return self.capture_s
+
+    @torch.inference_mode()
+    def _capture(self, fn, shape: tuple[int, int, int], pool) -> _Graph:
+        inputs = torch.zeros(shape, dtype=torch.long, device=self.device)
+        inputs[2] = self.cache.max_len - 1  # capture-time writes go where nothing is read
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            logits, argmax = fn(inputs)
+        return _Graph(graph, inputs, logits, argmax)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": "cuda_graphs" if self._decode_graphs else "eager",
+            "slots": self.cache.slots,
+            "max_tokens_per_slot": self.cache.max_len,
+            "slot_cache_bytes": self.cache.nbytes,
+            "decode_buckets": list(self._decode_graphs) or list(self.decode_buckets),
+            "prefill_buckets": list(self._prefill_graphs) or list(self.prefill_buckets),
+            "capture_s": round(self.capture_s, 2),
+        }

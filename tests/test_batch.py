@@ -1,0 +1,155 @@
+"""The batched decode path (eager on the CPU) against the unbatched reference path, with the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine_helpers import T0, make_pair
+from livewatch.engine.batch import BatchDecoder
+from livewatch.engine.core import EngineCore
+from livewatch.engine.generate import SamplingParams
+from livewatch.engine.loading import load_model
+from livewatch.engine.scheduler import AskJob, Scheduler
+from livewatch.engine.worker import EngineWorker
+from livewatch.errors import CancelledRequest
+
+GREEDY = SamplingParams(max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir: Path):
+    return load_model(str(tiny_model_dir), "cpu", "float32")
+
+
+@pytest.fixture()
+def core(lm) -> EngineCore:
+    core = EngineCore(lm, timezone="UTC")
+    core.set_context("a", [make_pair(i, T0 + 2 * i) for i in range(3)], 1)
+    core.set_context("b", [make_pair(20 + i, T0 + 90 + 2 * i, size=(480, 640)) for i in range(2)], 1)
+    return core
+
+
+def run_batch(core: EngineCore, decoder: BatchDecoder, requests, params=GREEDY, cancel_after=None):
+    """Admit all requests (as slots allow), step until done; returns {key: Outcome}."""
+    outcomes = {}
+    pending = list(requests)
+    seen = {}
+    while pending or decoder.active:
+        while pending and decoder.free_slots():
+            key, camera, question = pending.pop(0)
+            seen[key] = []
+            cancelled = (lambda k=key: cancel_after is not None and k in cancel_after and len(seen[k]) >= cancel_after[k])
+            prepared = core.prepare(camera, question, params.max_new_tokens)
+            out = decoder.admit(key, prepared, params, seen[key].append, cancelled)
+            if out is not None:
+                outcomes[key] = out
+        for out in decoder.step():
+            outcomes[out.key] = out
+    return outcomes
+
+
+def test_batched_answers_equal_the_unbatched_path(core: EngineCore) -> None:
+    requests = [("q1", "a", "What is here?"), ("q2", "b", "Anyone?"), ("q3", "a", "And the door?"),
+                ("q4", "b", "Describe it."), ("q5", "a", "Colors?")]
+    expected = {key: core.ask(cam, q, GREEDY).token_ids for key, cam, q in requests}
+    decoder = BatchDecoder(core, slots=3, max_len=2048, use_graphs=False)  # fewer slots than requests: rows rotate
+    outcomes = run_batch(core, decoder, requests)
+    assert {k: o.answer.token_ids for k, o in outcomes.items()} == expected
+    stats = decoder.stats()
+    assert stats["mean_batch"] > 1.5 and stats["active_answers"] == 0 and stats["mode"] == "eager"
+
+
+def test_prefix_copy_is_reused_by_a_slot_and_refreshed_after_a_new_batch(core: EngineCore) -> None:
+    decoder = BatchDecoder(core, slots=2, max_len=2048, use_graphs=False)
+    first = run_batch(core, decoder, [("x", "a", "first?")])["x"].answer.token_ids
+    assert decoder._slots[0].loaded is not None
+    again = run_batch(core, decoder, [("y", "a", "first?")])["y"].answer.token_ids
+    assert again == first
+    core.set_context("a", [make_pair(i, T0 + 2 * i) for i in range(4)], 2)  # a new frame batch
+    fresh = run_batch(core, decoder, [("z", "a", "first?")])["z"].answer.token_ids
+    assert fresh == core.ask("a", "first?", GREEDY).token_ids
+
+
+def test_cancelling_one_answer_leaves_the_others_untouched(core: EngineCore) -> None:
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    requests = [("keep1", "a", "one?"), ("stop", "b", "two?"), ("keep2", "a", "three?")]
+    expected = {key: core.ask(cam, q, params).token_ids for key, cam, q in requests}
+    decoder = BatchDecoder(core, slots=4, max_len=2048, use_graphs=False)
+    outcomes = run_batch(core, decoder, requests, params, cancel_after={"stop": 3})
+    assert isinstance(outcomes["stop"].error, CancelledRequest)
+    assert outcomes["keep1"].answer.token_ids == expected["keep1"]
+    assert outcomes["keep2"].answer.token_ids == expected["keep2"]
+
+
+def test_sampled_and_greedy_rows_share_a_batch(core: EngineCore) -> None:
+    sampled = SamplingParams(max_new_tokens=8, temperature=0.9, top_k=40, seed=3, ignore_eos=True)
+    decoder = BatchDecoder(core, slots=4, max_len=2048, use_graphs=False)
+    reference = core.ask("a", "sample?", sampled).token_ids
+    prepared = core.prepare("a", "sample?", 8)
+    out = decoder.admit("s", prepared, sampled, None, lambda: False)
+    prepared_g = core.prepare("b", "greedy?", 10)
+    decoder.admit("g", prepared_g, GREEDY, None, lambda: False)
+    outcomes = {}
+    while decoder.active:
+        for o in decoder.step():
+            outcomes[o.key] = o
+    assert out is None and outcomes["s"].answer.token_ids == reference
+    assert outcomes["g"].answer.token_ids == core.ask("b", "greedy?", GREEDY).token_ids
+
+
+def test_a_question_longer_than_a_slot_uses_the_unbatched_path(lm) -> None:
+    async def scenario() -> None:
+        core = EngineCore(lm, timezone="UTC")
+        worker = EngineWorker(core, slots=2, max_len=512, cuda_graphs=False)
+        worker.start()
+        try:
+            worker.publish("big", [make_pair(i, T0 + 2 * i) for i in range(6)], 1)  # 720 visual tokens > 512
+            answer = await worker.ask("big", "fits?", SamplingParams(max_new_tokens=4))
+            assert answer.metrics["visual_tokens"] == 720 and answer.metrics["output_tokens"] <= 4
+            assert worker.stats()["decoder"]["decode_steps"] == 0
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_round_robin_across_clients() -> None:
+    s = Scheduler(max_queued=100)
+
+    def job(client: str, n: int) -> AskJob:
+        return AskJob(camera="c", question=f"{client}{n}", params=None, received_at=0.0,
+                      cancelled=threading.Event(), client=client)
+
+    for n in range(5):
+        s.push_ask(job("greedy", n))
+    s.push_ask(job("polite", 0))
+    s.push_ask(job("other", 0))
+    order = [s.next_ask().question for _ in range(7)]
+    assert order == ["greedy0", "polite0", "other0", "greedy1", "greedy2", "greedy3", "greedy4"]
+    assert s.next_ask() is None and s.queued == 0
+
+
+def test_concurrent_questions_are_decoded_together_through_the_worker(lm) -> None:
+    async def scenario() -> None:
+        core = EngineCore(lm, timezone="UTC")
+        worker = EngineWorker(core, slots=4, max_len=2048, cuda_graphs=False)
+        worker.start()
+        try:
+            worker.publish("a", [make_pair(i, T0 + 2 * i) for i in range(3)], 1)
+            worker.publish("b", [make_pair(20 + i, T0 + 90 + 2 * i) for i in range(2)], 1)
+            params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+            answers = await asyncio.gather(*(
+                worker.ask("a" if i % 2 else "b", f"question {i}?", params, client=f"c{i}") for i in range(6)
+            ))
+            assert all(a.metrics["output_tokens"] == 16 for a in answers)
+            decoder = worker.stats()["decoder"]
+            assert decoder["mean_batch"] > 1.5  # rows really shared decode steps
+        finally:
+            worker.stop()
+        assert answers[0].token_ids == core.ask("b", "question 0?", params).token_ids  # worker thread has ended
+
+    asyncio.run(scenario())
