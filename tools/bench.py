@@ -408,6 +408,70 @@ def _fast_answer(core: EngineCore, dec: BatchDecoder, camera: str, tokens: int, 
 
 
 @torch.inference_mode()
+def agreement(core: EngineCore, dec: BatchDecoder, plan: Plan) -> tuple[dict[str, Any], Any]:
+    """Greedy tokens and first-token logits of the fast path against the eager path, same prompt."""
+    lm = core.lm
+    n_agree = 64 if plan is FULL else 16
+    fast_ids = _fast_answer(core, dec, "cam", n_agree, question="Describe the scene.").token_ids
+    eager_ids = core.ask("cam", "Describe the scene.",
+                         SamplingParams(max_new_tokens=n_agree, ignore_eos=True)).token_ids
+    same_prefix = next((i for i, (a, b) in enumerate(zip(fast_ids, eager_ids)) if a != b), len(fast_ids))
+    matches = sum(a == b for a, b in zip(fast_ids, eager_ids))
+    # the first token's logits through both paths: how far apart the arithmetic is (random weights make
+    # near-ties common, so token agreement alone says little about correctness)
+    from livewatch.engine.generate import cache_from_kv, forward, position_tensor
+    from livewatch.engine.positions import text_positions
+
+    prepared = core.prepare("cam", "Describe the scene.", 1)
+    kv = core.prefix_kv("cam")
+    emb = lm.embed_tokens(torch.tensor(prepared.suffix, device=lm.device)).unsqueeze(0)
+    eager_logits = forward(lm, emb, position_tensor(text_positions(prepared.next_position, len(prepared.suffix)),
+                                                    lm.device), cache_from_kv(lm.model.config.text_config, kv))
+    dec.runner.cache.load(0, *core.stacked_prefix("cam"))
+    dec._slots[0].loaded = None
+    fast_logits, _ = dec.runner.prefill(0, prepared.suffix, prepared.next_position, prepared.prefix_tokens)
+    rel = float((fast_logits - eager_logits).norm() / eager_logits.norm())
+
+    return {"tokens": n_agree, "identical_prefix": same_prefix, "matching": matches,
+            "dtype": str(lm.dtype).removeprefix("torch."), "first_logits_relative_difference": round(rel, 5)}, prepared
+
+
+@torch.inference_mode()
+def oom_section(lm: LoadedModel, plan: Plan, bank: FrameBank) -> dict[str, Any]:
+    """A real CUDA out-of-memory in the middle of a question: that job fails, the next one is answered."""
+    from livewatch.errors import EngineError
+
+    if lm.device.type != "cuda":
+        return {"skipped": "needs a GPU"}
+    core = EngineCore(lm, timezone="UTC")
+    core.set_context("cam", context_pairs(bank, plan.star_pairs, plan.window_pairs), 1)
+    free_bytes, _ = torch.cuda.mem_get_info(lm.device)
+    hog = torch.empty(max(free_bytes - 64 * 2**20, 0), dtype=torch.uint8, device=lm.device)
+    try:
+        core.ask("cam", QUESTION, SamplingParams(max_new_tokens=4))
+        first = {"error": None}
+    except EngineError as exc:
+        first = {"error": str(exc), "out_of_memory": exc.out_of_memory,
+                 "caches_freed": core.camera_stats("cam")["cached_pairs"] == 0}
+    del hog
+    free(lm.device)
+    answer = core.ask("cam", QUESTION, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    return {"first_question": first, "next_question_tokens": answer.metrics["output_tokens"]}
+
+
+def agreement_section(lm: LoadedModel, plan: Plan, bank: FrameBank) -> dict[str, Any]:
+    core = EngineCore(lm, timezone="UTC")
+    dec = BatchDecoder(core, slots=2, max_len=4096, use_graphs=True)
+    dec.capture()
+    core.set_context("cam", context_pairs(bank, plan.star_pairs, plan.window_pairs), 1)
+    core.encode("cam")
+    result, _ = agreement(core, dec, plan)
+    del dec, core
+    free(lm.device)
+    return result
+
+
+@torch.inference_mode()
 def fastpath(lm: LoadedModel, plan: Plan, bank: FrameBank, eager_lw: dict[str, Any]) -> dict[str, Any]:
     """The daemon's decode path: batched slots, CUDA graphs on a GPU (eager on the CPU)."""
     clock = Clock(lm.device)
@@ -431,28 +495,7 @@ def fastpath(lm: LoadedModel, plan: Plan, bank: FrameBank, eager_lw: dict[str, A
         core.set_context("cam", stars + window, version)
         lazy.append(_fast_answer(core, dec, "cam", 1, t0=time.perf_counter()).metrics)
 
-    # agreement with the eager path, greedy, same prompt
-    n_agree = 64 if plan is FULL else 16
-    fast_ids = _fast_answer(core, dec, "cam", n_agree, question="Describe the scene.").token_ids
-    eager_ids = core.ask("cam", "Describe the scene.",
-                         SamplingParams(max_new_tokens=n_agree, ignore_eos=True)).token_ids
-    same_prefix = next((i for i, (a, b) in enumerate(zip(fast_ids, eager_ids)) if a != b), len(fast_ids))
-    matches = sum(a == b for a, b in zip(fast_ids, eager_ids))
-    # the first token's logits through both paths: how far apart the arithmetic is (random weights make
-    # near-ties common, so token agreement alone says little about correctness)
-    from livewatch.engine.generate import cache_from_kv, forward, position_tensor
-    from livewatch.engine.positions import text_positions
-
-    prepared = core.prepare("cam", "Describe the scene.", 1)
-    kv = core.prefix_kv("cam")
-    emb = lm.embed_tokens(torch.tensor(prepared.suffix, device=lm.device)).unsqueeze(0)
-    eager_logits = forward(lm, emb, position_tensor(text_positions(prepared.next_position, len(prepared.suffix)),
-                                                    lm.device), cache_from_kv(lm.model.config.text_config, kv))
-    dec.runner.cache.load(0, *core.stacked_prefix("cam"))
-    dec._slots[0].loaded = None
-    fast_logits, _ = dec.runner.prefill(0, prepared.suffix, prepared.next_position, prepared.prefix_tokens)
-    rel = float((fast_logits - eager_logits).norm() / eager_logits.norm())
-
+    agree, prepared = agreement(core, dec, plan)
     # where a decode step's time goes: graph replay alone vs the whole call (host work included)
     runner = dec.runner
     runner.set_rows(1, {0: (1, prepared.next_position, prepared.prefix_tokens)})
@@ -521,9 +564,7 @@ def fastpath(lm: LoadedModel, plan: Plan, bank: FrameBank, eager_lw: dict[str, A
         "decode_tokens_per_s": answer["decode_tokens_per_s"],
         "decode_speedup_vs_eager_path": round(answer["decode_tokens_per_s"] / eager_lw["decode_tokens_per_s"], 2)
         if eager_lw.get("decode_tokens_per_s") else None,
-        "greedy_agreement": {"tokens": n_agree, "identical_prefix": same_prefix, "matching": matches,
-                             "dtype": str(lm.dtype).removeprefix("torch."),
-                             "first_logits_relative_difference": round(rel, 5)},
+        "greedy_agreement": agree,
         "step_breakdown_ms": {
             "graph_replay_only": round(replay * 1e3, 3) if replay is not None else None,
             "decode_call_1_step": round(call_1 * 1e3, 3),
@@ -816,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--max-pixels", type=int, default=100352)
     parser.add_argument("--sections", default="prototype,livewatch,fastpath,scaling,ingest",
-                        help="comma-separated subset of prototype,livewatch,fastpath,scaling,ingest")
+                        help="comma-separated subset of prototype,livewatch,fastpath,scaling,ingest,agreement,oom")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench")
     parser.add_argument("--profile-decode", action="store_true",
                         help="print the GPU kernels of one eager decode step (batch 1 and 16) and exit")
@@ -858,6 +899,12 @@ def main(argv: list[str] | None = None) -> int:
     if "fastpath" in sections and "livewatch" in sections:
         report["fastpath"] = fastpath(lm, plan, bank, report["livewatch"])
         print(f"[bench] fastpath {json.dumps(report['fastpath'])}", flush=True)
+    if "oom" in sections:
+        report["oom"] = oom_section(lm, plan, bank)
+        print(f"[bench] oom {json.dumps(report['oom'])}", flush=True)
+    if "agreement" in sections:
+        report["agreement"] = agreement_section(lm, plan, bank)
+        print(f"[bench] agreement {json.dumps(report['agreement'])}", flush=True)
     if "scaling" in sections:
         report["scaling"] = scaling(lm, plan, bank)
         print(f"[bench] scaling {json.dumps(report['scaling'])}", flush=True)
