@@ -153,3 +153,26 @@ def test_concurrent_questions_are_decoded_together_through_the_worker(lm) -> Non
         assert answers[0].token_ids == core.ask("b", "question 0?", params).token_ids  # worker thread has ended
 
     asyncio.run(scenario())
+
+
+def test_padded_question_prefill_equals_exact_prefill(core: EngineCore) -> None:
+    """What the captured prefill graphs do on a GPU (pad the question to a bucket), checked eagerly."""
+    import torch
+
+    decoder = BatchDecoder(core, slots=2, max_len=2048, use_graphs=False)
+    prepared = core.prepare("a", "Is the padding invisible?", 8)
+    runner = decoder.runner
+    results = []
+    for slot, pad in ((0, None), (1, 128)):
+        runner.cache.load(slot, *core.stacked_prefix("a"))
+        logits, token = runner.prefill(slot, prepared.suffix, prepared.next_position, prepared.prefix_tokens, pad)
+        results.append((logits, token))
+    assert len(prepared.suffix) < 128
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    assert results[0][1] == results[1][1]
+    # both slots then decode the same tokens: the padding's cache entries are masked, then overwritten
+    write = prepared.prefix_tokens + len(prepared.suffix)
+    position = prepared.next_position + len(prepared.suffix)
+    runner.set_rows(2, {0: (results[0][1], position, write), 1: (results[1][1], position, write)})
+    _, tokens = runner.decode(2, 6)
+    assert [row[0] for row in tokens] == [row[1] for row in tokens]

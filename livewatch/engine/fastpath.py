@@ -269,14 +269,17 @@ class StepRunner:
         return self._host[bucket]
 
     @torch.inference_mode()
-    def prefill(self, slot: int, tokens: list[int], start_pos: int, start_write: int) -> tuple[torch.Tensor, int]:
+    def prefill(
+        self, slot: int, tokens: list[int], start_pos: int, start_write: int, pad_to: int | None = None
+    ) -> tuple[torch.Tensor, int]:
         """Write ``tokens`` into ``slot`` from cache index ``start_write`` (positions from ``start_pos``).
 
-        Returns the last token's logits [V] and its greedy token."""
+        Returns the last token's logits [V] and its greedy token. Captured graphs pad the question to a bucket
+        length (``pad_to`` forces that padding on the eager path too, for tests)."""
         s = len(tokens)
-        bucket = next((b for b in self.prefill_buckets if b >= s), None)
+        bucket = next((b for b in self.prefill_buckets if b >= s), None) if self._prefill_graphs else pad_to
         if bucket is None or bucket + start_write > self.cache.max_len:
-            bucket = s
+            bucket = s  # eager (or too long for a captured bucket): exactly the question's length
         host = self._prefill_host(bucket)
         host.zero_()
         host[0, 0, :s] = torch.tensor(tokens)
