@@ -320,3 +320,47 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DevicePolicy=closed",
                    "ProtectSystem=strict", "StateDirectory=", "CacheDirectory=", "User=livewatch"):
         assert needed in unit
+
+
+def test_tls_and_browser_origins(make_daemon, tmp_path: Path) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    config = FAST_DEMO + (
+        f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\nallowed_origins = ["https://ops.example.com"]\n'
+    )
+    d = make_daemon(config)
+    d.start(wait=False)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    url = f"wss://127.0.0.1:{d.port}/"
+
+    def healthy() -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{d.port}/healthz", context=ctx, timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_until(healthy, 90, interval=0.3)
+    with sync_connect(url, ssl=ctx) as ws:
+        ws.send(json.dumps({"type": "status", "id": 1}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "status"
+    with sync_connect(url, ssl=ctx, origin="https://ops.example.com") as ws:
+        ws.send(json.dumps({"type": "status", "id": 2}))
+        assert json.loads(ws.recv(timeout=10))["id"] == 2
+    with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+        sync_connect(url, ssl=ctx, origin="https://evil.example.com")
+    assert err.value.response.status_code == 403
+    with pytest.raises(Exception):
+        sync_connect(d.url)  # plain ws:// to a TLS port fails
