@@ -179,3 +179,26 @@ def test_wrong_path_fails_after_a_few_attempts(rtsp: RtspServer) -> None:
         stats = c.reader.stats()
         assert "404" in stats["last_error"] or "Not Found" in stats["last_error"]
         assert stats["reconnects"] == 2 and "pw123" not in str(stats)
+
+
+def test_http_mpegts_stream(tmp_path: Path) -> None:
+    """An http:// MPEG-TS stream from a real HTTP server on loopback."""
+    import functools
+    import http.server
+    import threading
+
+    write_h264(tmp_path / "live.ts", seconds=3.0, fps=15)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://user:sekrit@127.0.0.1:{server.server_address[1]}/live.ts"
+        with Collector(url, fps=2.0) as c:
+            c.wait_frames(4, timeout=20)
+            stats = c.reader.stats()
+            assert stats["codec"] == "h264" and stats["resolution"] == "320x240"
+            assert stats["source"].startswith("http://***@127.0.0.1:") and "sekrit" not in str(stats)
+            assert_monotonic(c.frames)
+    finally:
+        server.shutdown()
