@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
 from livewatch.engine.loading import LoadedModel
 from livewatch.log import get_logger
@@ -114,17 +114,19 @@ class _Layers:
     def _attend(
         self, layer_idx: int, layer: Any, h: torch.Tensor, cos, sin, write, rows, mask, contiguous_rows: bool
     ) -> torch.Tensor:
-        """h: [B, S, H]; write: [B, S] cache indices; rows: [B] slot per row; mask: [B, 1, n_rep*S, max_len]."""
+        """h: [B, S, H]; write: [B, S] cache indices; rows: [B] slot per row; mask: additive, [B * kv_heads,
+        n_rep * S, max_len], 0 where a query may attend and -inf elsewhere."""
         b, s, _ = h.shape
         c = self.cache
         attn = layer.self_attn
         x = _rms_norm(layer.input_layernorm, h)
         w, bias, nq, nk = attn._livewatch_qkv
         qkv = torch.nn.functional.linear(x, w, bias)
-        q = qkv[..., :nq].view(b, s, self.n_heads, c.head_dim).transpose(1, 2)
-        k = qkv[..., nq : nq + nk].view(b, s, c.kv_heads, c.head_dim).transpose(1, 2)
+        # rotary on queries and keys together: one set of elementwise kernels instead of two
+        qk = qkv[..., : nq + nk].view(b, s, self.n_heads + c.kv_heads, c.head_dim).transpose(1, 2)
+        qk = qk * cos + rotate_half(qk) * sin
+        q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
         v = qkv[..., nq + nk :].view(b, s, c.kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
         kc, vc = c.k[layer_idx], c.v[layer_idx]  # [slots, kv_heads, max_len, head_dim]
         r = rows[:, None].expand(b, s)
         kc[r, :, write] = k.transpose(1, 2)  # [B, S, kv_heads, head_dim] at (row, index)
@@ -133,12 +135,14 @@ class _Layers:
             keys, values = kc[:b], vc[:b]
         else:  # prefill: one slot given as a tensor (so one captured graph serves every slot)
             keys, values = kc.index_select(0, rows), vc.index_select(0, rows)
-        qg = q.reshape(b, c.kv_heads, self.n_rep * s, c.head_dim)
-        # Attention as two batched matmuls: with a per-row mask and few query rows (decode), SDPA's fused kernels
-        # run one thread block per (row, head) and leave the GPU idle; cuBLAS splits the key axis instead.
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * self.scaling
-        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(values.dtype)
-        o = torch.matmul(probs, values)
+        # Attention as batched matmuls: with a per-row mask and few query rows (decode), SDPA's fused kernels run
+        # one thread block per (row, head) and leave the GPU idle; cuBLAS splits the key axis instead. The scale
+        # and the additive mask ride on the first product (baddbmm), the softmax runs in float32.
+        bh, rows_q, n_keys = b * c.kv_heads, self.n_rep * s, keys.shape[2]
+        q3 = q.reshape(bh, rows_q, c.head_dim)
+        scores = torch.baddbmm(mask, q3, keys.reshape(bh, n_keys, c.head_dim).transpose(1, 2), alpha=self.scaling)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+        o = torch.bmm(probs, values.reshape(bh, n_keys, c.head_dim))
         o = o.view(b, c.kv_heads, self.n_rep, s, c.head_dim).permute(0, 3, 1, 2, 4).reshape(b, s, -1)
         h = h + attn.o_proj(o)
         mlp = layer.mlp
@@ -154,10 +158,13 @@ class _Layers:
         h = self.embed(tokens)
         cos, sin = self.rotary(h, positions)
         allowed = self.key_index[None, None, :] <= write[:, :, None]  # [B, S, max_len]: causal over the slot
-        mask = allowed[:, None].expand(b, self.n_rep, s, -1).reshape(b, 1, self.n_rep * s, -1)
+        kvh = self.cache.kv_heads
+        mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
+        mask = mask[:, None, None].expand(b, kvh, self.n_rep, s, -1).reshape(b * kvh, self.n_rep * s, -1)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         for i, layer in enumerate(self.layers):
             h = self._attend(i, layer, h, cos, sin, write, rows, mask, contiguous_rows)
-        h = self.norm(h)
+        h = _rms_norm(self.norm, h)
         picked = h[torch.arange(b, device=h.device), last]  # [B, H]
         return self.lm_head(picked).float()
 
