@@ -351,6 +351,9 @@ class EngineCore:
         assert state.kv is not None
         if state.stacked is None:
             state.stacked = stack_prefix(state.kv)
+            # the per-layer tensors become views of the stacked ones: one copy of the prefix in memory, not two
+            k_all, v_all = state.stacked
+            state.kv = [(k_all[i].unsqueeze(0), v_all[i].unsqueeze(0)) for i in range(k_all.shape[0])]
         return state.stacked
 
     def guard(self, camera: str, doing: str):
