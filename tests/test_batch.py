@@ -176,3 +176,28 @@ def test_padded_question_prefill_equals_exact_prefill(core: EngineCore) -> None:
     runner.set_rows(2, {0: (results[0][1], position, write), 1: (results[1][1], position, write)})
     _, tokens = runner.decode(2, 6)
     assert [row[0] for row in tokens] == [row[1] for row in tokens]
+
+
+def test_removing_a_camera_mid_answer_finishes_the_answer(lm) -> None:
+    async def scenario() -> None:
+        core = EngineCore(lm, timezone="UTC")
+        worker = EngineWorker(core, slots=2, max_len=2048, cuda_graphs=False)
+        worker.start()
+        try:
+            worker.publish("gone", [make_pair(i, T0 + 2 * i) for i in range(2)], 1)
+            got: list[str] = []
+            task = asyncio.create_task(
+                worker.ask("gone", "long?", SamplingParams(max_new_tokens=60, ignore_eos=True), got.append)
+            )
+            while not got:
+                await asyncio.sleep(0.01)
+            worker.remove_camera("gone")
+            answer = await task
+            assert answer.metrics["output_tokens"] == 60
+            assert worker.alive
+            worker.publish("next", [make_pair(9, T0)], 1)
+            assert (await worker.ask("next", "ok?", SamplingParams(max_new_tokens=2))).metrics["output_tokens"] <= 2
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())

@@ -425,9 +425,12 @@ class EngineCore:
         """The answer and its metrics once ``stream`` ended."""
         stream.close()
         t_end = time.perf_counter()
-        state = self._state(prepared.camera)
-        state.questions += 1
-        pairs, layout, ids = state.pairs, state.layout, stream.ids
+        state = self._cameras.get(prepared.camera)  # None when the camera was removed during the answer
+        if state is not None:
+            state.questions += 1
+        pairs = state.pairs if state is not None else ()
+        layout = state.layout if state is not None else None
+        ids = stream.ids
         t_first = stream.t_first or t_end
         decode_s = t_end - t_first
         metrics = {

@@ -214,7 +214,12 @@ class EngineWorker:
                 for job in admits:
                     self._admit(job)
                 if self.batch.active:
-                    for outcome in self.batch.step():
+                    try:
+                        outcomes = self.batch.step()
+                    except Exception as exc:  # a bug must not kill the thread that serves every camera
+                        log.exception("engine.step_crashed")
+                        outcomes = self.batch.cancel_all(EngineError(f"internal error: {type(exc).__name__}: {exc}"))
+                    for outcome in outcomes:
                         self._resolve(outcome)
                 elif encode is not None:
                     self._run_encode(encode)
