@@ -62,6 +62,20 @@ def test_serve_ask_stream_and_cache_reuse(make_daemon, tmp_path: Path) -> None:
     assert early.returncode == 5 and "no_frames" in early.stderr
     wait_frames(d)
 
+    # Ctrl-C during a streaming answer cancels it on the daemon and exits 130
+    import subprocess
+
+    from daemon_helpers import BIN
+
+    proc = subprocess.Popen(
+        [str(BIN), "ask", "--url", d.url, "--camera", "demo", "--max-tokens", "1000", "Tell", "me", "everything"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "LIVEWATCH_TOKEN": ""},
+    )
+    assert proc.stdout.read(1)  # the answer is streaming
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and b"cancelled" in err
+
     streamed = d.cli("ask", "--camera", "demo", "--max-tokens", "12", "What", "is", "moving?")
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.endswith("\n") and len(streamed.stdout) > 1
