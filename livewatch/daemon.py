@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.typing import Origin
 
 from livewatch.camera_runtime import CameraRuntime
 from livewatch.capture.source import parse_source
@@ -160,7 +161,7 @@ class Daemon:
             s.server.host,
             s.server.port,
             process_request=make_process_request(s.token, self.health, self.metrics.render),
-            origins=[None, *s.server.allowed_origins],
+            origins=[None, *(Origin(o) for o in s.server.allowed_origins)],
             max_size=4 * s.server.max_message_bytes,
             compression=None,
             ssl=tls,
@@ -176,6 +177,7 @@ class Daemon:
         self.notifier.ready(f"serving {len(self.cameras)} camera(s) on port {self.bound_port}")
 
     def _frame_size(self) -> Callable[[int, int], tuple[int, int]]:
+        assert self.lm is not None
         spec = self.lm.spec
 
         def size(h: int, w: int) -> tuple[int, int]:
@@ -194,6 +196,7 @@ class Daemon:
             max_bytes=s.memory.max_bytes_per_camera,
             frame_size=self._frame_size(),
         )
+        assert self.worker is not None
         memory = CameraMemory(name, params, self.store)
         await asyncio.to_thread(memory.restore)
         runtime = CameraRuntime(
@@ -302,8 +305,8 @@ class Daemon:
         return await self.worker.ask(camera, question, params, on_text, request_id, client)
 
     def status(self) -> dict[str, Any]:
-        engine = self.worker.stats() if self.worker is not None else {"alive": False, "cameras": {}}
-        per_camera_engine = engine.get("cameras", {})
+        engine: dict[str, Any] = self.worker.stats() if self.worker is not None else {"alive": False, "cameras": {}}
+        per_camera_engine: dict[str, Any] = engine.get("cameras", {})
         memory = {}
         for name, rt in self.cameras.items():
             figures = dict(rt.memory_stats)

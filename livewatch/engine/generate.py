@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -38,13 +39,18 @@ def cache_from_kv(config: Any, kv: KV | None) -> DynamicCache:
     cache = DynamicCache(config=config)
     if kv:
         for layer, (k, v) in zip(cache.layers, kv):
+            assert isinstance(layer, DynamicLayer)
             layer.lazy_initialization(k, v)
             layer.keys, layer.values = k, v
     return cache
 
 
 def kv_from_cache(cache: DynamicCache) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    out: KV = []
+    for layer in cache.layers:
+        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+        out.append((layer.keys, layer.values))
+    return out
 
 
 def crop_kv(kv: KV, keep: int) -> KV:

@@ -111,10 +111,15 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise _unavailable(model_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() for dtypes only
     return wrap_model(
         model_id, model, processor, min_pixels, max_pixels, is_tiny_random=is_dir and (local / TINY_MARKER).exists()
     )
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    r, g, b = (float(x) for x in values)
+    return (r, g, b)
 
 
 def wrap_model(
@@ -133,11 +138,11 @@ def wrap_model(
         merge_size=int(vcfg.spatial_merge_size),
         min_pixels=min_pixels,
         max_pixels=max_pixels,
-        mean=tuple(float(x) for x in vp.image_mean),
-        std=tuple(float(x) for x in vp.image_std),
+        mean=_rgb(vp.image_mean),
+        std=_rgb(vp.image_std),
     )
     tokenizer = processor.tokenizer
-    stops = set()
+    stops: set[int] = set()
     for source_ids in (model.generation_config.eos_token_id, cfg.text_config.eos_token_id, tokenizer.eos_token_id):
         if source_ids is None:
             continue
