@@ -43,3 +43,13 @@ def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
 def test_tested_transformers_version() -> None:
     """The suite runs against the transformers minor version pyproject.toml pins (Qwen2.5-VL internals move)."""
     assert transformers.__version__.startswith("5.17."), transformers.__version__
+
+
+def test_serve_with_a_missing_model_exits_69(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [BIN / "livewatch", "serve", "--model", str(tmp_path / "no-model"), "--state-dir", str(tmp_path / "s"),
+         "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 69
+    assert "cannot be loaded: no such directory" in out.stderr and "--model" in out.stderr

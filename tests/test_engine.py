@@ -182,7 +182,16 @@ def test_requests_that_cannot_be_served(core: EngineCore) -> None:
 def test_missing_model_fails_fast_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ModelUnavailableError, match=r"'/nonexistent/model'.*no such directory.*--model"):
         load_model("/nonexistent/model", "cpu")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError, match=r"Qwen/Qwen2.5-VL-3B-Instruct.*huggingface-cli download"):
         load_model("Qwen/Qwen2.5-VL-3B-Instruct", "cpu")
+    # online but the Hub unreachable (a closed local port stands in for it): fails in seconds, not minutes
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnavailableError, match=r"not in the local Hugging Face cache and the Hub cannot be reached"):
+        load_model("Qwen/Qwen2.5-VL-3B-Instruct", "cpu")
+    assert time.monotonic() - t0 < 30

@@ -76,6 +76,18 @@ def _unavailable(model_id: str, reason: str) -> ModelUnavailableError:
     )
 
 
+def _check_hub_reachable(model_id: str) -> None:
+    """One short request before any download: transformers retries each file for minutes on a closed network."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(model_id, timeout=10)
+    except Exception as exc:
+        raise _unavailable(
+            model_id, f"it is not in the local Hugging Face cache and the Hub cannot be reached ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def load_model(
     model_id: str, device_name: str = "auto", dtype_name: str = "auto", attn: str = "sdpa",
     min_pixels: int = 3136, max_pixels: int = 100352,
@@ -105,6 +117,7 @@ def load_model(
         except OSError:
             if is_dir or os.environ.get("HF_HUB_OFFLINE") == "1":
                 raise
+            _check_hub_reachable(model_id)
             processor = AutoProcessor.from_pretrained(source)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             source, dtype=dtype, attn_implementation=attn, **kwargs
