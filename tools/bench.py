@@ -270,44 +270,50 @@ def _ask(core: EngineCore, camera: str, tokens: int) -> dict[str, Any]:
     return core.ask(camera, QUESTION, SamplingParams(max_new_tokens=tokens, ignore_eos=True)).metrics
 
 
-@torch.inference_mode()
-def livewatch_section(lm: LoadedModel, plan: Plan, bank: FrameBank) -> dict[str, Any]:
-    peak_reset(lm.device)
-    core = EngineCore(lm, timezone="UTC")
+def _scenario(core: EngineCore, plan: Plan, bank: FrameBank, ask) -> dict[str, Any]:
+    """The question scenario both decode paths run: the prefix built as the batch lands (eager mode), a question
+    on the ready prefix, follow-ups, a whole answer, then new batches each followed by a question (lazy mode:
+    one pair lands, the oldest window pair leaves, as at 1 fps in steady state). ``ask(tokens)`` returns the
+    metrics of one question on camera "cam"."""
     stars = context_pairs(bank, plan.star_pairs, 0)
     window = context_pairs(bank, 0, plan.window_pairs, first_id=plan.star_pairs)
-    version = 1
-    core.set_context("cam", stars + window, version)
-    build = core.encode("cam")  # eager: the prefix is built as the batch lands, before any question
-    eager = _ask(core, "cam", plan.answer_tokens)
-    followups = [_ask(core, "cam", 1)["ttft_ms"] for _ in range(plan.repeats)]
+    core.set_context("cam", stars + window, 1)
+    build = core.encode("cam")
+    ready = ask(1)
+    followups = [ask(1)["ttft_ms"] for _ in range(plan.repeats)]
+    answer = ask(plan.answer_tokens)
     lazy = []
     next_id = plan.star_pairs + plan.window_pairs
-    for _ in range(plan.repeats):
-        # a new batch: one new pair lands, the oldest window pair leaves (steady state at 1 fps)
+    for version in range(2, 2 + plan.repeats):
         window = window[1:] + [bank.pair(next_id, window[-1].time + 2.0)]
         next_id += 1
-        version += 1
         core.set_context("cam", stars + window, version)
-        lazy.append(_ask(core, "cam", 1))
-    stats = core.camera_stats("cam")
-    result = {
-        "frames_in_context": eager["frames_in_context"],
-        "visual_tokens": eager["visual_tokens"],
-        "context_tokens": eager["context_tokens"],
+        lazy.append(ask(1))
+    return {
+        "frames_in_context": answer["frames_in_context"],
+        "visual_tokens": answer["visual_tokens"],
+        "context_tokens": answer["context_tokens"],
         "prefix_build_ms": round(build.encode_ms, 1),
         "prefix_build_vision_ms": round(build.vision_ms, 1),
         "prefix_build_prefill_ms": round(build.prefill_ms, 1),
-        "eager_ttft_ms": eager["ttft_ms"],
+        "eager_ttft_ms": ready["ttft_ms"],
         "followup_ttft_ms": median(followups),
         "lazy_first_question_ttft_ms": median([m["ttft_ms"] for m in lazy]),
         "lazy_encode_ms": median([m["encode_ms"] for m in lazy]),
-        "answer_tokens": eager["output_tokens"],
-        "answer_total_ms": eager["total_ms"],
-        "decode_tokens_per_s": eager["decode_tokens_per_s"],
-        "kv_bytes": stats["kv_bytes"],
-        "peak_gib": peak_gib(lm.device),
+        "answer_tokens": answer["output_tokens"],
+        "answer_total_ms": answer["total_ms"],
+        "decode_tokens_per_s": answer["decode_tokens_per_s"],
+        "kv_bytes": core.camera_stats("cam")["kv_bytes"],
     }
+
+
+@torch.inference_mode()
+def livewatch_section(lm: LoadedModel, plan: Plan, bank: FrameBank) -> dict[str, Any]:
+    """The eager, unbatched path (EngineCore.ask)."""
+    peak_reset(lm.device)
+    core = EngineCore(lm, timezone="UTC")
+    result = _scenario(core, plan, bank, lambda tokens: _ask(core, "cam", tokens))
+    result["peak_gib"] = peak_gib(lm.device)
     del core
     free(lm.device)
     return result
@@ -481,20 +487,9 @@ def fastpath(lm: LoadedModel, plan: Plan, bank: FrameBank, eager_lw: dict[str, A
     n_clients = 16 if plan is FULL else 4
     dec = BatchDecoder(core, slots=n_clients, max_len=4096, use_graphs=True)
     capture_s = dec.capture()
-    stars = context_pairs(bank, plan.star_pairs, 0)
-    window = context_pairs(bank, 0, plan.window_pairs, first_id=plan.star_pairs)
-    core.set_context("cam", stars + window, 1)
-    core.encode("cam")
-    eager_ready = _fast_answer(core, dec, "cam", 1).metrics  # prefix ready, copied into a slot
-    followups = [_fast_answer(core, dec, "cam", 1).metrics["ttft_ms"] for _ in range(plan.repeats)]
-    answer = _fast_answer(core, dec, "cam", plan.answer_tokens).metrics
-    lazy = []
-    next_id = plan.star_pairs + plan.window_pairs
-    for version in range(2, 2 + plan.repeats):
-        window = window[1:] + [bank.pair(next_id, window[-1].time + 2.0)]
-        next_id += 1
-        core.set_context("cam", stars + window, version)
-        lazy.append(_fast_answer(core, dec, "cam", 1, t0=time.perf_counter()).metrics)
+    scenario = _scenario(
+        core, plan, bank, lambda tokens: _fast_answer(core, dec, "cam", tokens, t0=time.perf_counter()).metrics
+    )
 
     agree, prepared = agreement(core, dec, plan)
     # where a decode step's time goes: graph replay alone vs the whole call (host work included)
@@ -556,14 +551,8 @@ def fastpath(lm: LoadedModel, plan: Plan, bank: FrameBank, eager_lw: dict[str, A
     result = {
         "decoder": dec.stats(),
         "capture_s": round(capture_s, 2),
-        "eager_ttft_ms": eager_ready["ttft_ms"],
-        "followup_ttft_ms": median(followups),
-        "lazy_first_question_ttft_ms": median([m["ttft_ms"] for m in lazy]),
-        "lazy_encode_ms": median([m["encode_ms"] for m in lazy]),
-        "answer_tokens": answer["output_tokens"],
-        "answer_total_ms": answer["total_ms"],
-        "decode_tokens_per_s": answer["decode_tokens_per_s"],
-        "decode_speedup_vs_eager_path": round(answer["decode_tokens_per_s"] / eager_lw["decode_tokens_per_s"], 2)
+        **scenario,
+        "decode_speedup_vs_eager_path": round(scenario["decode_tokens_per_s"] / eager_lw["decode_tokens_per_s"], 2)
         if eager_lw.get("decode_tokens_per_s") else None,
         "greedy_agreement": agree,
         "step_breakdown_ms": {
