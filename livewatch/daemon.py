@@ -78,7 +78,7 @@ class Daemon:
             per_connection=srv.max_inflight_per_connection,
             total=srv.max_inflight_total,
         )
-        self.inflight = InflightCounter(srv.max_inflight_total)
+        self.inflight = InflightCounter(self.limits.total)
         self._stop = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self._camera_lock = asyncio.Lock()
@@ -187,6 +187,7 @@ class Daemon:
 
     async def _start_camera(self, name: str, spec) -> None:
         s = self.settings
+        frame_size = self._frame_size()  # capture converts to it, memory stores at it: the model's pixel cap
         params = MemoryParams(
             star_pairs=s.memory.star_frames // 2,
             window_pairs=s.memory.window_frames // 2,
@@ -194,13 +195,13 @@ class Daemon:
             star_half_life_s=s.memory.star_half_life_s,
             jpeg_quality=s.memory.jpeg_quality,
             max_bytes=s.memory.max_bytes_per_camera,
-            frame_size=self._frame_size(),
+            frame_size=frame_size,
         )
         assert self.worker is not None
         memory = CameraMemory(name, params, self.store)
         await asyncio.to_thread(memory.restore)
         runtime = CameraRuntime(
-            name, spec, memory, self.worker.publish, fps=s.capture.fps, frame_size=self._frame_size(),
+            name, spec, memory, self.worker.publish, fps=s.capture.fps, frame_size=frame_size,
             open_timeout_s=s.capture.open_timeout_s, read_timeout_s=s.capture.read_timeout_s,
         )
         self.cameras[name] = runtime

@@ -20,11 +20,12 @@ def test_questions_outrank_encodes_and_keep_their_order() -> None:
     s.push_ask(first)
     s.push_ask(second)
     assert s.take_contexts().keys() == {"a", "b"}
-    assert s.next_job() is first
-    assert s.next_job() is second
-    assert s.next_job() == "a"
-    assert s.next_job() == "b"
-    assert s.next_job() is None and not s.has_work()
+    assert s.next_ask() is first
+    assert s.next_ask() is second
+    assert s.next_ask() is None
+    assert s.next_encode() == "a"
+    assert s.next_encode() == "b"
+    assert s.next_encode() is None and not s.has_work()
 
 
 def test_newest_context_wins_and_encodes_coalesce() -> None:
@@ -43,7 +44,7 @@ def test_removal_supersedes_context_and_encode() -> None:
     s.push_context("a", [], 1, eager=True)
     s.push_remove("a")
     assert s.take_contexts() == {"a": None}
-    assert s.next_job() is None
+    assert s.next_ask() is None and s.next_encode() is None
 
 
 def test_full_queue_answers_busy() -> None:

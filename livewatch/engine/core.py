@@ -230,12 +230,12 @@ class EngineCore:
             raise RequestError("no_frames", f"camera {camera!r} has no frames yet")
         if state.cache_valid and state.last_encode is not None:
             return EncodeReport(UpdateKind.REUSE, 0.0, 0.0, 0.0, 0, 0)
-        with self._model_errors(camera, "encoding"):
+        with self.guard(camera, "encoding"):
             return self._encode(state)
 
     @contextmanager
-    def _model_errors(self, camera: str, doing: str) -> Iterator[None]:
-        """Turn a model failure into EngineError for this job alone, freeing the camera's caches."""
+    def guard(self, camera: str, doing: str) -> Iterator[None]:
+        """Model failures inside the block fail this job only (EngineError) and free the camera's caches."""
         try:
             yield
         except torch.OutOfMemoryError as exc:
@@ -356,10 +356,6 @@ class EngineCore:
             state.kv = [(k_all[i].unsqueeze(0), v_all[i].unsqueeze(0)) for i in range(k_all.shape[0])]
         return state.stacked
 
-    def guard(self, camera: str, doing: str):
-        """Model failures inside the block fail this job only (EngineError) and free the camera's caches."""
-        return self._model_errors(camera, doing)
-
     @torch.inference_mode()
     def ask(
         self,
@@ -389,7 +385,7 @@ class EngineCore:
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Answer:
         """The unbatched decode of a prepared question."""
-        with self._model_errors(prepared.camera, "answering"):
+        with self.guard(prepared.camera, "answering"):
             return self._answer(self._state(prepared.camera), prepared, params, on_text, cancelled)
 
     def _answer(

@@ -87,12 +87,6 @@ class Scheduler:
         pending, self.contexts = self.contexts, {}
         return pending
 
-    def next_job(self) -> AskJob | str | None:
-        """The next question, else a camera to encode, else None. A cancelled question is still returned: the
-        worker reports the cancellation to its waiter without running it."""
-        job = self.next_ask()
-        return job if job is not None else self.next_encode()
-
     def has_work(self) -> bool:
         return bool(self.queued or self.contexts or self.encodes)
 

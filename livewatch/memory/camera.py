@@ -69,7 +69,6 @@ class CameraMemory:
         self.frames_out_of_order = 0
         self.write_errors = 0
         self.last_write_error: str | None = None
-        self.restored_pairs = 0
 
     # -- restart ------------------------------------------------------------------------------------------------
 
@@ -95,7 +94,6 @@ class CameraMemory:
             self._prev_signature = self._slots[self.window[-1]].signature
         self._next_id = state.next_id
         self.total_frames_added = state.total_frames_added
-        self.restored_pairs = len(self._slots)
         if state.pairs:
             self.version += 1
         log.info(

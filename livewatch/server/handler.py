@@ -111,7 +111,7 @@ class Connection:
 
     async def shutdown(self) -> None:
         """The daemon is stopping: cancel this connection's questions with a message, then close."""
-        for rid, task in list(self._asks.items()):
+        for task in list(self._asks.values()):
             task.cancel(msg="shutdown")
         await asyncio.gather(*self._asks.values(), return_exceptions=True)
         try:
