@@ -53,6 +53,9 @@ class ModelSection(_Section):
     cuda_graphs: Literal["auto", "off"] = Field(
         "auto", description="auto: capture the decode path as CUDA graphs on a GPU; off: eager."
     )
+    fused_kernels: Literal["auto", "off"] = Field(
+        "auto", description="auto: fused Triton kernels in the GPU decode step (checked at start-up); off: PyTorch."
+    )
 
     @field_validator("timezone")
     @classmethod

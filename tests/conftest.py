@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Triton kernels (livewatch.engine.kernels) run through Triton's interpreter on CPU tensors in this process; it
+# must be set before the kernels are defined. The daemon uses them only on CUDA, so nothing else changes.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))

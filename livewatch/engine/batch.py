@@ -59,6 +59,7 @@ class BatchDecoder:
     slots: int
     max_len: int
     use_graphs: bool
+    fused_kernels: bool = True  # Triton kernels in the step where the device runs them (CUDA)
     tokens_per_sync: int = 4  # greedy decode steps run back to back on the device between two host reads
     runner: StepRunner = field(init=False)
     _slots: list[_Slot] = field(init=False)
@@ -68,7 +69,7 @@ class BatchDecoder:
 
     def __post_init__(self) -> None:
         cache = SlotCache(self.core.lm, self.slots, self.max_len)
-        self.runner = StepRunner(self.core.lm, cache, self.use_graphs)
+        self.runner = StepRunner(self.core.lm, cache, self.use_graphs, fused_kernels=self.fused_kernels)
         self._slots = [_Slot() for _ in range(self.slots)]
 
     def capture(self) -> float:

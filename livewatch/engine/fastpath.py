@@ -11,8 +11,9 @@ weight-read floor (~2 ms per token on an H100). Here the language model's layers
   real tokens from seeing the padding, later writes overwrite it).
 
 Grouped-query attention is computed without repeating K/V: the query heads that share a KV head are laid out
-as extra query rows of that head (exact for any mask). The layer's own modules (norms, projections, MLP,
-rotary tables) are called, so the arithmetic is the model's; only the cache and the attention call are ours.
+as extra query rows of that head (exact for any mask). The layer's own weights and rotary tables are used, so
+the arithmetic is the model's; the cache and the attention call are ours. On CUDA the step's small kernels are
+replaced by the fused Triton kernels of ``livewatch.engine.kernels`` (checked at start-up, else PyTorch's).
 
 ``StepRunner`` runs these eagerly (CPU, or CUDA without graphs) or replays CUDA graphs captured at start-up for
 a few batch sizes and prefill lengths; inputs go through static buffers, one host-to-device copy per call.
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
+from livewatch.engine import kernels
 from livewatch.engine.loading import LoadedModel
 from livewatch.log import get_logger
 
@@ -110,6 +112,54 @@ class _Layers:
         self.cache = cache
         self.scaling = self.layers[0].self_attn.scaling
         self.key_index = torch.arange(cache.max_len, device=lm.device)
+        self.fused = False  # the Triton kernels of livewatch.engine.kernels instead of the PyTorch expressions
+
+    def _masked_attention(self, kc, vc, q: torch.Tensor, rows, mask, contiguous_rows: bool) -> torch.Tensor:
+        """q [B, heads, S, D] over one layer's cache (kc, vc: [slots, kv_heads, max_len, D]) -> [B, S, heads * D]."""
+        b, _, s, _ = q.shape
+        c = self.cache
+        if contiguous_rows:  # decode: rows are slots 0..B-1, a view
+            keys, values = kc[:b], vc[:b]
+        else:  # prefill: one slot given as a tensor (so one captured graph serves every slot)
+            keys, values = kc.index_select(0, rows), vc.index_select(0, rows)
+        # Attention as batched matmuls: with a per-row mask and few query rows (decode), SDPA's fused kernels run
+        # one thread block per (row, head) and leave the GPU idle; cuBLAS splits the key axis instead. The scale
+        # and the additive mask ride on the first product (baddbmm), the softmax runs in float32.
+        bh, rows_q, n_keys = b * c.kv_heads, self.n_rep * s, keys.shape[2]
+        q3 = q.reshape(bh, rows_q, c.head_dim)
+        scores = torch.baddbmm(mask, q3, keys.reshape(bh, n_keys, c.head_dim).transpose(1, 2), alpha=self.scaling)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+        o = torch.bmm(probs, values.reshape(bh, n_keys, c.head_dim))
+        return o.view(b, c.kv_heads, self.n_rep, s, c.head_dim).permute(0, 3, 1, 2, 4).reshape(b, s, -1)
+
+    def _fused_layer(self, layer_idx: int, layer: Any, h: torch.Tensor, delta: torch.Tensor | None, cos, sin,
+                     write, rows, mask, contiguous_rows: bool, seq: int) -> torch.Tensor:
+        """The same layer through the Triton kernels. h [N, H] (N = B * seq) is the residual stream before the
+        previous layer's MLP output ``delta`` is added (the add rides on this layer's first norm); returns this
+        layer's MLP output, h updated in place."""
+        c = self.cache
+        attn, mlp = layer.self_attn, layer.mlp
+        norm = layer.input_layernorm
+        x = kernels.add_rms_norm(h, delta, norm.weight, norm.variance_epsilon)
+        w, bias, _, _ = attn._livewatch_qkv
+        one_row = h.shape[0] == 1  # a single answer: Triton's GEMV reads the weights faster than cuBLAS
+        qkv = kernels.gemv(x, w, bias) if one_row else torch.nn.functional.linear(x, w, bias)
+        kc, vc = c.k[layer_idx], c.v[layer_idx]
+        q = kernels.rope_qkv(qkv, cos, sin, kc, vc, rows, write.reshape(-1), seq, self.n_heads)  # [N, heads, D]
+        if contiguous_rows and seq == 1:
+            o = kernels.decode_attention(q, kc, vc, write.reshape(-1), self.scaling)
+        else:
+            b = h.shape[0] // seq
+            o = self._masked_attention(kc, vc, q.view(b, seq, self.n_heads, -1).transpose(1, 2), rows, mask,
+                                       contiguous_rows).reshape(h.shape[0], -1)
+        norm = layer.post_attention_layernorm
+        attn_out = kernels.gemv(o, attn.o_proj.weight, attn.o_proj.bias) if one_row else attn.o_proj(o)
+        x = kernels.add_rms_norm(h, attn_out, norm.weight, norm.variance_epsilon)
+        gu, _ = mlp._livewatch_gate_up
+        down = mlp.down_proj
+        if one_row:  # the activation rides on the down projection's input loads
+            return kernels.gemv(kernels.gemv(x, gu), down.weight, down.bias, silu_gate=True)
+        return down(kernels.silu_mul(torch.nn.functional.linear(x, gu)))
 
     def _attend(
         self, layer_idx: int, layer: Any, h: torch.Tensor, cos, sin, write, rows, mask, contiguous_rows: bool
@@ -131,19 +181,7 @@ class _Layers:
         r = rows[:, None].expand(b, s)
         kc[r, :, write] = k.transpose(1, 2)  # [B, S, kv_heads, head_dim] at (row, index)
         vc[r, :, write] = v.transpose(1, 2)
-        if contiguous_rows:  # decode: rows are slots 0..B-1, a view
-            keys, values = kc[:b], vc[:b]
-        else:  # prefill: one slot given as a tensor (so one captured graph serves every slot)
-            keys, values = kc.index_select(0, rows), vc.index_select(0, rows)
-        # Attention as batched matmuls: with a per-row mask and few query rows (decode), SDPA's fused kernels run
-        # one thread block per (row, head) and leave the GPU idle; cuBLAS splits the key axis instead. The scale
-        # and the additive mask ride on the first product (baddbmm), the softmax runs in float32.
-        bh, rows_q, n_keys = b * c.kv_heads, self.n_rep * s, keys.shape[2]
-        q3 = q.reshape(bh, rows_q, c.head_dim)
-        scores = torch.baddbmm(mask, q3, keys.reshape(bh, n_keys, c.head_dim).transpose(1, 2), alpha=self.scaling)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-        o = torch.bmm(probs, values.reshape(bh, n_keys, c.head_dim))
-        o = o.view(b, c.kv_heads, self.n_rep, s, c.head_dim).permute(0, 3, 1, 2, 4).reshape(b, s, -1)
+        o = self._masked_attention(kc, vc, q, rows, mask, contiguous_rows)
         h = h + attn.o_proj(o)
         mlp = layer.mlp
         gu, ng = mlp._livewatch_gate_up
@@ -157,15 +195,26 @@ class _Layers:
         b, s = tokens.shape
         h = self.embed(tokens)
         cos, sin = self.rotary(h, positions)
-        allowed = self.key_index[None, None, :] <= write[:, :, None]  # [B, S, max_len]: causal over the slot
-        kvh = self.cache.kv_heads
-        mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
-        mask = mask[:, None, None].expand(b, kvh, self.n_rep, s, -1).reshape(b * kvh, self.n_rep * s, -1)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        for i, layer in enumerate(self.layers):
-            h = self._attend(i, layer, h, cos, sin, write, rows, mask, contiguous_rows)
-        h = _rms_norm(self.norm, h)
-        picked = h[torch.arange(b, device=h.device), last]  # [B, H]
+        mask = None
+        if not (self.fused and contiguous_rows and s == 1):  # the fused decode attention needs no mask
+            allowed = self.key_index[None, None, :] <= write[:, :, None]  # [B, S, max_len]: causal over the slot
+            kvh = self.cache.kv_heads
+            mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
+            mask = mask[:, None, None].expand(b, kvh, self.n_rep, s, -1).reshape(b * kvh, self.n_rep * s, -1)
+        picked_rows = torch.arange(b, device=h.device) * s + last
+        if self.fused:
+            h = h.reshape(b * s, -1)
+            cos, sin = cos.reshape(b * s, -1).contiguous(), sin.reshape(b * s, -1).contiguous()
+            delta = None
+            for i, layer in enumerate(self.layers):
+                delta = self._fused_layer(i, layer, h, delta, cos, sin, write, rows, mask, contiguous_rows, s)
+            h, delta = h[picked_rows], delta[picked_rows] if delta is not None else None
+            picked = kernels.add_rms_norm(h, delta, self.norm.weight, self.norm.variance_epsilon)
+        else:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            for i, layer in enumerate(self.layers):
+                h = self._attend(i, layer, h, cos, sin, write, rows, mask, contiguous_rows)
+            picked = _rms_norm(self.norm, h.reshape(b * s, -1)[picked_rows])  # [B, H]
         return self.lm_head(picked).float()
 
 
@@ -180,7 +229,7 @@ class _Graph:
 class StepRunner:
     """Decode and prefill calls over a SlotCache; CUDA graphs when ``use_graphs``."""
 
-    def __init__(self, lm: LoadedModel, cache: SlotCache, use_graphs: bool) -> None:
+    def __init__(self, lm: LoadedModel, cache: SlotCache, use_graphs: bool, fused_kernels: bool = True) -> None:
         self.lm = lm
         self.cache = cache
         self.math = _Layers(lm, cache)
@@ -196,6 +245,10 @@ class StepRunner:
         self._histories: dict[Any, torch.Tensor] = {}
         self._host: dict[int, torch.Tensor] = {}
         self.capture_s = 0.0
+        # the Triton kernels run on CUDA; tests turn this on for CPU tensors under Triton's interpreter
+        self.want_kernels = fused_kernels and lm.device.type == "cuda"
+        self.kernel_errors: dict[str, float] = {}
+        self.kernels_off_reason: str | None = None
 
     # -- the calls ------------------------------------------------------------------------------------------------
 
@@ -324,8 +377,32 @@ class StepRunner:
 
     # -- CUDA graphs ----------------------------------------------------------------------------------------------
 
+    def prepare_kernels(self) -> bool:
+        """Compile the fused kernels and check each against its PyTorch expression on random inputs (start-up);
+        the step uses them only if all pass. Returns whether it does."""
+        if not self.want_kernels or self.math.fused:
+            return self.math.fused
+        if not kernels.available(self.device):
+            self.kernels_off_reason = "triton is not available for this device"
+            return False
+        c = self.cache
+        shapes = {"heads": self.math.n_heads, "kv_heads": c.kv_heads, "head_dim": c.head_dim,
+                  "hidden": int(self.lm.model.config.text_config.hidden_size)}
+        try:
+            self.kernel_errors = kernels.self_test(self.device, self.lm.dtype, shapes)
+            self.kernels_off_reason = kernels.describe_self_test(self.kernel_errors, self.lm.dtype)
+        except Exception as exc:  # a missing compiler or an unsupported device: PyTorch's kernels still work
+            self.kernels_off_reason = f"{type(exc).__name__}: {exc}"
+        if self.kernels_off_reason is None:
+            self.math.fused = True
+        else:
+            log.warning("engine.kernels_off", reason=self.kernels_off_reason)
+        return self.math.fused
+
     def capture(self) -> float:
-        """Capture every decode and prefill bucket (start-up). Returns the seconds it took."""
+        """Prepare the fused kernels, then capture every decode and prefill bucket (start-up). Returns the seconds
+        the graphs took (0 without graphs)."""
+        self.prepare_kernels()
         if not self.use_graphs:
             return 0.0
         t0 = time.perf_counter()
@@ -362,4 +439,6 @@ class StepRunner:
             "decode_buckets": list(self._decode_graphs) or list(self.decode_buckets),
             "prefill_buckets": list(self._prefill_graphs) or list(self.prefill_buckets),
             "capture_s": round(self.capture_s, 2),
+            "kernels": "triton" if self.math.fused else "torch",
+            **({"kernels_off": self.kernels_off_reason} if self.kernels_off_reason else {}),
         }

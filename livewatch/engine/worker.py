@@ -46,11 +46,12 @@ class EngineWorker:
         slots: int = 8,
         max_len: int = 4096,
         cuda_graphs: bool = True,
+        fused_kernels: bool = True,
     ) -> None:
         self.core = core
         self._on_encode = on_encode
         self.eager = encode_mode == "eager"
-        self.batch = BatchDecoder(core, slots, max_len, cuda_graphs)
+        self.batch = BatchDecoder(core, slots, max_len, cuda_graphs, fused_kernels=fused_kernels)
         self._sched = Scheduler(max_queued=max_queued)
         self._cond = threading.Condition()
         self._stopping = False
