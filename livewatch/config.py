@@ -53,6 +53,9 @@ class ModelSection(_Section):
     cuda_graphs: Literal["auto", "off"] = Field(
         "auto", description="auto: capture the decode path as CUDA graphs on a GPU; off: eager."
     )
+    warm_up: bool = Field(
+        True, description="Run a synthetic camera through every engine path at start-up (first-use costs)."
+    )
     fused_kernels: Literal["auto", "off"] = Field(
         "auto", description="auto: fused Triton kernels in the GPU decode step (checked at start-up); off: PyTorch."
     )

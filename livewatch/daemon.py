@@ -150,7 +150,7 @@ class Daemon:
         self.worker = EngineWorker(
             core, encode_mode=m.encode_mode, max_queued=s.server.max_inflight_total, on_encode=self._observe_encode,
             slots=m.batch_size, max_len=m.max_kv_tokens, cuda_graphs=m.cuda_graphs == "auto",
-            fused_kernels=m.fused_kernels == "auto",
+            fused_kernels=m.fused_kernels == "auto", warm_up=m.warm_up,
         )
         await asyncio.to_thread(self.worker.start)
 

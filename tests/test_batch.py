@@ -14,6 +14,8 @@ from livewatch.engine.core import EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loading import load_model
 from livewatch.engine.scheduler import AskJob, Scheduler
+from livewatch.engine.warmup import CAMERA as WARM_UP_CAMERA
+from livewatch.engine.warmup import warm_up
 from livewatch.engine.worker import EngineWorker
 from livewatch.errors import CancelledRequest
 
@@ -201,3 +203,14 @@ def test_removing_a_camera_mid_answer_finishes_the_answer(lm) -> None:
             worker.stop()
 
     asyncio.run(scenario())
+
+
+def test_warm_up_runs_every_path_and_leaves_no_trace(core: EngineCore) -> None:
+    expected = core.ask("a", "What is here?", GREEDY).token_ids
+    decoder = BatchDecoder(core, slots=2, max_len=2048, use_graphs=False)
+    report = warm_up(core, decoder)
+    assert report["prefix_updates"] == ["rebuild", "extend", "partial"]
+    assert {"batched_answer", "unbatched_answer"} <= set(report) and report["seconds"] > 0
+    assert WARM_UP_CAMERA not in core.cameras()
+    assert all(s.loaded is None and s.row is None for s in decoder._slots) and decoder.steps == 0
+    assert run_batch(core, decoder, [("q", "a", "What is here?")])["q"].answer.token_ids == expected

@@ -190,6 +190,12 @@ class BatchDecoder:
             torch.cuda.empty_cache()
         return outcomes
 
+    def forget_prefixes(self) -> None:
+        """Forget which prefix each free slot holds (the next question of any camera copies its own in)."""
+        for slot in self._slots:
+            if slot.row is None:
+                slot.loaded = None
+
     def cancel_all(self, error: LivewatchError) -> list[Outcome]:
         return [self._end(row, error=error) for row in self.active]
 

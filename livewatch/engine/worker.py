@@ -9,7 +9,8 @@ The thread's loop: apply the newest contexts; admit waiting questions into free 
 clients; a lazy encode happens here); advance every active answer by one decode step; when no question waits or
 runs, do one background encode (eager mode). So questions outrank encodes, and an answer that ends or is
 cancelled leaves the batch without stalling the others. At start the thread captures the CUDA graphs of the
-decode path (reported in the log and in status), before the daemon says it is ready.
+decode path (reported in the log and in status) and runs a synthetic camera through every path (warmup.py), before
+the daemon says it is ready.
 
 A question whose awaiting task is cancelled (its client went away) sets an Event that is checked before every
 decode step. A model failure fails only the jobs it touched (EngineError); the worker keeps serving. Shutdown
@@ -28,6 +29,7 @@ from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.core import Answer, EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.scheduler import AskJob, Scheduler
+from livewatch.engine.warmup import warm_up
 from livewatch.errors import CancelledRequest, EngineError, LivewatchError, RecoverableError
 from livewatch.frames import FramePair
 from livewatch.log import bind, get_logger
@@ -47,6 +49,7 @@ class EngineWorker:
         max_len: int = 4096,
         cuda_graphs: bool = True,
         fused_kernels: bool = True,
+        warm_up: bool = True,
     ) -> None:
         self.core = core
         self._on_encode = on_encode
@@ -63,6 +66,8 @@ class EngineWorker:
         self.jobs_done = 0
         self.jobs_failed = 0
         self.capture_error: str | None = None
+        self.warm_up = warm_up
+        self.warm_up_report: dict[str, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class EngineWorker:
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
             "decoder": {**self.batch.stats(), "capture_error": self.capture_error},
+            "warm_up": self.warm_up_report,
         }
 
     def _refresh_stats(self, force: bool = False) -> None:
@@ -180,6 +186,13 @@ class EngineWorker:
             self.batch.runner._decode_graphs.clear()
             self.batch.runner._prefill_graphs.clear()
             log.exception("engine.capture_failed")
+        try:
+            if self.warm_up:
+                self.warm_up_report = warm_up(self.core, self.batch)
+                log.info("engine.warmed_up", **self.warm_up_report)
+        except Exception as exc:  # an optimisation too: the first questions are slower, nothing else
+            self.warm_up_report = {"error": f"{type(exc).__name__}: {exc}"}
+            log.exception("engine.warm_up_failed")
         finally:
             self._ready.set()
         try:
