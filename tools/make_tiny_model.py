@@ -2,6 +2,7 @@
 """Write a tiny Qwen2.5-VL checkpoint with random weights, offline, in seconds.
 
     python tools/make_tiny_model.py DIR [--seed N]
+    python tools/make_tiny_model.py DIR --arch qwen2.5-vl-3b --device cuda   # full size, random, bf16
 
 The checkpoint has the real architecture class (Qwen2_5_VLForConditionalGeneration) and the config fields that
 matter to livewatch's code paths (patch 14, temporal_patch_size 2, spatial_merge_size 2, tokens_per_second 2,
@@ -226,15 +227,21 @@ def model_config(ids: dict[str, int], arch: str = "tiny"):
     return config
 
 
-def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
+def build(out_dir: Path, seed: int = 0, vocab_size: int = 1024, arch: str = "tiny", device: str = "cpu") -> Path:
+    """Write the checkpoint: the tiny architecture in float32 (tests), or the 3B architecture with random weights
+    in bfloat16 (~7.5 GB; to run the daemon on a GPU at full size where the real weights cannot be downloaded)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     out_dir.mkdir(parents=True, exist_ok=True)
     processor, ids = build_processor(seed, vocab_size)
-    config = model_config(ids, "tiny")
+    config = model_config(ids, arch)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    if arch == "tiny":
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    else:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out_dir)
@@ -249,9 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write the checkpoint into")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the tokenizer corpus")
+    parser.add_argument("--arch", choices=["tiny", "qwen2.5-vl-3b"], default="tiny",
+                        help="tiny (tests, float32) or the full 3B architecture (random weights, bfloat16)")
+    parser.add_argument("--device", default="cpu", help="where to initialise the weights (3B: cuda is much faster)")
     args = parser.parse_args(argv)
-    path = build(args.out_dir, seed=args.seed)
-    print(f"tiny Qwen2.5-VL checkpoint written to {path}")
+    path = build(args.out_dir, seed=args.seed, arch=args.arch, device=args.device)
+    print(f"{args.arch} random-weight Qwen2.5-VL checkpoint written to {path}")
     return 0
 
 
