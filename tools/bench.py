@@ -1036,31 +1036,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_decode:
         profile_decode(lm, plan, bank)
         return 0
-    if "prototype" in sections:
-        report["prototype"] = prototype(lm, core, plan)
-        print(f"[bench] prototype {report['prototype']}", flush=True)
-    if "livewatch" in sections:
-        report["livewatch"] = livewatch_section(lm, plan, bank)
-        print(f"[bench] livewatch {report['livewatch']}", flush=True)
-    if "fastpath" in sections and "livewatch" in sections:
-        report["fastpath"] = fastpath(lm, plan, bank, report["livewatch"])
-        print(f"[bench] fastpath {json.dumps(report['fastpath'])}", flush=True)
-    if "oom" in sections:
-        report["oom"] = oom_section(lm, plan, bank)
-        print(f"[bench] oom {json.dumps(report['oom'])}", flush=True)
-    if "kernels" in sections:
-        report["kernels"] = kernels_section(lm, plan, bank)
-        print(f"[bench] kernels {json.dumps(report['kernels'])}", flush=True)
-    if "agreement" in sections:
-        report["agreement"] = agreement_section(lm, plan, bank)
-        print(f"[bench] agreement {json.dumps(report['agreement'])}", flush=True)
-    if "scaling" in sections:
-        report["scaling"] = scaling(lm, plan, bank)
-        print(f"[bench] scaling {json.dumps(report['scaling'])}", flush=True)
-    if "ingest" in sections:
-        spec = lm.spec
-        report["ingest"] = ingest(plan, lambda h, w: target_size(h, w, spec))
-        print(f"[bench] ingest {report['ingest']}", flush=True)
+    runs = {  # in this order; fastpath compares itself with the livewatch section's eager path
+        "prototype": lambda: prototype(lm, core, plan),
+        "livewatch": lambda: livewatch_section(lm, plan, bank),
+        "fastpath": lambda: fastpath(lm, plan, bank, report["livewatch"]),
+        "oom": lambda: oom_section(lm, plan, bank),
+        "kernels": lambda: kernels_section(lm, plan, bank),
+        "agreement": lambda: agreement_section(lm, plan, bank),
+        "scaling": lambda: scaling(lm, plan, bank),
+        "ingest": lambda: ingest(plan, lambda h, w: target_size(h, w, lm.spec)),
+    }
+    for name, run in runs.items():
+        if name in sections and (name != "fastpath" or "livewatch" in sections):
+            report[name] = run()
+            print(f"[bench] {name} {json.dumps(report[name])}", flush=True)
     if {"livewatch", "scaling"} <= sections:
         report["floors"] = floors(lm, report["ceilings"], report["livewatch"], report["scaling"], report.get("fastpath"))
     report["seconds"] = round(time.time() - t_start, 1)

@@ -90,9 +90,7 @@ def fuse_projections(text_model: Any) -> None:
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm (statistics in float32, the normalised value cast back, then the weight) as two
-    kernels instead of seven: torch's rms_norm computes in float32 internally for bf16/fp16 inputs."""
-    return norm.weight * torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=norm.variance_epsilon)
+    return kernels.ref_rms_norm(x, norm.weight, norm.variance_epsilon)
 
 
 class _Layers:

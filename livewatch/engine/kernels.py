@@ -68,6 +68,13 @@ def available(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _silu_gate(g, u):
+        """silu(g) * u, rounded where the eager expression (act_fn(gate) * up) rounds."""
+        gf = g.to(tl.float32)
+        act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
+        return (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype)
+
+    @triton.jit
     def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, n_cols, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
@@ -194,9 +201,7 @@ if triton is not None:
         inside = cols < inter
         g = tl.load(gu_ptr + row * 2 * inter + cols, mask=inside, other=0.0)
         u = tl.load(gu_ptr + row * 2 * inter + inter + cols, mask=inside, other=0.0)
-        gf = g.to(tl.float32)
-        act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
-        tl.store(out_ptr + row * inter + cols, (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=inside)
+        tl.store(out_ptr + row * inter + cols, _silu_gate(g, u), mask=inside)
 
 
     @triton.jit
@@ -214,10 +219,7 @@ if triton is not None:
             k_in = k < K
             x = tl.load(x_ptr + k, mask=k_in, other=0.0)
             if SILU_GATE:
-                u = tl.load(x_ptr + K + k, mask=k_in, other=0.0)
-                g = x.to(tl.float32)
-                act = (g / (1.0 + tl.exp(-g))).to(x.dtype)
-                x = (act.to(tl.float32) * u.to(tl.float32)).to(x.dtype)
+                x = _silu_gate(x, tl.load(x_ptr + K + k, mask=k_in, other=0.0))
             w = tl.load(w_ptr + n[:, None] * K + k[None, :], mask=n_in[:, None] & k_in[None, :], other=0.0)
             acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
         if HAS_BIAS:
@@ -321,10 +323,17 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 # -- references (the eager expressions) and the start-up check ----------------------------------------------------
 
 
+def ref_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The model's RMSNorm (statistics in float32, the normalised value cast back, then the weight) as two
+    kernels instead of seven: torch's rms_norm computes in float32 internally for bf16/fp16 inputs. The PyTorch
+    decode step uses it too."""
+    return weight * torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
 def ref_add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if delta is not None:
         h.copy_(h + delta)
-    return weight * torch.nn.functional.rms_norm(h, (h.shape[-1],), eps=eps)
+    return ref_rms_norm(h, weight, eps)
 
 
 def ref_rope_qkv(qkv, cos, sin, k_cache, v_cache, rows, write, seq: int, n_heads: int) -> torch.Tensor:

@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from livewatch.engine import warmup
 from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.core import Answer, EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.scheduler import AskJob, Scheduler
-from livewatch.engine.warmup import warm_up
 from livewatch.errors import CancelledRequest, EngineError, LivewatchError, RecoverableError
 from livewatch.frames import FramePair
 from livewatch.log import bind, get_logger
@@ -188,7 +188,7 @@ class EngineWorker:
             log.exception("engine.capture_failed")
         try:
             if self.warm_up:
-                self.warm_up_report = warm_up(self.core, self.batch)
+                self.warm_up_report = warmup.warm_up(self.core, self.batch)
                 log.info("engine.warmed_up", **self.warm_up_report)
         except Exception as exc:  # an optimisation too: the first questions are slower, nothing else
             self.warm_up_report = {"error": f"{type(exc).__name__}: {exc}"}
