@@ -118,6 +118,14 @@ def test_fused_step_equals_the_pytorch_step(lm) -> None:
     assert tb == ta
 
 
+def test_kernels_stay_off_for_a_model_whose_activation_is_not_silu(lm, monkeypatch) -> None:
+    monkeypatch.setattr(lm.model.config.text_config, "hidden_act", "gelu_pytorch_tanh")
+    runner = StepRunner(lm, SlotCache(lm, slots=1, max_len=64), use_graphs=False)
+    runner.want_kernels = True
+    assert runner.prepare_kernels() is False
+    assert runner.describe()["kernels"] == "torch" and "gelu_pytorch_tanh" in runner.describe()["kernels_off"]
+
+
 def test_batched_answers_with_fused_kernels_equal_the_unbatched_path(lm) -> None:
     core = EngineCore(lm, timezone="UTC")
     core.set_context("a", [make_pair(i, T0 + 2 * i) for i in range(2)], 1)

@@ -383,6 +383,11 @@ class StepRunner:
         if not kernels.available(self.device):
             self.kernels_off_reason = "triton is not available for this device"
             return False
+        activation = getattr(self.lm.model.config.text_config, "hidden_act", "silu")
+        if activation != "silu":  # the MLP kernels compute SiLU; the PyTorch step calls the model's own act_fn
+            self.kernels_off_reason = f"the model's MLP activation is {activation!r}; the fused kernels compute SiLU"
+            log.warning("engine.kernels_off", reason=self.kernels_off_reason)
+            return False
         c = self.cache
         shapes = {"heads": self.math.n_heads, "kv_heads": c.kv_heads, "head_dim": c.head_dim,
                   "hidden": int(self.lm.model.config.text_config.hidden_size)}
