@@ -164,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": _cmd_check_config,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # inside the try: a reader that went away (| head) is handled below
+        return code
+    except BrokenPipeError:
+        # the reader of our output went away (`livewatch ask ... | head`): stop quietly, as Unix tools do;
+        # stdout goes to /dev/null so that the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except FatalError as exc:
         print(f"livewatch: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -32,6 +32,23 @@ def test_check_config_redacts_and_reports(tmp_path: Path) -> None:
     assert "hunter2" not in out.stdout
 
 
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None:
+    """`livewatch ... | head`: the pipe's reader is gone before the output is written."""
+    import os
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("".join(f"[cameras.c{i}]\nurl = 'rtsp://192.0.2.1/s{i}'\n" for i in range(60)))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run([BIN / "livewatch", "check-config", "--config", cfg], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141
+    assert out.stderr == ""  # no traceback, no "Exception ignored"
+
+
 def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[server]\nprot = 1\n")
