@@ -18,7 +18,8 @@ import pytest
 from memory_helpers import frame
 from livewatch.memory.camera import CameraMemory, MemoryParams
 from livewatch.errors import StorageError
-from livewatch.memory.store import FrameStore, decode_jpeg
+from livewatch.memory.jpegfile import decode_jpeg
+from livewatch.memory.store import FrameStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

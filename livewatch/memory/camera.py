@@ -4,7 +4,9 @@ Frames arrive one by one (``add_frame``); every two make a pair. Each frame is f
 limit (the model never sees more) and round-tripped through JPEG, so the pixels held in RAM are exactly the
 pixels a restart restores from disk. A new pair is scored, offered to the star memory, pushed into the stream
 window (the oldest window pair leaves when it is full, and leaves memory unless it is a star), and the byte bound
-evicts the oldest window pairs first. Every change of the set star U window bumps ``version``.
+evicts the oldest window pairs first. Every change of the set star U window bumps ``version``. A restart that
+restores a window longer than its capacity (an index rebuilt from the frame files, a smaller configured
+window) trims it the same way: the oldest pairs leave in time order, each offered to the star memory first.
 
 Persistence is best effort and never blocks the memory: a failed write (disk full, read-only, I/O error) is
 logged and counted, the pair stays in RAM marked unsaved, and the next commit retries every unsaved pair still in
@@ -26,7 +28,8 @@ from livewatch.frames import Frame, FramePair, resize
 from livewatch.log import get_logger
 from livewatch.memory.importance import PairSignature, importance, pair_signature
 from livewatch.memory.star import StarEntry, StarMemory
-from livewatch.memory.store import FrameStore, PairRecord, decode_jpeg, encode_jpeg
+from livewatch.memory.jpegfile import PairRecord, decode_jpeg, encode_jpeg
+from livewatch.memory.store import FrameStore
 
 log = get_logger("livewatch.memory")
 
@@ -73,10 +76,22 @@ class CameraMemory:
     # -- restart ------------------------------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Load the last committed state of this camera from the store."""
+        """Load the last committed state of this camera from the store.
+
+        A restored window longer than ``window_pairs`` (a rebuilt index puts every pair in the window; or the
+        configured window shrank) is trimmed as it would have been live: the oldest pairs leave in time order,
+        each offered to the star memory first, and the pairs kept by neither are deleted from the store. When
+        the store cannot be read, the camera runs from RAM (its store is dropped, so no write can reuse an id
+        of a stored pair).
+        """
         if self.store is None:
             return
-        state = self.store.load(self.name)
+        try:
+            state = self.store.load(self.name)
+        except StorageError as exc:
+            log.error("memory.restore_failed", camera=self.name, error=str(exc))
+            self.store = None
+            return
         stars = []
         for rec, images in state.pairs:
             first = Frame(rec.seq[0], rec.wall[0], rec.mono[0], images[0])
@@ -90,16 +105,39 @@ class CameraMemory:
                 stars.append(StarEntry(rec.id, pair.time, rec.importance, sig))
             self._last_time = max(self._last_time, pair.end_time)
         self.stars.restore(stars)
-        if self.window:
-            self._prev_signature = self._slots[self.window[-1]].signature
         self._next_id = state.next_id
         self.total_frames_added = state.total_frames_added
+        restored = len(self._slots)
+        # the store returns pairs ordered by time, so the window is too
+        trimmed = len(self.window) - self.params.window_pairs
+        while len(self.window) > self.params.window_pairs:
+            self._leave_window_as_star_candidate(self.window.popleft())
+        if self.window:
+            self._prev_signature = self._slots[self.window[-1]].signature
         if state.pairs:
             self.version += 1
+        if trimmed > 0:
+            self._persist()
         log.info(
             "memory.restored", camera=self.name, pairs=len(self._slots), window=len(self.window),
             stars=len(self.stars), orphans_removed=state.removed_orphans, rows_dropped=state.dropped_rows,
+            window_trimmed=max(trimmed, 0), forgotten=restored - len(self._slots),
         )
+
+    def _leave_window_as_star_candidate(self, pid: int) -> None:
+        """A window pair leaves; unless already a star it is first offered to the star memory, as ``_admit`` does."""
+        if not self._slots[pid].record.is_star:
+            self._offer_star(pid)
+        self._leave_window(pid)
+
+    def _offer_star(self, pid: int) -> None:
+        """Offer a pair to the star memory; a star it displaces leaves memory unless the window holds it."""
+        slot = self._slots[pid]
+        decision = self.stars.offer(pid, slot.pair.time, slot.record.importance, slot.signature)
+        slot.record.is_star = decision.admitted
+        if decision.evicted is not None:
+            self._slots[decision.evicted].record.is_star = False
+            self._forget_if_unused(decision.evicted)
 
     # -- intake -------------------------------------------------------------------------------------------------
 
@@ -156,11 +194,7 @@ class CameraMemory:
             jpegs=blobs,
         )
         self._slots[pid] = _Slot(pair, record, sig, saved=False)
-        decision = self.stars.offer(pid, pair.time, score, sig)
-        record.is_star = decision.admitted
-        if decision.evicted is not None:
-            self._slots[decision.evicted].record.is_star = False
-            self._forget_if_unused(decision.evicted)
+        self._offer_star(pid)
         self.window.append(pid)
         while len(self.window) > self.params.window_pairs:
             self._leave_window(self.window.popleft())

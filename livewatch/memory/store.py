@@ -5,6 +5,14 @@ Layout under the state directory:
     frames/index.sqlite3            one index for every camera
     frames/<camera>/<id>-0.jpg      first frame of pair <id>   (a lone frame paired with itself has only -0)
     frames/<camera>/<id>-1.jpg      second frame
+    frames/index.sqlite3.corrupt-<UTC time>[-wal|-shm]   an index found corrupt, kept aside for inspection
+    frames/lost+found/<camera>/     frame files a rebuild could not index (never deleted by the store)
+
+Every JPEG the store writes carries its pair's metadata in a JPEG comment (COM) segment right after the SOI
+marker: a small JSON object ``{"lw":1,"camera":..,"id":..,"seq":[..],"wall":[..],"mono":[..],"single":..,
+"importance":..,"frame":0|1}``. Decoders ignore COM segments, so the pixels are unchanged; the index can be rebuilt
+from the files alone. ``write_files`` stores the tagged bytes back into ``PairRecord.jpegs``, so ``nbytes``, the
+``bytes`` column and the size on disk are the same number.
 
 Protocol of one commit, so that a kill -9 at any instant leaves the last committed state intact:
 
@@ -14,7 +22,19 @@ Protocol of one commit, so that a kill -9 at any instant leaves the last committ
 
 A crash before 2 leaves files no index row names (orphans); a crash after 2 leaves files of removed pairs. Both
 are deleted by ``load`` at the next start, together with stray ``.tmp`` files, so the index and the files agree:
-every row has its files and every file has its row.
+every row has its files and every file has its row. ``load`` deletes only names the store itself writes
+(``<id>-<0|1>.jpg`` and their ``.tmp``) and only inside the camera's own directory.
+
+Opening checks the index (``PRAGMA quick_check`` and the expected tables and columns). An index that is corrupt or
+not a database is renamed aside (with its -wal and -shm), an error ``store.index_corrupt`` is logged, and a new
+index is rebuilt from the files' metadata: every readable pair comes back in the stream window (``in_window=1``,
+``is_star=0``; ``CameraMemory.restore`` trims a window longer than its capacity), frame files without readable
+metadata are moved to ``lost+found``. A missing index is rebuilt the same way (quietly when there are no
+files). The rebuild is built in ``index.sqlite3.rebuild`` and renamed into place only when complete, so a crash
+during a rebuild finds no index at the next start and rebuilds again: a half-built, valid-looking index can never
+make ``load`` delete frames as orphans.
+
+Every SQLite or file system error leaves the class as ``StorageError`` with its cause chained.
 """
 
 from __future__ import annotations
@@ -22,16 +42,25 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 
 from livewatch.errors import StorageError
+from livewatch.log import get_logger
+from livewatch.memory.jpegfile import FrameMeta, PairRecord, decode_jpeg, tag_jpeg
+from livewatch.memory.rebuild import (
+    FRAME_NAME, INDEX_NAME, LOST_FOUND, TMP_NAME, RebuildReport, fsync_dir, move_index_aside, rebuild_index,
+)
+
+log = get_logger("livewatch.store")
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pairs (
@@ -53,26 +82,13 @@ CREATE TABLE IF NOT EXISTS cameras (
     total_frames_added INTEGER NOT NULL
 );
 """
+_COLUMNS = {
+    "pairs": ["camera", "id", "seq0", "seq1", "wall0", "wall1", "mono0", "mono1", "single", "importance",
+              "in_window", "is_star", "bytes"],
+    "cameras": ["camera", "next_id", "total_frames_added"],
+}
 
-
-@dataclass
-class PairRecord:
-    """One stored pair. ``jpegs`` holds the encoded frames (1 for a lone frame, else 2) until persisted."""
-
-    id: int
-    seq: tuple[int, int]
-    wall: tuple[float, float]
-    mono: tuple[float, float]
-    single: bool
-    importance: float
-    in_window: bool
-    is_star: bool
-    jpegs: tuple[bytes, ...] = field(default=(), repr=False)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(j) for j in self.jpegs)
-
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 @dataclass
 class LoadedCamera:
@@ -83,65 +99,143 @@ class LoadedCamera:
     dropped_rows: int
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
 
 
-def decode_jpeg(data: bytes) -> np.ndarray | None:
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class _CorruptIndex(Exception):
+    """The index is corrupt, not a database, or not our schema; the text says why."""
 
 
 class FrameStore:
-    """Thread-safe (one lock); each camera's memory calls it from its own thread."""
+    """Thread-safe (one lock); each camera's memory calls it from its own thread.
+
+    Raises StorageError (never a raw sqlite3 error) from every method. ``rebuilt`` says what a rebuild of the
+    index at open recovered, None when the index was used as found.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root / "frames"
+        self.index_path = self.root / INDEX_NAME
         self._lock = threading.Lock()
+        self.rebuilt: RebuildReport | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.root / "index.sqlite3", check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open the frame store in {self.root}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot open the frame store in {self.root}: {exc.strerror or exc}") from exc
+        self._db = self._open()
+
+    # -- opening, checking, rebuilding --------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            st = os.stat(self.index_path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise StorageError(f"cannot open the frame store index {self.index_path}: {exc.strerror or exc}") from exc
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise StorageError(f"cannot open the frame store: its index {self.index_path} is {what}")
+        if st is None:
+            report = rebuild_index(self.root, _SCHEMA)
+            if report.pairs or report.lost_found:
+                log.warning("store.index_rebuilt", path=str(self.index_path), reason="missing", **vars(report))
+            self.rebuilt = report
+        try:
+            return self._connect()
+        except _CorruptIndex as exc:
+            cause = str(exc)
+        moved_to = move_index_aside(self.root)
+        event: dict[str, Any] = {"path": str(self.index_path), "moved_to": str(moved_to), "error": cause}
+        try:
+            self.rebuilt = rebuild_index(self.root, _SCHEMA)
+        except StorageError as exc:
+            log.error("store.index_corrupt", **event, rebuild_error=str(exc))
+            raise
+        log.error("store.index_corrupt", **event, **vars(self.rebuilt))
+        try:
+            return self._connect()
+        except _CorruptIndex as exc:
+            raise StorageError(
+                f"cannot open the frame store: the rebuilt index {self.index_path} is unusable: {exc}"
+            ) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open and check the index. Raises _CorruptIndex when it is damaged, StorageError for any other failure."""
+        try:
+            db = sqlite3.connect(self.index_path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the frame store index {self.index_path}: {exc}") from exc
+        try:
+            # checked before journal_mode=WAL, which writes to the header of the file
+            problems = [str(r[0]) for r in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise _CorruptIndex("quick_check: " + "; ".join(problems[:5]))
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            for table, columns in _COLUMNS.items():
+                found = [str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")]
+                if found != columns:
+                    raise _CorruptIndex(f"table {table} has columns {found}, expected {columns}")
+        except sqlite3.Error as exc:
+            self._close_quietly(db)
+            if _is_corruption(exc):
+                raise _CorruptIndex(str(exc)) from exc
+            raise StorageError(f"cannot open the frame store index {self.index_path}: {exc}") from exc
+        except _CorruptIndex:
+            self._close_quietly(db)
+            raise
+        return db
+
+    @staticmethod
+    def _close_quietly(db: sqlite3.Connection) -> None:
+        try:
+            db.close()
+        except sqlite3.Error:
+            pass
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            try:
+                self._db.close()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot close the frame index {self.index_path}: {exc}") from exc
 
     def _dir(self, camera: str) -> Path:
+        if camera in ("", ".", "..", LOST_FOUND) or "/" in camera:
+            raise ValueError(f"invalid camera name for the frame store: {camera!r}")
         return self.root / camera
 
     def _files(self, camera: str, record: PairRecord) -> list[Path]:
         d = self._dir(camera)
         return [d / f"{record.id}-{i}.jpg" for i in range(1 if record.single else 2)]
 
+    @contextmanager
+    def _reading(self, failure: str) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; a SQLite error becomes StorageError(failure)."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StorageError(f"{failure}: {exc}") from exc
+
     # -- reading ------------------------------------------------------------------------------------------------
 
     def load(self, camera: str) -> LoadedCamera:
         """The camera's committed state; cleans orphans and drops rows whose files are missing or corrupt."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading(f"cannot read the frame index for camera {camera!r}") as db:
+            rows = db.execute(
                 "SELECT id, seq0, seq1, wall0, wall1, mono0, mono1, single, importance, in_window, is_star "
                 "FROM pairs WHERE camera = ? ORDER BY wall0, id",
                 (camera,),
             ).fetchall()
-            meta = self._db.execute(
-                "SELECT next_id, total_frames_added FROM cameras WHERE camera = ?", (camera,)
-            ).fetchone()
+            meta = db.execute("SELECT next_id, total_frames_added FROM cameras WHERE camera = ?", (camera,)).fetchone()
         loaded: list[tuple[PairRecord, list[np.ndarray]]] = []
         dropped: list[int] = []
         for r in rows:
@@ -167,38 +261,47 @@ class FrameStore:
                 self._db.executemany("DELETE FROM pairs WHERE camera = ? AND id = ?", [(camera, i) for i in dropped])
         keep = {p.name for rec, _ in loaded for p in self._files(camera, rec)}
         orphans = 0
-        d = self._dir(camera)
-        if d.is_dir():
-            for path in d.iterdir():
-                if path.name not in keep:
-                    try:
-                        path.unlink()
-                        orphans += 1
-                    except OSError:
-                        pass
+        try:
+            names = list(self._dir(camera).iterdir())
+        except OSError:
+            names = []  # no directory yet (or unreadable: nothing to clean then)
+        for path in names:
+            if path.name in keep or not (FRAME_NAME.fullmatch(path.name) or TMP_NAME.fullmatch(path.name)):
+                continue
+            try:
+                if path.is_symlink() or not path.is_file():
+                    continue
+                path.unlink()
+                orphans += 1
+            except OSError:
+                pass
         next_id = meta[0] if meta else 0
         if loaded:
             next_id = max(next_id, max(rec.id for rec, _ in loaded) + 1)
         return LoadedCamera(loaded, next_id, meta[1] if meta else 0, orphans, len(dropped))
 
     def cameras(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT camera FROM cameras ORDER BY camera")]
+        with self._reading("cannot list the cameras of the frame index") as db:
+            return [r[0] for r in db.execute("SELECT camera FROM cameras ORDER BY camera")]
 
     def bytes_on_disk(self, camera: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM pairs WHERE camera = ?", (camera,)).fetchone()
+        with self._reading(f"cannot read the frame index for camera {camera!r}") as db:
+            row = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM pairs WHERE camera = ?", (camera,)).fetchone()
         return int(row[0])
 
     # -- writing ------------------------------------------------------------------------------------------------
 
     def write_files(self, camera: str, record: PairRecord) -> None:
-        """Step 1 for one pair. Raises StorageError (the pair stays unsaved; nothing half-written remains)."""
+        """Step 1 for one pair. Raises StorageError (the pair stays unsaved; nothing half-written remains).
+
+        Each file gets the pair's metadata (a JPEG comment); on success ``record.jpegs`` holds the bytes written.
+        """
         d = self._dir(camera)
+        blobs = tuple(self._tagged(camera, record, i, blob) for i, blob in enumerate(record.jpegs))
         written: list[Path] = []
         try:
             d.mkdir(parents=True, exist_ok=True)
-            for path, blob in zip(self._files(camera, record), record.jpegs, strict=True):
+            for path, blob in zip(self._files(camera, record), blobs, strict=True):
                 tmp = path.with_name(path.name + ".tmp")
                 with open(tmp, "wb") as fh:
                     fh.write(blob)
@@ -206,7 +309,7 @@ class FrameStore:
                     os.fsync(fh.fileno())
                 os.replace(tmp, path)
                 written.append(path)
-            _fsync_dir(d)
+            fsync_dir(d)
         except OSError as exc:
             for path in [*written, *(p.with_name(p.name + ".tmp") for p in self._files(camera, record))]:
                 try:
@@ -214,6 +317,15 @@ class FrameStore:
                 except OSError:
                     pass
             raise StorageError(f"cannot write frames of camera {camera!r}: {exc.strerror or exc}") from exc
+        record.jpegs = blobs
+
+    @staticmethod
+    def _tagged(camera: str, record: PairRecord, frame: int, blob: bytes) -> bytes:
+        try:
+            return tag_jpeg(blob, FrameMeta.of(camera, record, frame))
+        except ValueError:
+            # not representable (a non-finite value): stored untagged; only a rebuild of the index would miss it
+            return blob
 
     def commit(
         self,
@@ -251,18 +363,20 @@ class FrameStore:
 
     @contextmanager
     def _transaction(self, failure: str) -> Iterator[None]:
-        """One SQLite transaction under the lock; any error rolls back and becomes StorageError(failure)."""
+        """One SQLite transaction under the lock; any error rolls back, a SQLite one becomes StorageError(failure)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 yield
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 try:
                     self._db.execute("ROLLBACK")
                 except sqlite3.Error:
-                    pass
-                raise StorageError(f"{failure}: {exc}") from exc
+                    pass  # BEGIN itself failed, or SQLite already rolled back
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"{failure}: {exc}") from exc
+                raise
 
     def unlink(self, camera: str, records: Iterable[PairRecord]) -> None:
         for rec in records:
@@ -276,7 +390,8 @@ class FrameStore:
 
     def remove_camera(self, camera: str) -> None:
         """Delete a camera's index rows, then its frames."""
+        d = self._dir(camera)
         with self._transaction(f"cannot remove camera {camera!r} from the frame index"):
             self._db.execute("DELETE FROM pairs WHERE camera = ?", (camera,))
             self._db.execute("DELETE FROM cameras WHERE camera = ?", (camera,))
-        shutil.rmtree(self._dir(camera), ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
