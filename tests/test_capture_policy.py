@@ -129,7 +129,7 @@ def test_parse_sources(tmp_path: Path) -> None:
         ("rtsp:///nohost", "no host"),
         ("rtsp://u:secret@host:99999/x", "bad port"),
         ("rtsp://u:secret@host/x#transport=sctp", "#transport must be tcp or udp"),
-        ("/no/such/file.mp4", "no such file"),
+        ("/no/such/file.mp4", "no such readable file"),
         ("webcam:abc", "expected webcam:N"),
         ("webcam:97", "no such video device"),
         ("testsrc://?size=big", "size must look like"),

@@ -22,6 +22,7 @@ from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.policy import Backoff, CameraState, Supervisor
 from livewatch.capture.sampler import Sampler, WallClock
 from livewatch.capture.source import SourceSpec
+from livewatch.errors import CameraError
 from livewatch.frames import Frame
 from livewatch.log import bind, get_logger, redact_text
 
@@ -32,7 +33,7 @@ _PERMANENT = tuple(
     for name in ("HTTPNotFoundError", "HTTPUnauthorizedError", "HTTPForbiddenError", "PatchWelcomeError",
                  "DecoderNotFoundError", "ProtocolNotFoundError")
     if hasattr(av.error, name)
-) + (FileNotFoundError,)
+) + (FileNotFoundError, CameraError)
 
 
 class _Stop(Exception):
@@ -61,6 +62,7 @@ class CameraReader:
         read_timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         max_permanent: int = 3,
+        connect_check: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -68,6 +70,7 @@ class CameraReader:
         self.fps = fps
         self.frame_size = frame_size
         self.timeouts = (open_timeout_s, read_timeout_s)
+        self.connect_check = connect_check  # before every connect: the network policy (raises CameraError)
         self.supervisor = Supervisor(backoff=backoff or Backoff(), max_permanent=max_permanent)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"livewatch-capture-{name}", daemon=True)
@@ -105,9 +108,11 @@ class CameraReader:
         return self.supervisor.state
 
     def stats(self) -> dict[str, Any]:
+        """A snapshot: the capture thread appends to ``gaps`` and ``_recent`` under the same lock."""
         sup = self.supervisor
         with self._lock:
             recent = list(self._recent)
+            gaps = list(self.gaps)
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
         return {
             "state": sup.state.value,
@@ -127,7 +132,7 @@ class CameraReader:
             "keyframes_only": self.keyframes_only,
             "cpu_seconds": round(self.cpu_seconds, 3),
             "timestamps_clamped": self.wall.clamped,
-            "gaps": [{"at": round(at, 3), "gap_s": round(gap, 3)} for at, gap in self.gaps],
+            "gaps": [{"at": round(at, 3), "gap_s": round(gap, 3)} for at, gap in gaps],
         }
 
     # -- the thread ---------------------------------------------------------------------------------------------
@@ -161,6 +166,8 @@ class CameraReader:
                 permanent = isinstance(exc, _PERMANENT)
                 if isinstance(exc, av.error.InvalidDataError) and self.frames_decoded == 0 and not self.spec.live:
                     permanent = True  # a file that is not a video at all
+                if isinstance(exc, av.error.ArgumentError) and self.frames_decoded == 0:
+                    permanent = True  # refused by the protocol/format whitelists (a text file, a redirect to file:)
                 error = _describe(exc)
                 delay = sup.fault(time.monotonic(), error, permanent=permanent)
                 if delay is None:
@@ -173,12 +180,18 @@ class CameraReader:
 
     def _session(self) -> None:
         spec = self.spec
+        if self.connect_check is not None:
+            self.connect_check()
         container = av.open(spec.target, format=spec.format, options=dict(spec.options), timeout=self.timeouts)
         try:
             stream = container.streams.video[0] if container.streams.video else None
             if stream is None:
                 raise av.error.InvalidDataError(0, "no video stream in the source")
             cc = stream.codec_context
+            if cc.width * cc.height > spec.max_pixels:
+                raise CameraError(f"the stream's frames are {cc.width}x{cc.height}, over capture.max_source_pixels")
+            # the decoder refuses larger pictures too (a stream may change size mid-way: MJPEG, a hostile server)
+            cc.options = {**cc.options, "max_pixels": str(spec.max_pixels)}
             self.codec = cc.name
             if cc.name in ("h264", "hevc", "mpeg2video", "mpeg4"):
                 cc.skip_frame = "NONREF"
@@ -196,6 +209,9 @@ class CameraReader:
         last_key: float | None = None
         self.keyframes_only = False
         consecutive_errors = 0
+        # Every picture of an intra-only codec (MJPEG...) decodes alone: a packet the sampler would not keep is
+        # never decoded, so a camera that sends 1,000 small JPEGs a second costs what one frame a second does.
+        intra_only = bool(getattr(stream.codec_context.codec, "intra_only", False))
         for packet in container.demux(stream):
             if self._stop.is_set():
                 raise _Stop
@@ -212,6 +228,10 @@ class CameraReader:
                     self.keyframes_only = False
                 last_key = kt
             if self.keyframes_only and not packet.is_keyframe:
+                self.packets_skipped += 1
+                continue
+            if (intra_only and packet.pts is not None and packet.time_base is not None
+                    and not sampler.would_want(float(packet.pts * packet.time_base))):
                 self.packets_skipped += 1
                 continue
             try:
@@ -239,7 +259,8 @@ class CameraReader:
                     self.wall.use_rtcp(rtcp_anchor / 1e6, 0.0)  # the sender's clock, if it is roughly right
                 wall = self.wall.time_of(t, now_wall)
                 if first and previous != float("-inf"):
-                    self.gaps.append((previous, wall - previous))
+                    with self._lock:
+                        self.gaps.append((previous, wall - previous))
                 first = False
                 size = self.frame_size(frame.height, frame.width) if self.frame_size else (frame.height, frame.width)
                 image = frame.to_ndarray(format="rgb24", width=size[1], height=size[0])

@@ -20,6 +20,13 @@ class Sampler:
     def reset(self) -> None:
         self.next_t = None
 
+    def would_want(self, t: float) -> bool:
+        """What ``want(t)`` would answer, without taking the slot (to skip decoding a frame nobody keeps)."""
+        period = 1.0 / self.fps
+        if self.next_t is None or t < self.next_t - 2 * period or t > self.next_t + 2 * period:
+            return True
+        return t + 1e-6 >= self.next_t
+
     def want(self, t: float) -> bool:
         period = 1.0 / self.fps
         if self.next_t is None or t < self.next_t - 2 * period or t > self.next_t + 2 * period:
