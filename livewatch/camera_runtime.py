@@ -7,6 +7,11 @@ lone waiting frame is paired with itself so that it still reaches the context.
 
 The memory's statistics are snapshotted after each frame on that same thread, so the event loop reads them
 without touching the memory while it is being written.
+
+A camera whose URL cannot be used any more (a saved camera whose file vanished, or that the URL policy now
+refuses) still runs, in state ``failed`` with its error and no reader: its restored frames stay askable, and one
+bad saved camera never stops the daemon. A camera added over the API is untrusted: its ``last_error`` in status
+is generic (the detail, which would tell a refused port from a 401 from a non-video reply, is only in the log).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.reader import CameraReader
 from livewatch.capture.source import SourceSpec
+from livewatch.capture.policy import CameraState
 from livewatch.frames import Frame
 from livewatch.log import bind, get_logger
 from livewatch.memory.camera import CameraMemory
@@ -29,7 +35,7 @@ class CameraRuntime:
     def __init__(
         self,
         name: str,
-        spec: SourceSpec,
+        spec: SourceSpec | None,
         memory: CameraMemory,
         publish: Callable[[str, list, int], None],
         *,
@@ -37,9 +43,15 @@ class CameraRuntime:
         frame_size: Callable[[int, int], tuple[int, int]] | None,
         open_timeout_s: float = 10.0,
         read_timeout_s: float = 10.0,
+        connect_check: Callable[[], None] | None = None,
+        untrusted: bool = False,
+        start_error: str | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
+        self.untrusted = untrusted
+        self.start_error = start_error or ("the camera URL cannot be used" if spec is None else None)
+        self._connect_check = connect_check
         self.memory = memory
         self._publish = publish
         self._fps = fps
@@ -50,6 +62,12 @@ class CameraRuntime:
         self.memory_stats: dict[str, Any] = memory.stats()
 
     def start(self) -> None:
+        pairs, version = self.memory.context()
+        # restored memory is in context before the first new frame; an empty context makes the camera known, so
+        # an early question gets "no_frames" rather than "unknown camera"
+        self._publish(self.name, pairs, version)
+        if self.spec is None:
+            return
         loop = asyncio.get_running_loop()
         handoff: LatestHandoff[Frame] = LatestHandoff(loop, maxlen=8)
         self.reader = CameraReader(
@@ -60,11 +78,8 @@ class CameraRuntime:
             frame_size=self._frame_size,
             open_timeout_s=self._timeouts[0],
             read_timeout_s=self._timeouts[1],
+            connect_check=self._connect_check,
         )
-        pairs, version = self.memory.context()
-        # restored memory is in context before the first new frame; an empty context makes the camera known, so
-        # an early question gets "no_frames" rather than "unknown camera"
-        self._publish(self.name, pairs, version)
         self.reader.start()
         self._task = asyncio.create_task(self._pump(handoff), name=f"camera-{self.name}")
 
@@ -113,5 +128,10 @@ class CameraRuntime:
 
     def reader_stats(self) -> dict[str, Any]:
         if self.reader is None:
-            return {"state": "stopped", "frames_sampled": 0, "frames_dropped": 0, "reconnects": 0, "last_error": None}
-        return self.reader.stats()
+            state = CameraState.FAILED if self.spec is None else CameraState.STOPPED
+            return {"state": state.value, "frames_sampled": 0, "frames_dropped": 0, "reconnects": 0,
+                    "last_error": self.start_error if self.spec is None else None}
+        stats = self.reader.stats()
+        if self.untrusted and stats.get("last_error"):
+            stats["last_error"] = "the camera could not be opened or read; the daemon's log has the detail"
+        return stats

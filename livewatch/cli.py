@@ -65,7 +65,11 @@ def _add_client_args(parser: argparse.ArgumentParser) -> None:
         "--url", default=os.environ.get("LIVEWATCH_URL", "ws://127.0.0.1:8765"),
         help="daemon URL (default: $LIVEWATCH_URL or ws://127.0.0.1:8765)",
     )
-    parser.add_argument("--token", default=None, help="API token (default: $LIVEWATCH_TOKEN)")
+    parser.add_argument(
+        "--token", default=None,
+        help="API token (default: $LIVEWATCH_TOKEN); visible to other users in ps, prefer the variable or --token-file",
+    )
+    parser.add_argument("--token-file", type=Path, default=None, help="file holding the API token")
 
 
 def _settings_from_args(args: argparse.Namespace):
@@ -104,11 +108,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args)
     configure_logging(settings.log.level, settings.log.format)
+    # the state directory, frames and saved camera URLs (credentials) are the daemon's alone, whatever the umask
+    os.umask(os.umask(0) | 0o077)
     return asyncio.run(Daemon(settings).run())
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    return args.token or os.environ.get("LIVEWATCH_TOKEN") or None
+    if args.token:
+        print("livewatch: warning: --token is visible to other users (ps); use $LIVEWATCH_TOKEN or --token-file",
+              file=sys.stderr)
+        return str(args.token)
+    if args.token_file is not None:
+        from livewatch.client import EXIT_USAGE, ClientError
+
+        try:
+            return args.token_file.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClientError(f"cannot read --token-file {str(args.token_file)!r}: {exc}", EXIT_USAGE) from None
+    return os.environ.get("LIVEWATCH_TOKEN") or None
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:

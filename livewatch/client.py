@@ -24,6 +24,7 @@ class ClientError(Exception):
         self.exit_code = exit_code
 
 
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_UNAUTHORIZED = 4
 EXIT_REQUEST_FAILED = 5

@@ -7,8 +7,8 @@ overrides and secrets from the environment or files) into a frozen ``Settings`` 
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +17,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from livewatch.capture.urlpolicy import DEFAULT_DENY, UrlPolicy, parse_networks
 from livewatch.errors import ConfigError
+from livewatch.names import CAMERA_NAME_RE, CAMERA_NAME_RULE, is_camera_name
 
 DEFAULT_MODEL_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
-CAMERA_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEMO_CAMERA_URL = "testsrc://?size=1280x720&rate=30"
 
 
@@ -77,6 +78,10 @@ class CaptureSection(_Section):
     fps: float = Field(1.0, gt=0, le=30, description="Frames sampled per second from each camera.")
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds to wait for a camera to open.")
     read_timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds without data before reconnecting.")
+    max_source_pixels: int = Field(
+        3840 * 2160, ge=64 * 64, le=16384 * 16384, description="Largest decoded frame a camera may send, in pixels."
+    )
+    max_source_fps: float = Field(60.0, gt=0, le=240, description="Highest frame rate asked of a generator or webcam.")
 
 
 class MemorySection(_Section):
@@ -115,6 +120,56 @@ class ServerSection(_Section):
     tls_cert: str = Field("", description="PEM certificate file; with tls_key, serve wss:// and https://.")
     tls_key: str = Field("", description="PEM private key file for tls_cert.")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=600, description="Deadline for a graceful stop.")
+    max_connections: int = Field(
+        512, ge=1, le=65536, description="Open TCP connections (WebSocket and HTTP) at once; more are closed at once."
+    )
+    max_connections_per_peer: int = Field(
+        64, ge=1, le=65536, description="Open connections from one IP address (a reverse proxy counts as one)."
+    )
+    handshake_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Seconds a new connection has to complete its HTTP request or upgrade."
+    )
+    max_outbound_bytes: int = Field(
+        8 * 1024 * 1024, ge=65536, le=1 << 30, description="Replies queued for a client that does not read, in bytes."
+    )
+
+
+Scheme = Literal["rtsp", "rtsps", "http", "https", "file", "webcam", "testsrc"]
+
+
+def _network_schemes() -> list[Scheme]:
+    return ["rtsp", "rtsps", "http", "https"]
+
+
+class SecuritySection(_Section):
+    api_schemes: list[Scheme] = Field(
+        default_factory=_network_schemes,
+        description="URL schemes that camera.add may use; configured cameras may use any.",
+    )
+    allow_networks: list[str] = Field(
+        default_factory=list, description="CIDRs an API-added camera host may resolve to; empty: any not denied."
+    )
+    deny_networks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DENY),
+        description="CIDRs an API-added camera host may not resolve to (link-local and metadata by default).",
+    )
+    max_cameras: int = Field(64, ge=1, le=4096, description="Cameras watched at once; camera.add beyond is refused.")
+    camera_adds_per_minute: int = Field(
+        10, ge=1, le=10000, description="camera.add requests accepted per minute, across all clients."
+    )
+
+    @field_validator("allow_networks", "deny_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy(
+            api_schemes=frozenset(self.api_schemes),
+            allow=parse_networks(self.allow_networks),
+            deny=parse_networks(self.deny_networks),
+        )
 
 
 class LogSection(_Section):
@@ -138,6 +193,7 @@ class FileConfig(_Section):
     state: StateSection = StateSection()
     server: ServerSection = ServerSection()
     log: LogSection = LogSection()
+    security: SecuritySection = SecuritySection()
     cameras: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], CameraSection] = Field(
         default_factory=lambda: {"demo": CameraSection(url=DEMO_CAMERA_URL)},
         description="Cameras by name; without a [cameras] table, the built-in test-pattern camera 'demo'.",
@@ -162,9 +218,11 @@ class Settings:
     memory: MemorySection
     server: ServerSection
     log: LogSection
+    security: SecuritySection
     state_dir: Path
     cameras: tuple[Camera, ...]
     token: str | None = field(default=None, repr=False)
+    warnings: tuple[str, ...] = ()  # logged by the daemon once logging is set up (e.g. a world-readable token file)
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
@@ -182,7 +240,7 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
         if "expected" in ctx:
             detail += f" (allowed: {ctx['expected']})"
         elif "pattern" in ctx and loc.startswith("cameras"):
-            detail = "camera names are 1-64 letters, digits, '_', '.', '-' and start with a letter or digit"
+            detail = CAMERA_NAME_RULE
         lines.append(f"  {loc}: {detail}; got {err['input']!r}")
     return "\n".join(lines)
 
@@ -223,14 +281,25 @@ def read_config_file(path: Path) -> FileConfig:
     return parse_config(data, str(path))
 
 
-def _read_secret(source: str, what: str, env_name: str, file_name: str, environ: dict[str, str]) -> str | None:
+def _read_secret(
+    source: str, what: str, env_name: str, file_name: str, environ: dict[str, str], warnings: list[str] | None = None
+) -> str | None:
     if env_name and environ.get(env_name):
         return environ[env_name].strip()
     if file_name:
+        path = Path(os.path.expandvars(file_name))
         try:
-            value = Path(os.path.expandvars(file_name)).read_text(encoding="utf-8").strip()
+            value = path.read_text(encoding="utf-8").strip()
+            mode = path.stat().st_mode
         except OSError as exc:
             raise ConfigError(f"{source}: {what}: cannot read secret file {file_name!r}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: {what}: secret file {file_name!r} is not UTF-8 text") from exc
+        if mode & 0o077 and warnings is not None:
+            warnings.append(
+                f"{what}: secret file {file_name!r} is readable by group or others (mode {mode & 0o777:o}); "
+                f"chmod 600 it"
+            )
         if not value:
             raise ConfigError(f"{source}: {what}: secret file {file_name!r} is empty")
         return value
@@ -270,11 +339,18 @@ def parse_camera_override(text: str) -> tuple[str, str]:
     name, sep, url = text.partition("=")
     if not sep or not url:
         raise ConfigError(f"--camera {text!r}: expected NAME=URL")
-    if not re.match(CAMERA_NAME_RE, name):
-        raise ConfigError(
-            f"--camera {name!r}: camera names are 1-64 letters, digits, '_', '.', '-' and start with a letter or digit"
-        )
+    if not is_camera_name(name):
+        raise ConfigError(f"--camera {name!r}: {CAMERA_NAME_RULE}")
     return name, url
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_state_dir(environ: dict[str, str]) -> Path:
@@ -336,7 +412,13 @@ def load_settings(
     if cfg.memory.star_frames % 2:
         raise ConfigError(f"{source}: memory.star_frames must be even (frames are kept in pairs); got {cfg.memory.star_frames}")
 
-    token = _read_secret(source, "server.token", cfg.server.token_env, cfg.server.token_file, env)
+    warnings: list[str] = []
+    token = _read_secret(source, "server.token", cfg.server.token_env, cfg.server.token_file, env, warnings)
+    if not is_loopback(cfg.server.host) and not token:
+        raise ConfigError(
+            f"{source}: server.host = {cfg.server.host!r} is not a loopback address, so a token is "
+            f"required: set the environment variable {cfg.server.token_env} or server.token_file"
+        )
     resolved = tuple(resolve_camera(source, name, cam, env) for name, cam in cfg.cameras.items())
     state = Path(os.path.expanduser(cfg.state.dir)) if cfg.state.dir else default_state_dir(env)
     return Settings(
@@ -346,7 +428,9 @@ def load_settings(
         memory=cfg.memory,
         server=cfg.server,
         log=cfg.log,
+        security=cfg.security,
         state_dir=state,
         cameras=resolved,
         token=token,
+        warnings=tuple(warnings),
     )

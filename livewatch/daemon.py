@@ -2,8 +2,9 @@
 
 Three explicit phases (as uvicorn has them):
 
-startup   check the security rules, open the frame store and the runtime camera registry, parse every camera
-          URL, load the model on a thread (telling systemd to extend its start timeout), start the engine
+startup   lock the state directory (one daemon per directory), open the frame store and the runtime camera
+          registry, parse every camera URL (a configured one that cannot work is fatal, a saved one starts
+          ``failed``), load the model on a thread (telling systemd to extend its start timeout), start the engine
           worker, restore each camera's memory, start the cameras, bind the server, READY=1.
 serve     until SIGTERM/SIGINT; the watchdog is pinged from the event loop while the engine thread lives.
 shutdown  with a deadline: STOPPING=1, stop accepting connections, cut answers in flight with a
@@ -16,44 +17,46 @@ The daemon is also the ``Service`` that connections call.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import os
+import resource
 import signal
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Origin
 
 from livewatch.camera_runtime import CameraRuntime
-from livewatch.capture.source import parse_source
+from livewatch.capture.source import SourceLimits, SourceSpec, parse_source
+from livewatch.capture.urlpolicy import resolve
 from livewatch.config import Settings
 from livewatch.engine.core import Answer, EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loading import LoadedModel, load_model
 from livewatch.engine.preprocess import target_size
 from livewatch.engine.worker import EngineWorker
-from livewatch.errors import CameraError, ConfigError, RequestError, StorageError
+from livewatch.errors import (
+    CameraError, ConfigError, EngineDiedError, FatalError, RequestError, StateDirBusyError, StorageError,
+)
 from livewatch.log import get_logger, redact_url
 from livewatch.memory.camera import CameraMemory, MemoryParams
 from livewatch.memory.store import FrameStore
 from livewatch.metrics import Metrics
 from livewatch.registry import CameraRegistry
 from livewatch.sdnotify import Notifier
+from livewatch.server.guard import ConnectionGuard, RateLimit, descriptor_budget
 from livewatch.server.handler import Connection, InflightCounter, ServerLimits
-from livewatch.server.http import make_process_request
+from livewatch.server.http import guarded_connection, make_process_request
+from livewatch.statelock import StateDirLock
+
+# Descriptors kept back from connections: the frame store, each camera's socket and files, the model's files,
+# Triton and CUDA. Connections get what the limit leaves (server.max_connections at most).
+_FD_RESERVE = 256
 
 log = get_logger("livewatch.daemon")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Daemon:
@@ -77,22 +80,22 @@ class Daemon:
             default_tokens=settings.model.max_new_tokens,
             per_connection=srv.max_inflight_per_connection,
             total=srv.max_inflight_total,
+            outbound_bytes=srv.max_outbound_bytes,
         )
         self.inflight = InflightCounter(self.limits.total)
+        self.url_policy = settings.security.url_policy()
+        self.source_limits = SourceLimits(settings.capture.max_source_pixels, settings.capture.max_source_fps)
+        self._add_rate = RateLimit(settings.security.camera_adds_per_minute, 60.0)
+        self.guard = ConnectionGuard(srv.max_connections, srv.max_connections_per_peer)
+        self.state_lock = StateDirLock(settings.state_dir)
+        self.exit_code = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self._camera_lock = asyncio.Lock()
         self.bound_port: int | None = None
 
     # -- phase 1: startup ---------------------------------------------------------------------------------------
-
-    def check_security(self) -> None:
-        srv = self.settings.server
-        if not is_loopback(srv.host) and not self.settings.token:
-            raise ConfigError(
-                f"{self.settings.source}: server.host = {srv.host!r} is not a loopback address, so a token is "
-                f"required: set the environment variable {srv.token_env} or server.token_file"
-            )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         srv = self.settings.server
@@ -107,25 +110,26 @@ class Daemon:
 
     async def startup(self) -> None:
         s = self.settings
-        self.check_security()
         tls = self._ssl_context()
-        try:
-            s.state_dir.mkdir(parents=True, exist_ok=True)
-            self.store = FrameStore(s.state_dir)
-        except (OSError, StorageError) as exc:
-            log.error("store.unavailable", error=str(exc), state_dir=str(s.state_dir))
-            self.store = None  # frames stay in RAM; status shows disk_cache_enabled = false
+        for warning in s.warnings:
+            log.warning("config.warning", message=warning)
+        self._open_state_dir()
         try:
             self.registry.load()
-        except StorageError as exc:
-            raise ConfigError(str(exc)) from exc
-        cameras = self.registry.effective(s.cameras)
-        specs = {}
-        for cam in cameras:
+        except StorageError as exc:  # only the config file may stop the daemon: start without the saved cameras
+            aside = self.registry.move_aside()
+            log.error("registry.unreadable", error=str(exc), moved_to=str(aside) if aside else None)
+        specs: dict[str, SourceSpec | None] = {}
+        errors: dict[str, str] = {}
+        for cam in self.registry.effective(s.cameras):
+            saved = cam.name in self.registry.added
             try:
-                specs[cam.name] = parse_source(cam.url, timeout_s=s.capture.open_timeout_s)
+                specs[cam.name] = self._parse(cam.url, api=saved)
             except CameraError as exc:
-                raise ConfigError(f"{s.source}: cameras.{cam.name}.url: {exc}") from exc
+                if not saved:
+                    raise ConfigError(f"{s.source}: cameras.{cam.name}.url: {exc}") from exc
+                specs[cam.name], errors[cam.name] = None, str(exc)
+                log.error("camera.saved_unusable", camera=cam.name, error=str(exc))
 
         self.notifier.status("loading the model")
         self.notifier.extend_timeout(600)
@@ -150,13 +154,14 @@ class Daemon:
         self.worker = EngineWorker(
             core, encode_mode=m.encode_mode, max_queued=s.server.max_inflight_total, on_encode=self._observe_encode,
             slots=m.batch_size, max_len=m.max_kv_tokens, cuda_graphs=m.cuda_graphs == "auto",
-            fused_kernels=m.fused_kernels == "auto", warm_up=m.warm_up,
+            fused_kernels=m.fused_kernels == "auto", warm_up=m.warm_up, on_death=self._engine_died,
         )
         await asyncio.to_thread(self.worker.start)
 
         for name, spec in specs.items():
-            await self._start_camera(name, spec)
+            await self._start_camera(name, spec, untrusted=name in self.registry.added, error=errors.get(name))
 
+        self.guard.total = self._connection_budget()
         self.server = await serve(
             self._handle,
             s.server.host,
@@ -166,6 +171,8 @@ class Daemon:
             max_size=4 * s.server.max_message_bytes,
             compression=None,
             ssl=tls,
+            open_timeout=s.server.handshake_timeout_s,
+            create_connection=guarded_connection(self.guard),
         )
         self.bound_port = self.server.sockets[0].getsockname()[1] if self.server.sockets else s.server.port
         if self.notifier.watchdog_interval_s:
@@ -177,6 +184,61 @@ class Daemon:
         )
         self.notifier.ready(f"serving {len(self.cameras)} camera(s) on port {self.bound_port}")
 
+    def _open_state_dir(self) -> None:
+        """Lock the state directory (fatal if another daemon holds it), then open the frame store. A directory that
+        cannot be written leaves the daemon running from RAM (status: disk_cache_enabled = false)."""
+        s = self.settings
+        try:
+            s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.state_lock.acquire()
+        except StateDirBusyError:
+            raise
+        except OSError as exc:
+            log.error("store.unavailable", error=str(exc), state_dir=str(s.state_dir))
+            return
+        try:
+            self.store = FrameStore(s.state_dir)
+        except StorageError as exc:
+            log.error("store.unavailable", error=str(exc), state_dir=str(s.state_dir))
+            self.store = None
+
+    def _connection_budget(self) -> int:
+        """Raise the soft descriptor limit to the hard one, then keep connections below it (see server/guard.py)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        configured = self.settings.server.max_connections
+        budget = descriptor_budget(soft, configured, _FD_RESERVE + 8 * len(self.cameras))
+        if budget < configured:
+            log.warning("server.connection_limit_lowered", configured=configured, limit=budget, nofile=soft,
+                        hint="raise LimitNOFILE= (systemd) or ulimit -n")
+        return budget
+
+    def _parse(self, url: str, *, api: bool) -> SourceSpec:
+        """A camera URL to open arguments; ``api``: added over the API, so the API's scheme policy applies."""
+        check = None
+        if api:
+            def check(scheme: str) -> None:
+                self.url_policy.check_scheme(scheme)
+        return parse_source(url, timeout_s=self.settings.capture.open_timeout_s, limits=self.source_limits,
+                            scheme_check=check)
+
+    def _network_check(self, spec: SourceSpec) -> Callable[[], None] | None:
+        """For an API camera's host: resolve it and check every address against the network policy (run by the
+        reader before every connect, so a name that starts resolving elsewhere is caught at the next one)."""
+        host = spec.host
+        if host is None:
+            return None
+
+        def check() -> None:
+            self.url_policy.check_addresses(resolve(host))
+
+        return check
+
     def _frame_size(self) -> Callable[[int, int], tuple[int, int]]:
         assert self.lm is not None
         spec = self.lm.spec
@@ -186,7 +248,9 @@ class Daemon:
 
         return size
 
-    async def _start_camera(self, name: str, spec) -> None:
+    async def _start_camera(
+        self, name: str, spec: SourceSpec | None, *, untrusted: bool = False, error: str | None = None
+    ) -> None:
         s = self.settings
         frame_size = self._frame_size()  # capture converts to it, memory stores at it: the model's pixel cap
         params = MemoryParams(
@@ -200,14 +264,28 @@ class Daemon:
         )
         assert self.worker is not None
         memory = CameraMemory(name, params, self.store)
-        await asyncio.to_thread(memory.restore)
+        await asyncio.to_thread(memory.restore)  # a store it cannot read leaves it running from RAM (logged)
         runtime = CameraRuntime(
             name, spec, memory, self.worker.publish, fps=s.capture.fps, frame_size=frame_size,
             open_timeout_s=s.capture.open_timeout_s, read_timeout_s=s.capture.read_timeout_s,
+            connect_check=self._network_check(spec) if untrusted and spec is not None else None,
+            untrusted=untrusted, start_error=error,
         )
         self.cameras[name] = runtime
         runtime.start()
-        log.info("camera.attached", camera=name, source=spec.redacted)
+        log.info("camera.attached", camera=name, source=spec.redacted if spec else None, failed=spec is None)
+
+    def _engine_died(self, error: str) -> None:
+        """Called on the dead engine thread: stop the daemon with a non-zero exit (systemd restarts it)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._fail, EngineDiedError(f"the engine thread died ({error})"))
+
+    def _fail(self, exc: FatalError) -> None:
+        if self.exit_code == 0:
+            self.exit_code = exc.exit_code
+            log.error("daemon.fatal", error=str(exc), exit_code=exc.exit_code)
+        self.request_stop("fatal error")
 
     def _observe_encode(self, report: EncodeReport) -> None:
         self.metrics.encode.observe(report.encode_ms / 1e3)
@@ -236,7 +314,9 @@ class Daemon:
             self._stop.set()
 
     async def run(self) -> int:
+        """Serve until a signal or a fatal error; the exit code (0, or the fatal error's) for main()."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
@@ -244,7 +324,7 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self.shutdown()
-        return 0
+        return self.exit_code
 
     # -- phase 3: shutdown --------------------------------------------------------------------------------------
 
@@ -276,6 +356,7 @@ class Daemon:
         log.info("daemon.gpu_released")
         if self.store is not None:
             self.store.close()
+        self.state_lock.release()
 
     def _release_gpu(self) -> None:
         """Drop every reference to the model and its caches, then return the memory to the driver."""
@@ -330,13 +411,32 @@ class Daemon:
         return ok, {"status": "ok" if ok else "unavailable", "engine": engine_up, "cameras": states}
 
     async def add_camera(self, name: str, url: str) -> str:
+        """Attach a camera from the API: bounded in count and rate, the API's URL policy checked (scheme, then
+        every address its host resolves to). Refusals by policy give the client one generic message; the
+        log has the detail."""
+        sec = self.settings.security
         async with self._camera_lock:
             if name in self.cameras:
                 raise RequestError("camera_exists", f"a camera named {name!r} already exists")
-            spec = parse_source(url, timeout_s=self.settings.capture.open_timeout_s)
+            if len(self.cameras) >= sec.max_cameras:
+                raise RequestError("too_many_cameras", f"this daemon watches at most {sec.max_cameras} cameras "
+                                   f"(security.max_cameras)")
+            if not self._add_rate.allow():
+                raise RequestError("rate_limited", f"at most {sec.camera_adds_per_minute} camera.add per minute; "
+                                   f"retry in {self._add_rate.retry_after():.0f} s")
+            spec = self._parse(url, api=True)
+            check = self._network_check(spec)
+            if check is not None:
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(check), timeout=self.settings.capture.open_timeout_s)
+                except (CameraError, TimeoutError) as exc:
+                    log.warning("camera.add_refused", camera=name, source=spec.redacted,
+                                reason=str(exc) or "the host name did not resolve in time")
+                    raise CameraError("the camera's host is not allowed by this daemon's network policy or "
+                                      "does not resolve") from None
             await asyncio.to_thread(self.registry.add, name, url)
-            await self._start_camera(name, spec)
-        return redact_url(url)
+            await self._start_camera(name, spec, untrusted=True)
+        return spec.redacted
 
     async def remove_camera(self, name: str) -> None:
         async with self._camera_lock:
@@ -347,5 +447,6 @@ class Daemon:
             await asyncio.to_thread(runtime.memory.delete_all)
             if self.worker is not None:
                 self.worker.remove_camera(name)
-            await asyncio.to_thread(self.registry.remove, name)
+            configured = any(c.name == name for c in self.settings.cameras)
+            await asyncio.to_thread(self.registry.remove, name, configured)
         log.info("camera.removed", camera=name)

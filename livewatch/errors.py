@@ -3,7 +3,9 @@
     LivewatchError
     ├── FatalError                 the daemon cannot run: main() turns these into exit codes
     │   ├── ConfigError            the config file or an override is invalid
-    │   └── ModelUnavailableError  the model cannot be loaded (missing, offline, corrupt)
+    │   ├── ModelUnavailableError  the model cannot be loaded (missing, offline, corrupt)
+    │   ├── StateDirBusyError      another daemon holds the state directory's lock
+    │   └── EngineDiedError        the engine thread died: the daemon stops rather than serve a zombie
     └── RecoverableError           one camera or one request fails; the daemon keeps serving
         ├── CameraError            a camera URL cannot work (bad scheme, malformed, file missing)
         ├── StorageError           the frame store could not write (disk full, read-only)
@@ -37,6 +39,18 @@ class ModelUnavailableError(FatalError):
     """The model could not be loaded. The message names the model and how to provide it."""
 
     exit_code = 69  # EX_UNAVAILABLE
+
+
+class StateDirBusyError(FatalError):
+    """Another livewatch process uses this state directory (two would delete each other's frames)."""
+
+    exit_code = 75  # EX_TEMPFAIL: systemd may retry once the other one is gone
+
+
+class EngineDiedError(FatalError):
+    """The engine thread died of a bug; pending questions were failed. systemd restarts the daemon."""
+
+    exit_code = 70  # EX_SOFTWARE
 
 
 class RecoverableError(LivewatchError):

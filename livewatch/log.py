@@ -2,8 +2,11 @@
 
 Log calls name a fixed event and pass fields: ``log.info("camera.connected", camera=name, url=redact_url(url))``.
 Context (camera, connection, request ids) is bound with ``bind(...)`` on structlog's contextvars, so it follows the
-task or thread that set it. As a second line of defence, a processor redacts ``user:password@`` in every string
-field of every event, including messages of third-party libraries routed through the stdlib bridge.
+task or thread that set it. As a second line of defence, a processor redacts ``user:password@`` and secret-looking
+query parameters (``?user=admin&pwd=...``) in every string field of every event, including messages of
+third-party libraries routed through the stdlib bridge and rendered tracebacks: it runs after the traceback is
+rendered. Tracebacks never carry local variables (structlog's default shows them, and a local may be a camera
+URL with its password or the API token).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +22,13 @@ import structlog
 
 # scheme://user[:password]@  ->  scheme://***@   (also inside longer text such as FFmpeg error messages)
 _CREDENTIALS_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
+
+# ?user=admin&pwd=...  ->  ?user=***&pwd=***  (cameras that take their credentials in the query string)
+_QUERY_SECRET_RE = re.compile(
+    r"(?P<key>[?&;](?:user|username|usr|login|password|passwd|pass|pwd|psw|token|access_token|auth|authorization|"
+    r"key|apikey|api_key|secret|sig|signature|session|sessionid)=)(?P<value>[^&;#\s\"']*)",
+    re.IGNORECASE,
+)
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -31,17 +42,21 @@ def redact_url(url: str) -> str:
     if parts.username is None and parts.password is None:
         return redact_text(url)
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return redact_text(urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment)))
 
 
 def redact_text(text: str) -> str:
-    """Remove every ``scheme://user:password@`` found anywhere in a text."""
-    return _CREDENTIALS_RE.sub(r"\g<scheme>***@", text)
+    """Remove every ``scheme://user:password@`` and every secret-looking query parameter found in a text."""
+    if "@" in text:
+        text = _CREDENTIALS_RE.sub(r"\g<scheme>***@", text)
+    if "=" in text:
+        text = _QUERY_SECRET_RE.sub(r"\g<key>***", text)
+    return text
 
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return redact_text(value) if "@" in value else value
+        return redact_text(value)
     if isinstance(value, dict):
         return {k: _redact_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -49,7 +64,7 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
-def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     return {k: _redact_value(v) for k, v in event_dict.items()}
 
 
@@ -65,18 +80,23 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact_processor,
     ]
     renderer: Any
+    exceptions: Any  # renders exc_info into the event, before redaction sees it
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback)
+        exceptions = structlog.processors.format_exc_info
     else:
         renderer = structlog.processors.JSONRenderer()
+        exceptions = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.dict_tracebacks if not use_console else structlog.dev.set_exc_info,
+            exceptions,
+            _redact_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -89,7 +109,8 @@ def configure_logging(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.dict_tracebacks if not use_console else structlog.dev.set_exc_info,
+                exceptions,
+                _redact_processor,
                 renderer,
             ],
         )

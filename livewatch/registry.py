@@ -3,17 +3,21 @@
 The configuration file stays the operator's; runtime changes live beside the frame store in
 ``<state_dir>/cameras.json`` ({"added": {name: url}, "removed": [name, ...]}), written atomically
 (temporary file, fsync, rename) with mode 0600 because URLs may hold credentials. The cameras the daemon
-watches are the configured ones, minus "removed", plus "added".
+watches are the configured ones, minus "removed", plus "added". "removed" only ever names configured cameras
+(removing a camera that was added over the API just forgets it), so it stays as small as the config file.
+A file that cannot be read is moved aside by the daemon (``move_aside``): saved cameras never stop a start.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from livewatch.config import Camera
 from livewatch.errors import StorageError
+from livewatch.names import is_camera_name
 
 
 class CameraRegistry:
@@ -29,12 +33,16 @@ class CameraRegistry:
             return
         except (OSError, ValueError) as exc:
             raise StorageError(f"{self.path}: cannot read runtime cameras: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StorageError(f"{self.path}: not a JSON object")
         added = data.get("added", {})
         removed = data.get("removed", [])
         if not isinstance(added, dict) or not all(isinstance(v, str) for v in added.values()):
             raise StorageError(f"{self.path}: 'added' must map camera names to URLs")
         if not isinstance(removed, list):
             raise StorageError(f"{self.path}: 'removed' must be a list of camera names")
+        if not all(is_camera_name(str(n)) for n in [*added, *removed]):
+            raise StorageError(f"{self.path}: holds a camera name that is not valid")
         self.added = dict(added)
         self.removed = {str(n) for n in removed}
 
@@ -48,10 +56,21 @@ class CameraRegistry:
         self.removed.discard(name)
         self._save()
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, configured: bool) -> None:
         self.added.pop(name, None)
-        self.removed.add(name)
+        if configured:
+            self.removed.add(name)
         self._save()
+
+    def move_aside(self) -> Path | None:
+        """Rename an unreadable file to ``cameras.json.corrupt-<UTC time>`` and start empty; the path, or None."""
+        self.added, self.removed = {}, set()
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            return None
+        return aside
 
     def _save(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -19,7 +19,8 @@ BIN = Path(sys.executable).parent / "livewatch"
 
 class DaemonProcess:
     def __init__(self, tmp: Path, model: Path, config: str = "", env: dict[str, str] | None = None,
-                 args: list[str] | None = None, state: Path | None = None) -> None:
+                 args: list[str] | None = None, state: Path | None = None, program: list[str] | None = None,
+                 nofile: int | None = None) -> None:
         self.port = free_port()
         self.state = state or tmp / "state"
         self.config = tmp / f"config-{self.port}.toml"
@@ -28,6 +29,8 @@ class DaemonProcess:
         self.env = {**os.environ, "LIVEWATCH_TOKEN": "", **(env or {})}
         self.args = args or []
         self.model = model
+        self.program = program or [str(BIN)]  # e.g. [python, tests/engine_fault.py]
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) of the daemon process
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -35,12 +38,21 @@ class DaemonProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [str(BIN), "serve", "--config", str(self.config), "--model", str(self.model),
+        return [*self.program, "serve", "--config", str(self.config), "--model", str(self.model),
                 "--state-dir", str(self.state), "--port", str(self.port), *self.args]
 
     def start(self, wait: bool = True) -> DaemonProcess:
         self._fh = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=self._fh, stderr=subprocess.STDOUT, env=self.env)
+        limit = self.nofile
+
+        def preexec() -> None:
+            if limit is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        self.proc = subprocess.Popen(self.command(), stdout=self._fh, stderr=subprocess.STDOUT, env=self.env,
+                                     preexec_fn=preexec)
         if wait:
             self.wait_healthy()
         return self

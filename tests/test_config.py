@@ -144,3 +144,41 @@ def test_state_dir_from_systemd(tmp_path: Path) -> None:
 
 def test_with_credentials_ipv6() -> None:
     assert with_credentials("rtsp://[::1]:8554/a", "u", "p") == "rtsp://u:p@[::1]:8554/a"
+
+
+def test_security_section_is_validated(tmp_path: Path) -> None:
+    settings = load_settings(ROOT / "config.toml", environ={})
+    policy = settings.security.url_policy()
+    assert policy.api_schemes == frozenset({"rtsp", "rtsps", "http", "https"})
+    with pytest.raises(ConfigError, match=r"security\.deny_networks: .*not a network"):
+        load_settings(write(tmp_path, "[security]\ndeny_networks = ['10.0.0.0/33']\n"), environ={})
+    with pytest.raises(ConfigError, match=r"security\.api_schemes\.0: .*'rtsp'"):
+        load_settings(write(tmp_path, "[security]\napi_schemes = ['gopher']\n"), environ={})
+    custom = load_settings(write(tmp_path, "[security]\nallow_networks = ['192.168.1.0/24']\n"), environ={})
+    assert [str(n) for n in custom.security.url_policy().allow] == ["192.168.1.0/24"]
+
+
+def test_non_loopback_bind_without_a_token_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a loopback address, so a token is required"):
+        load_settings(ROOT / "config.toml", host="0.0.0.0", environ={})
+    assert load_settings(ROOT / "config.toml", host="0.0.0.0", environ={"LIVEWATCH_TOKEN": "t"}).token == "t"
+
+
+def test_a_token_file_readable_by_others_gives_a_warning(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o644)
+    path = write(tmp_path, f"[server]\ntoken_file = '{token}'\n")
+    settings = load_settings(path, environ={})
+    assert settings.token == "s3cret" and len(settings.warnings) == 1 and "chmod 600" in settings.warnings[0]
+    assert "s3cret" not in settings.warnings[0]
+    token.chmod(0o600)
+    assert load_settings(path, environ={}).warnings == ()
+
+
+def test_camera_names_must_match_whole(tmp_path: Path) -> None:
+    from livewatch.names import is_camera_name
+
+    assert is_camera_name("door-1.cam_2") and not is_camera_name("demo\n") and not is_camera_name("a" * 65)
+    with pytest.raises(ConfigError, match="camera names are"):
+        load_settings(ROOT / "config.toml", cameras=["demo\n=testsrc://"], environ={})

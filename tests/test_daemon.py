@@ -275,7 +275,8 @@ def test_sigterm_during_an_answer_then_kill9_and_restart(make_daemon, tmp_path: 
 
 def test_camera_added_over_the_api_survives_a_restart_and_removal_deletes_frames(make_daemon, tmp_path: Path) -> None:
     clip = write_h264(tmp_path / "clip.mp4", seconds=2.0, fps=15)
-    d = make_daemon().start()
+    config = FAST_DEMO + '[security]\napi_schemes = ["rtsp", "file"]\n'
+    d = make_daemon(config).start()
     out = d.cli("cameras", "add", "porch", f"{clip}#loop=1")
     assert out.returncode == 0 and "camera.added: porch" in out.stdout
     dup = d.cli("cameras", "add", "porch", str(clip))
@@ -285,7 +286,7 @@ def test_camera_added_over_the_api_survives_a_restart_and_removal_deletes_frames
     wait_until(lambda: (d.state / "frames" / "porch").exists() and any((d.state / "frames" / "porch").iterdir()), 20)
     assert d.terminate() == 0
 
-    again = make_daemon(state=d.state).start()
+    again = make_daemon(config, state=d.state).start()
     ls = again.cli("cameras", "ls")
     assert "porch" in ls.stdout and "demo" in ls.stdout
     wait_frames(again, "porch")
@@ -294,7 +295,7 @@ def test_camera_added_over_the_api_survives_a_restart_and_removal_deletes_frames
     assert rm.returncode == 0 and "camera.removed: porch" in rm.stdout
     assert not (d.state / "frames" / "porch").exists()
     assert again.terminate() == 0
-    third = make_daemon(state=d.state).start()
+    third = make_daemon(config, state=d.state).start()
     assert "porch" not in third.cli("cameras", "ls").stdout
 
 
@@ -332,8 +333,16 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     out = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True, text=True)
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
     for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DevicePolicy=closed",
-                   "ProtectSystem=strict", "StateDirectory=", "CacheDirectory=", "User=livewatch"):
+                   "ProtectSystem=strict", "StateDirectory=", "CacheDirectory=", "User=livewatch",
+                   "LimitNOFILE=", "IPAddressDeny=169.254.0.0/16", "UMask=0077"):
         assert needed in unit
+    rated = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(target)],
+                           capture_output=True, text=True)
+    import re
+
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", rated.stdout)
+    assert m, rated.stdout[-500:] + rated.stderr[-500:]
+    assert float(m.group(1)) <= 1.7, rated.stdout  # the review rated it 1.7: keep it at least that good
 
 
 def test_tls_and_browser_origins(make_daemon, tmp_path: Path) -> None:

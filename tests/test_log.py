@@ -43,3 +43,28 @@ def test_json_lines_with_context_and_redaction() -> None:
     assert "a:b" not in out.getvalue() and "x:y" not in out.getvalue()
     assert len(lines) == 2 and lines[1]["logger"] == "libav"
     structlog.reset_defaults()
+
+
+def test_query_string_secrets_are_redacted() -> None:
+    url = "rtsp://admin:pw1@cam/x?user=admin&pwd=hunter2&channel=1;token=abc#transport=tcp"
+    assert redact_url(url) == "rtsp://***@cam/x?user=***&pwd=***&channel=1;token=***#transport=tcp"
+    assert redact_text("GET /video.cgi?Password=x&PASS=y&size=2") == "GET /video.cgi?Password=***&PASS=***&size=2"
+
+
+def test_tracebacks_carry_no_locals_and_are_redacted_after_rendering() -> None:
+    for fmt in ("json", "console"):
+        out = io.StringIO()
+        configure_logging("info", fmt, stream=out)
+
+        def fail(url: str = "rtsp://admin:local-secret@h/x", token: str = "api-token-value") -> None:
+            raise ValueError("cannot open http://cam/x?user=admin&pwd=hunter2 or rtsp://u:hunter3@h/x")
+
+        try:
+            fail()
+        except ValueError:
+            get_logger().exception("camera.crashed")
+        text = out.getvalue()
+        assert "camera.crashed" in text and "ValueError" in text
+        for secret in ("local-secret", "api-token-value", "hunter2", "hunter3"):
+            assert secret not in text, (fmt, secret)
+    structlog.reset_defaults()

@@ -21,6 +21,9 @@ from livewatch.engine.core import Answer, AnswerStream, EngineCore, Prepared, ma
 from livewatch.engine.fastpath import SlotCache, StepRunner
 from livewatch.engine.generate import SamplingParams, pick_token
 from livewatch.errors import CancelledRequest, LivewatchError
+from livewatch.log import get_logger
+
+log = get_logger("livewatch.engine")
 
 
 @dataclass
@@ -178,13 +181,14 @@ class BatchDecoder:
         from livewatch.errors import EngineError
 
         oom = isinstance(exc, torch.OutOfMemoryError)
+        log.error("engine.decode_failed", out_of_memory=oom, rows=len(rows), error=f"{type(exc).__name__}: {exc}")
         outcomes = []
         for row in rows:
             self._slots[row.slot].loaded = None
             if row.done:
                 continue
             outcomes.append(self._end(row, error=EngineError(
-                f"{'out of GPU memory' if oom else 'model error'} while decoding: {exc}", out_of_memory=oom
+                f"{'out of GPU memory' if oom else 'model error'} while decoding", out_of_memory=oom
             )))
         if oom and self.core.lm.device.type == "cuda":
             torch.cuda.empty_cache()

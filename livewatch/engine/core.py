@@ -40,6 +40,9 @@ from livewatch.engine.prompt import PromptTemplate, question_text, resolve_tz, s
 from livewatch.engine.vision import VisionCache
 from livewatch.errors import CancelledRequest, EngineError, RequestError
 from livewatch.frames import FramePair
+from livewatch.log import get_logger
+
+log = get_logger("livewatch.engine")
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,9 @@ class EngineCore:
             raise EngineError(f"out of GPU memory while {doing} on camera {camera!r}", out_of_memory=True) from exc
         except RuntimeError as exc:
             self.free_caches(camera)
-            raise EngineError(f"model error while {doing} on camera {camera!r}: {exc}") from exc
+            # the client gets no exception text (shapes, device state); the log keeps it
+            log.error("engine.model_error", camera=camera, doing=doing, error=f"{type(exc).__name__}: {exc}")
+            raise EngineError(f"model error while {doing} on camera {camera!r}") from exc
 
     def _encode(self, state: _CameraState) -> EncodeReport:
         t0 = time.perf_counter()

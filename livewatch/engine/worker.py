@@ -15,6 +15,10 @@ the daemon says it is ready.
 A question whose awaiting task is cancelled (its client went away) sets an Event that is checked before every
 decode step. A model failure fails only the jobs it touched (EngineError); the worker keeps serving. Shutdown
 fails every waiting and running question with CancelledRequest and joins the thread.
+
+If the thread dies anyway (a bug outside the per-job guards), its death is a message, not a hang: it logs
+``engine.thread_died`` with the traceback, fails every waiting and running question with EngineError, refuses new
+ones, and calls ``on_death`` so the daemon exits non-zero and systemd restarts it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from livewatch.frames import FramePair
 from livewatch.log import bind, get_logger
 
 log = get_logger("livewatch.engine")
+_INTERNAL = "internal error in the engine; the daemon's log has the detail"  # what a client sees of a bug
 
 
 class EngineWorker:
@@ -50,8 +55,11 @@ class EngineWorker:
         cuda_graphs: bool = True,
         fused_kernels: bool = True,
         warm_up: bool = True,
+        on_death: Callable[[str], None] | None = None,
     ) -> None:
         self.core = core
+        self._on_death = on_death
+        self.died: str | None = None
         self._on_encode = on_encode
         self.eager = encode_mode == "eager"
         self.batch = BatchDecoder(core, slots, max_len, cuda_graphs, fused_kernels=fused_kernels)
@@ -134,6 +142,8 @@ class EngineWorker:
             client=client,
         )
         with self._cond:
+            if self.died is not None:
+                raise EngineError("the engine stopped; the daemon is restarting")
             if self._stopping:
                 raise CancelledRequest("the daemon is shutting down")
             self._sched.push_ask(job)
@@ -154,6 +164,7 @@ class EngineWorker:
         return {
             **self._stats,
             "alive": self.alive,
+            "died": self.died,
             "encode_mode": "eager" if self.eager else "lazy",
             "queued_questions": queued,
             "pending_encodes": pending_encodes,
@@ -197,9 +208,25 @@ class EngineWorker:
             self._ready.set()
         try:
             self._loop()
+        except BaseException as exc:
+            self._die(exc)
         finally:
             for outcome in self.batch.cancel_all(CancelledRequest("the daemon is shutting down")):
                 self._resolve(outcome)
+
+    def _die(self, exc: BaseException) -> None:
+        self.died = type(exc).__name__
+        log.critical("engine.thread_died", error=self.died, exc_info=exc)
+        failure = EngineError("the engine stopped; the daemon is restarting")
+        with self._cond:
+            self._stopping = True
+            waiting = self._sched.drain_asks()
+        for job in waiting:
+            job.result.fail(failure)
+        for outcome in self.batch.cancel_all(failure):
+            self._resolve(outcome)
+        if self._on_death is not None:
+            self._on_death(self.died)
 
     def _loop(self) -> None:
         while True:
@@ -230,9 +257,9 @@ class EngineWorker:
                 if self.batch.active:
                     try:
                         outcomes = self.batch.step()
-                    except Exception as exc:  # a bug must not kill the thread that serves every camera
+                    except Exception:  # a bug must not kill the thread that serves every camera
                         log.exception("engine.step_crashed")
-                        outcomes = self.batch.cancel_all(EngineError(f"internal error: {type(exc).__name__}: {exc}"))
+                        outcomes = self.batch.cancel_all(EngineError(_INTERNAL))
                     for outcome in outcomes:
                         self._resolve(outcome)
                 elif encode is not None:
@@ -258,9 +285,9 @@ class EngineWorker:
                 outcome = Outcome(job, answer=self.core.run_prepared(prepared, job.params, job.on_text, cancelled))
         except RecoverableError as exc:
             outcome = Outcome(job, error=exc)
-        except Exception as exc:  # a bug must not kill the thread that serves every camera
+        except Exception:  # a bug must not kill the thread that serves every camera
             log.exception("engine.admit_crashed")
-            outcome = Outcome(job, error=EngineError(f"internal error: {type(exc).__name__}: {exc}"))
+            outcome = Outcome(job, error=EngineError(_INTERNAL))
         if outcome is not None:
             self._resolve(outcome)
 

@@ -1,9 +1,14 @@
 """One WebSocket connection: parse requests, run them concurrently, stream replies in order.
 
-Each connection owns its ask tasks (by request id) and one writer task; replies go through a bounded outbound
-queue so a request never awaits the network. A client that does not read its replies fills the queue; it is then
-disconnected (close code 1008) and its questions are cancelled, instead of letting memory grow. When the client
-goes away, its questions are cancelled, which stops their generation between two tokens.
+Each connection owns its ask tasks (by request id), its camera operations (at most ``_MAX_CAMERA_OPS`` at a
+time) and one writer task; replies go through an outbound queue bounded in messages and in bytes so a request
+never awaits the network. A client that does not read its replies fills the queue; it is then disconnected (close
+code 1008) and its questions are cancelled, instead of letting memory grow. When the client goes away, its
+questions are cancelled, which stops their generation between two tokens.
+
+Every failure of a request becomes one ``error`` reply with a stable code (``error_code``); a client never sees
+exception text from inside the daemon: bugs and state-directory failures are ``internal`` with a fixed message,
+and the log has the detail.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from livewatch.engine.core import Answer
 from livewatch.engine.generate import SamplingParams
-from livewatch.errors import CameraError, CancelledRequest, EngineError, RequestError, StorageError
+from livewatch.errors import CameraError, CancelledRequest, EngineError, RequestError
 from livewatch.log import bind, get_logger
 from livewatch.metrics import Metrics
 from livewatch.server import protocol as p
@@ -56,6 +61,25 @@ class ServerLimits:
     per_connection: int = 4
     total: int = 32
     outbound_queue: int = 4096
+    outbound_bytes: int = 8 * 1024 * 1024
+
+
+_MAX_CAMERA_OPS = 4  # camera.add / camera.remove in flight per connection
+_INTERNAL = "internal error; see the daemon's log"
+
+
+def error_code(exc: BaseException) -> p.ErrorCode:
+    """The protocol code of a request's failure (the one mapping, for every kind of request)."""
+    if isinstance(exc, RequestError):
+        try:
+            return p.ErrorCode(exc.code)
+        except ValueError:
+            return p.ErrorCode.INTERNAL
+    if isinstance(exc, CameraError):
+        return p.ErrorCode.INVALID_CAMERA
+    if isinstance(exc, EngineError):
+        return p.ErrorCode.MODEL_ERROR
+    return p.ErrorCode.INTERNAL
 
 
 class InflightCounter:
@@ -84,6 +108,7 @@ class Connection:
         self._asks: dict[p.RequestId, asyncio.Task[None]] = {}
         self._others: set[asyncio.Task[None]] = set()
         self._out: asyncio.Queue[str | None] = asyncio.Queue(maxsize=limits.outbound_queue)
+        self._out_bytes = 0  # characters queued and not yet sent (what a non-reading client costs)
         self._closing = False
         self._proto_limits = p.Limits(limits.max_question_chars, limits.max_tokens)
 
@@ -130,6 +155,7 @@ class Connection:
                 text = await self._out.get()
                 if text is None:
                     return
+                self._out_bytes -= len(text)
                 await self.ws.send(text)
         except ConnectionClosed:
             pass
@@ -138,10 +164,13 @@ class Connection:
         if self._closing:
             return
         try:
+            if self._out_bytes + len(text) > self.limits.outbound_bytes:
+                raise asyncio.QueueFull
             self._out.put_nowait(text)
+            self._out_bytes += len(text)
         except asyncio.QueueFull:
             self._closing = True
-            log.warning("conn.slow_consumer", queued=self._out.qsize())
+            log.warning("conn.slow_consumer", queued=self._out.qsize(), queued_bytes=self._out_bytes)
             for task in self._asks.values():
                 task.cancel()
             self._spawn(self.ws.close(1008, "client does not read its replies"))
@@ -178,10 +207,13 @@ class Connection:
         elif isinstance(req, p.Status):
             status = self.service.status()
             self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"]))
-        elif isinstance(req, p.CameraAdd):
-            self._spawn(self._camera_add(req))
-        elif isinstance(req, p.CameraRemove):
-            self._spawn(self._camera_remove(req))
+        elif isinstance(req, (p.CameraAdd, p.CameraRemove)):
+            if len(self._others) >= _MAX_CAMERA_OPS:
+                self._error(req.id, p.ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera operations in flight")
+            elif isinstance(req, p.CameraAdd):
+                self._spawn(self._camera_add(req))
+            else:
+                self._spawn(self._camera_remove(req))
 
     def _start_ask(self, req: p.Ask) -> None:
         if self.service.shutting_down:
@@ -235,17 +267,11 @@ class Connection:
             elif reason == "client":
                 self._error(req.id, p.ErrorCode.CANCELLED, "cancelled")
             raise
-        except RequestError as exc:
-            code = p.ErrorCode(exc.code) if exc.code in p.ErrorCode._value2member_map_ else p.ErrorCode.BAD_REQUEST
-            self._error(req.id, code, str(exc))
         except CancelledRequest as exc:
             code = p.ErrorCode.SHUTTING_DOWN if self.service.shutting_down else p.ErrorCode.CANCELLED
             self._error(req.id, code, str(exc))
-        except EngineError as exc:
-            self._error(req.id, p.ErrorCode.MODEL_ERROR, str(exc))
-        except Exception:
-            log.exception("conn.ask_crashed")
-            self._error(req.id, p.ErrorCode.INTERNAL, "internal error; see the daemon's log")
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.ask_crashed")
         else:
             if self.metrics is not None:
                 self.metrics.observe_answer(answer.metrics)
@@ -254,24 +280,27 @@ class Connection:
     async def _camera_add(self, req: p.CameraAdd) -> None:
         try:
             redacted = await self.service.add_camera(req.name, req.url)
-        except RequestError as exc:
-            self._error(req.id, p.ErrorCode(exc.code), str(exc))
-        except CameraError as exc:
-            self._error(req.id, p.ErrorCode.INVALID_CAMERA, str(exc))
-        except StorageError as exc:
-            self._error(req.id, p.ErrorCode.INTERNAL, str(exc))
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.camera_add_failed")
         else:
             self.send(p.camera_added_message(req.id, req.name, redacted))
 
     async def _camera_remove(self, req: p.CameraRemove) -> None:
         try:
             await self.service.remove_camera(req.name)
-        except RequestError as exc:
-            self._error(req.id, p.ErrorCode(exc.code), str(exc))
-        except StorageError as exc:
-            self._error(req.id, p.ErrorCode.INTERNAL, str(exc))
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.camera_remove_failed")
         else:
             self.send(p.camera_removed_message(req.id, req.name))
+
+    def _request_failed(self, rid: p.RequestId, exc: Exception, event: str) -> None:
+        """One error reply; requests' own errors say what went wrong, anything else is ``internal``, logged."""
+        code = error_code(exc)
+        if code is p.ErrorCode.INTERNAL:
+            log.error(event, request=str(rid), error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            self._error(rid, code, _INTERNAL)
+        else:
+            self._error(rid, code, str(exc))
 
 
 def _remote(ws: ServerConnection) -> str:

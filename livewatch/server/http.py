@@ -1,7 +1,8 @@
 """Plain HTTP on the WebSocket port, answered before the upgrade: health, metrics, and the token check.
 
     GET /healthz   200 when the engine is alive and some camera streams (or none is configured), else 503;
-                   a JSON body either way. Never needs the token (for probes).
+                   a JSON body either way. Never needs the token (for probes); without it the body holds only
+                   the status, with it also the engine and the cameras' states.
     GET /metrics   Prometheus text format. Needs the token when one is configured.
     anything else  needs the token when one is configured (401 before the upgrade), then the WebSocket
                    handshake (/ or /ws) or 404.
@@ -9,8 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from livewatch.log import get_logger
 from livewatch.metrics import CONTENT_TYPE
+from livewatch.server.guard import ConnectionGuard
 
 log = get_logger("livewatch.server")
 WS_PATHS = ("/", "/ws")
@@ -45,10 +49,13 @@ def make_process_request(
 ) -> Callable[[ServerConnection, Request], Response | None]:
     def process_request(conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        authorized = token is None or check_bearer(request.headers.get("Authorization"), token)
         if path == "/healthz":
             ok, body = health()
+            if not authorized:  # camera names and states are for token holders
+                body = {"status": body["status"]}
             return _reply(conn, 200 if ok else 503, json.dumps(body) + "\n", "application/json")
-        if token is not None and not check_bearer(request.headers.get("Authorization"), token):
+        if not authorized:
             log.warning("http.unauthorized", path=path)
             response = _reply(conn, 401, "unauthorized: send Authorization: Bearer <token>\n", "text/plain")
             response.headers["WWW-Authenticate"] = 'Bearer realm="livewatch"'
@@ -60,3 +67,34 @@ def make_process_request(
         return None
 
     return process_request
+
+
+def guarded_connection(guard: ConnectionGuard) -> type[ServerConnection]:
+    """A ServerConnection class that counts itself in ``guard`` from accept to close and closes itself at once,
+    before reading a byte, when the guard is full (logged at most once a minute)."""
+    last_warning = [float("-inf")]
+
+    class GuardedConnection(ServerConnection):
+        _peer: str | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            peername = transport.get_extra_info("peername")
+            peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
+            if guard.acquire(peer):
+                self._peer = peer
+                return
+            transport.abort()  # type: ignore[attr-defined]
+            now = time.monotonic()
+            if now - last_warning[0] >= 60:
+                last_warning[0] = now
+                log.warning("conn.refused", reason="connection limit", open=guard.open, limit=guard.total,
+                            per_peer_limit=guard.per_peer, refused_total=guard.refused)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._peer is not None:
+                guard.release(self._peer)
+                self._peer = None
+            super().connection_lost(exc)
+
+    return GuardedConnection

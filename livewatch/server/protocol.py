@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from livewatch.config import CAMERA_NAME_RE
+from livewatch.names import CAMERA_NAME_RULE, is_camera_name
 
 
 class ErrorCode(str, Enum):
@@ -29,7 +28,9 @@ class ErrorCode(str, Enum):
     CAMERA_EXISTS = "camera_exists"
     INVALID_CAMERA = "invalid_camera"  # camera.add with a URL that can never work
     NO_FRAMES = "no_frames"  # the camera has not delivered frames yet
-    BUSY = "busy"  # too many questions in flight (per connection or in total); retry later
+    BUSY = "busy"  # too many questions or camera operations in flight (per connection or in total); retry later
+    RATE_LIMITED = "rate_limited"  # camera.add over security.camera_adds_per_minute; retry later
+    TOO_MANY_CAMERAS = "too_many_cameras"  # camera.add beyond security.max_cameras
     MODEL_ERROR = "model_error"  # the model failed this request (out-of-memory included); the daemon goes on
     CANCELLED = "cancelled"  # the client cancelled the request
     SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
@@ -149,12 +150,8 @@ def _request_id(obj: dict[str, Any]) -> RequestId:
 
 def _camera_name(f: _Fields, name: str, required: bool) -> str | None:
     value = f.string(name, required=required, max_len=64)
-    if value is not None and not re.match(CAMERA_NAME_RE, value):
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST,
-            f"field {name!r}: camera names are 1-64 letters, digits, '_', '.', '-' and start with a letter or digit",
-            f.id,
-        )
+    if value is not None and not is_camera_name(value):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {name!r}: {CAMERA_NAME_RULE}", f.id)
     return value
 
 
@@ -164,10 +161,16 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "binary messages are not part of the protocol; send JSON text")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except (RecursionError, ValueError):  # nesting too deep; an integer of thousands of digits
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "not valid JSON: nested too deep or a number too long") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
+    try:  # a "\ud800" escape decodes to a lone surrogate, which no reply could encode back
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the message holds a string that is not valid Unicode") from None
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", obj.get("id") if _id_ok(obj) else None)
