@@ -2,11 +2,15 @@
 
 Frames arrive one by one (``add_frame``); every two make a pair. Each frame is first capped to the model's pixel
 limit (the model never sees more) and round-tripped through JPEG, so the pixels held in RAM are exactly the
-pixels a restart restores from disk. A new pair is scored, offered to the star memory, pushed into the stream
-window (the oldest window pair leaves when it is full, and leaves memory unless it is a star), and the byte bound
-evicts the oldest window pairs first. Every change of the set star U window bumps ``version``. A restart that
-restores a window longer than its capacity (an index rebuilt from the frame files, a smaller configured
-window) trims it the same way: the oldest pairs leave in time order, each offered to the star memory first.
+pixels a restart restores from disk. A new pair is scored by the camera's ``ImportanceModel`` (a background
+model that sees every frame in order; ``memory/importance.py``), offered to the star memory, pushed into the
+stream window (the oldest window pair leaves when it is full, and leaves memory unless it is a star), and the
+byte bound evicts the oldest window pairs first. Every change of the set star U window bumps ``version``.
+
+A restart seeds the background model from the restored window's frames (oldest first) and measures every
+restored pair's signature against it. A restart that restores a window longer than its capacity (an index
+rebuilt from the frame files, a smaller configured window) trims it the same way: the oldest pairs leave in
+time order, each offered to the star memory first.
 
 Persistence is best effort and never blocks the memory: a failed write (disk full, read-only, I/O error) is
 logged and counted, the pair stays in RAM marked unsaved, and the next commit retries every unsaved pair still in
@@ -17,7 +21,7 @@ Not thread-safe: the daemon calls one camera's memory from one task at a time.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +30,8 @@ import numpy as np
 from livewatch.errors import StorageError
 from livewatch.frames import Frame, FramePair, resize
 from livewatch.log import get_logger
-from livewatch.memory.importance import PairSignature, importance, pair_signature
+from livewatch.memory.change import ChangeParams
+from livewatch.memory.importance import Importance, ImportanceModel, PairSignature, pair_signature
 from livewatch.memory.star import StarEntry, StarMemory
 from livewatch.memory.jpegfile import PairRecord, decode_jpeg, encode_jpeg
 from livewatch.memory.store import FrameStore
@@ -43,10 +48,21 @@ class MemoryParams:
     jpeg_quality: int = 90
     max_bytes: int = 64 * 1024 * 1024
     frame_size: Any = None  # Callable[[int, int], tuple[int, int]]: capped (h, w) of a frame; None keeps the size
+    min_change_area: float = ChangeParams.min_blob
+    lightning_area: float = ChangeParams.lightning_area
+    stationary_s: float = ChangeParams.stationary_s
+
+    def change_params(self) -> ChangeParams:
+        return ChangeParams(
+            min_blob=self.min_change_area, lightning_area=self.lightning_area, stationary_s=self.stationary_s
+        )
+
+
+_NO_SIGNATURE = PairSignature(cells=np.zeros((1, 1, 3), np.float32), changed=np.zeros((1, 1), np.float32))
 
 
 @dataclass
-class _Slot:
+class _Stored:
     pair: FramePair
     record: PairRecord
     signature: PairSignature
@@ -59,11 +75,14 @@ class CameraMemory:
         self.params = params
         self.store = store
         self.stars = StarMemory(params.star_pairs, params.threshold, params.star_half_life_s)
+        self.importance = ImportanceModel(params.change_params())
+        self.last_importance: Importance | None = None
+        self.stars_admitted: Counter[str] = Counter()  # by StarDecision.reason
+        self.stars_rejected: Counter[str] = Counter()
         self.window: deque[int] = deque()
-        self._slots: dict[int, _Slot] = {}
+        self._slots: dict[int, _Stored] = {}
         self._pending: Frame | None = None
         self._pending_blob: bytes = b""
-        self._prev_signature: PairSignature | None = None
         self._last_time = float("-inf")
         self._next_id = 0
         self._removed: list[PairRecord] = []  # left memory, rows still to delete
@@ -92,18 +111,26 @@ class CameraMemory:
             log.error("memory.restore_failed", camera=self.name, error=str(exc))
             self.store = None
             return
-        stars = []
         for rec, images in state.pairs:
             first = Frame(rec.seq[0], rec.wall[0], rec.mono[0], images[0])
             second = first if rec.single else Frame(rec.seq[1], rec.wall[1], rec.mono[1], images[1])
             pair = FramePair(rec.id, first, second, rec.importance)
-            sig = pair_signature(first.image, second.image)
-            self._slots[rec.id] = _Slot(pair, rec, sig, saved=True)
+            self._slots[rec.id] = _Stored(pair, rec, _NO_SIGNATURE, saved=True)
             if rec.in_window:
                 self.window.append(rec.id)
-            if rec.is_star:
-                stars.append(StarEntry(rec.id, pair.time, rec.importance, sig))
             self._last_time = max(self._last_time, pair.end_time)
+        # the background model restarts from the restored window (what the camera showed last), and every
+        # restored pair is measured against it
+        for pid in self.window:
+            pair = self._slots[pid].pair
+            self.importance.learn(pair.first.image, pair.first.wall_time)
+            if pair.second is not pair.first:
+                self.importance.learn(pair.second.image, pair.second.wall_time)
+        stars = []
+        for slot in self._slots.values():
+            slot.signature = pair_signature(slot.pair.first.image, slot.pair.second.image, self.importance)
+            if slot.record.is_star:
+                stars.append(StarEntry(slot.record.id, slot.pair.time, slot.record.importance, slot.signature))
         self.stars.restore(stars)
         self._next_id = state.next_id
         self.total_frames_added = state.total_frames_added
@@ -112,8 +139,6 @@ class CameraMemory:
         trimmed = len(self.window) - self.params.window_pairs
         while len(self.window) > self.params.window_pairs:
             self._leave_window_as_star_candidate(self.window.popleft())
-        if self.window:
-            self._prev_signature = self._slots[self.window[-1]].signature
         if state.pairs:
             self.version += 1
         if trimmed > 0:
@@ -134,7 +159,17 @@ class CameraMemory:
         """Offer a pair to the star memory; a star it displaces leaves memory unless the window holds it."""
         slot = self._slots[pid]
         decision = self.stars.offer(pid, slot.pair.time, slot.record.importance, slot.signature)
+        if not decision.admitted and not self.stars.entries and self.stars.capacity > 0:
+            decision = self.stars.offer_reference(pid, slot.pair.time, slot.signature)
         slot.record.is_star = decision.admitted
+        if decision.admitted:
+            self.stars_admitted[decision.reason] += 1
+            log.info(
+                "memory.star_admitted", camera=self.name, pair=pid, time=round(slot.pair.time, 3),
+                importance=round(slot.record.importance, 4), reason=decision.reason, evicted=decision.evicted,
+            )
+        else:
+            self.stars_rejected[decision.reason] += 1
         if decision.evicted is not None:
             self._slots[decision.evicted].record.is_star = False
             self._forget_if_unused(decision.evicted)
@@ -178,9 +213,12 @@ class CameraMemory:
     def _admit(self, first: Frame, second: Frame, blobs: tuple[bytes, ...]) -> None:
         pid = self._next_id
         self._next_id += 1
-        sig = pair_signature(first.image, second.image)
-        score = importance(sig, self._prev_signature, self.stars.signatures())
-        self._prev_signature = sig
+        scored = self.importance.score_pair(
+            first.image, first.wall_time, None if second is first else second.image, second.wall_time,
+            self.stars.signatures(),
+        )
+        self.last_importance = scored
+        score, sig = scored.score, scored.signature
         pair = FramePair(pid, first, second, score)
         record = PairRecord(
             id=pid,
@@ -193,7 +231,7 @@ class CameraMemory:
             is_star=False,
             jpegs=blobs,
         )
-        self._slots[pid] = _Slot(pair, record, sig, saved=False)
+        self._slots[pid] = _Stored(pair, record, sig, saved=False)
         self._offer_star(pid)
         self.window.append(pid)
         while len(self.window) > self.params.window_pairs:
@@ -296,4 +334,8 @@ class CameraMemory:
             "unsaved_pairs": unsaved,
             "frames_out_of_order": self.frames_out_of_order,
             "version": self.version,
+            "last_importance": self.last_importance.parts() if self.last_importance is not None else None,
+            "stars_admitted": dict(self.stars_admitted),
+            "stars_rejected": dict(self.stars_rejected),
+            "star_times": [round(e.time, 3) for e in self.stars.entries],
         }
