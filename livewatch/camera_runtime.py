@@ -22,7 +22,7 @@ from typing import Any
 
 from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.reader import CameraReader
-from livewatch.capture.source import SourceSpec
+from livewatch.capture.source import CaptureParams, SourceSpec
 from livewatch.capture.policy import CameraState
 from livewatch.frames import Frame
 from livewatch.log import bind, get_logger
@@ -38,11 +38,9 @@ class CameraRuntime:
         spec: SourceSpec | None,
         memory: CameraMemory,
         publish: Callable[[str, list, int], None],
+        capture: CaptureParams = CaptureParams(),
         *,
-        fps: float,
         frame_size: Callable[[int, int], tuple[int, int]] | None,
-        open_timeout_s: float = 10.0,
-        read_timeout_s: float = 10.0,
         connect_check: Callable[[], None] | None = None,
         untrusted: bool = False,
         start_error: str | None = None,
@@ -54,9 +52,8 @@ class CameraRuntime:
         self._connect_check = connect_check
         self.memory = memory
         self._publish = publish
-        self._fps = fps
+        self._capture = capture
         self._frame_size = frame_size
-        self._timeouts = (open_timeout_s, read_timeout_s)
         self.reader: CameraReader | None = None
         self._task: asyncio.Task[None] | None = None
         self.memory_stats: dict[str, Any] = memory.stats()
@@ -74,10 +71,10 @@ class CameraRuntime:
             self.name,
             self.spec,
             handoff,
-            fps=self._fps,
+            fps=self._capture.fps,
             frame_size=self._frame_size,
-            open_timeout_s=self._timeouts[0],
-            read_timeout_s=self._timeouts[1],
+            open_timeout_s=self._capture.open_timeout_s,
+            read_timeout_s=self._capture.read_timeout_s,
             connect_check=self._connect_check,
         )
         self.reader.start()
@@ -85,7 +82,7 @@ class CameraRuntime:
 
     async def _pump(self, handoff: LatestHandoff[Frame]) -> None:
         bind(camera=self.name)
-        stall = 3.0 / self._fps
+        stall = 3.0 / self._capture.fps
         try:
             while True:
                 try:

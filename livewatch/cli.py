@@ -137,8 +137,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from livewatch import client
+    from livewatch.server.protocol import Status
 
-    reply = asyncio.run(client.request(args.url, _token(args), {"type": "status"}))
+    reply = asyncio.run(client.request(args.url, _token(args), Status(id=client.new_id())))
     if reply.get("type") == "error":
         raise client.ClientError(f"{reply.get('code')}: {reply.get('message')}", client.EXIT_REQUEST_FAILED)
     print(json.dumps(reply) if args.json else client.format_status(reply))
@@ -147,17 +148,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_cameras(args: argparse.Namespace) -> int:
     from livewatch import client
+    from livewatch.server.protocol import CameraAdd, CameraRemove, Status
 
     token = _token(args)
     if args.action == "ls":
-        reply = asyncio.run(client.request(args.url, token, {"type": "status"}))
+        reply = asyncio.run(client.request(args.url, token, Status(id=client.new_id())))
         for name, cam in sorted(reply.get("cameras", {}).items()):
             print(f"{name}\t{cam.get('state')}\t{cam.get('source', '')}")
         return 0
+    message: CameraAdd | CameraRemove
     if args.action == "add":
-        message = {"type": "camera.add", "name": args.name, "url": args.camera_url}
+        message = CameraAdd(id=client.new_id(), name=args.name, url=args.camera_url)
     else:
-        message = {"type": "camera.remove", "name": args.name}
+        message = CameraRemove(id=client.new_id(), name=args.name)
     reply = asyncio.run(client.request(args.url, token, message))
     if reply.get("type") == "error":
         raise client.ClientError(f"{reply.get('code')}: {reply.get('message')}", client.EXIT_REQUEST_FAILED)

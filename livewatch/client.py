@@ -13,6 +13,8 @@ from typing import Any, TextIO
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from livewatch.server import protocol as p
+
 _ids = itertools.count(1)
 
 
@@ -49,14 +51,24 @@ async def _open(url: str, token: str | None) -> ClientConnection:
         ) from None
 
 
-async def request(url: str, token: str | None, message: dict[str, Any]) -> dict[str, Any]:
+def new_id() -> str:
+    return f"cli-{os.getpid()}-{next(_ids)}"
+
+
+def _reply(raw: str | bytes) -> dict[str, Any]:
+    try:
+        return p.parse_reply(raw)
+    except p.ProtocolError as exc:
+        raise ClientError(str(exc), EXIT_REQUEST_FAILED) from None
+
+
+async def request(url: str, token: str | None, message: p.Request) -> dict[str, Any]:
     """Send one request and return its reply (status, camera.added, camera.removed or error)."""
-    rid = f"cli-{os.getpid()}-{next(_ids)}"
     async with await _open(url, token) as ws:
-        await ws.send(json.dumps({**message, "id": rid}))
+        await ws.send(p.encode_request(message))
         async for raw in ws:
-            reply = json.loads(raw)
-            if reply.get("id") == rid:
+            reply = _reply(raw)
+            if reply.get("id") == message.id:
                 return reply
     raise ClientError("the daemon closed the connection without replying")
 
@@ -70,18 +82,14 @@ async def ask(
     as_json: bool,
     out: TextIO = sys.stdout,
 ) -> int:
-    rid = f"cli-{os.getpid()}-{next(_ids)}"
-    msg: dict[str, Any] = {"type": "ask", "id": rid, "question": question}
-    if camera:
-        msg["camera"] = camera
-    if max_tokens:
-        msg["max_tokens"] = max_tokens
+    rid = new_id()
+    msg = p.Ask(id=rid, camera=camera or None, question=question, max_tokens=max_tokens or None)
     loop = asyncio.get_running_loop()
     async with await _open(url, token) as ws:
         interrupted = asyncio.Event()
         loop.add_signal_handler(signal.SIGINT, interrupted.set)
         try:
-            await ws.send(json.dumps(msg))
+            await ws.send(p.encode_request(msg))
             return await _stream(ws, rid, interrupted, as_json, out)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
@@ -96,11 +104,11 @@ async def _stream(ws: ClientConnection, rid: str, interrupted: asyncio.Event, as
             done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
             if stop in done and not cancel_sent:
                 cancel_sent = True
-                await ws.send(json.dumps({"type": "cancel", "id": rid}))
+                await ws.send(p.encode_request(p.Cancel(id=rid)))
             if receive not in done:
                 continue
             try:
-                reply = json.loads(receive.result())
+                reply = _reply(receive.result())
             except ConnectionClosed:
                 raise ClientError("the daemon closed the connection", EXIT_REQUEST_FAILED) from None
             receive = asyncio.ensure_future(ws.recv())

@@ -30,15 +30,16 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Origin
 
 from livewatch.camera_runtime import CameraRuntime
-from livewatch.capture.source import SourceLimits, SourceSpec, parse_source
+from livewatch.capture.source import SourceSpec, parse_source
 from livewatch.capture.urlpolicy import resolve
 from livewatch.config import Settings
-from livewatch.engine.core import Answer, EncodeReport, EngineCore
+from livewatch.engine.core import EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loading import LoadedModel, load_model
 from livewatch.engine.preprocess import target_size
 from livewatch.engine.worker import EngineWorker
 from livewatch.errors import (
+    ErrorCode,
     CameraError, ConfigError, EngineDiedError, FatalError, RequestError, StateDirBusyError, StorageError,
 )
 from livewatch.log import get_logger, redact_url
@@ -48,8 +49,9 @@ from livewatch.metrics import Metrics
 from livewatch.registry import CameraRegistry
 from livewatch.sdnotify import Notifier
 from livewatch.server.guard import ConnectionGuard, RateLimit, descriptor_budget
-from livewatch.server.handler import Connection, InflightCounter, ServerLimits
+from livewatch.server.handler import Connection, InflightCounter
 from livewatch.server.http import guarded_connection, make_process_request
+from livewatch.server.protocol import Answered, Ask
 from livewatch.statelock import StateDirLock
 
 # Descriptors kept back from connections: the frame store, each camera's socket and files, the model's files,
@@ -73,18 +75,10 @@ class Daemon:
         self.server: Server | None = None
         self.metrics = Metrics(self.status)
         srv = settings.server
-        self.limits = ServerLimits(
-            max_message_bytes=srv.max_message_bytes,
-            max_question_chars=srv.max_question_chars,
-            max_tokens=settings.model.max_new_tokens_limit,
-            default_tokens=settings.model.max_new_tokens,
-            per_connection=srv.max_inflight_per_connection,
-            total=srv.max_inflight_total,
-            outbound_bytes=srv.max_outbound_bytes,
-        )
+        self.limits = settings.server_limits()
+        self.capture = settings.capture_params()
         self.inflight = InflightCounter(self.limits.total)
         self.url_policy = settings.security.url_policy()
-        self.source_limits = SourceLimits(settings.capture.max_source_pixels, settings.capture.max_source_fps)
         self._add_rate = RateLimit(settings.security.camera_adds_per_minute, 60.0)
         self.guard = ConnectionGuard(srv.max_connections, srv.max_connections_per_peer)
         self.state_lock = StateDirLock(settings.state_dir)
@@ -114,6 +108,23 @@ class Daemon:
         for warning in s.warnings:
             log.warning("config.warning", message=warning)
         self._open_state_dir()
+        specs, errors = self._camera_specs()
+        await self._start_engine()
+        for name, spec in specs.items():
+            await self._start_camera(name, spec, untrusted=name in self.registry.added, error=errors.get(name))
+        await self._bind(tls)
+        if self.notifier.watchdog_interval_s:
+            self._watchdog = asyncio.create_task(self._ping_watchdog(self.notifier.watchdog_interval_s))
+        log.info(
+            "daemon.ready", url=f"{'wss' if tls else 'ws'}://{s.server.host}:{self.bound_port}",
+            cameras=sorted(self.cameras), encode_mode=s.model.encode_mode, auth=bool(s.token),
+        )
+        self.notifier.ready(f"serving {len(self.cameras)} camera(s) on port {self.bound_port}")
+
+    def _camera_specs(self) -> tuple[dict[str, SourceSpec | None], dict[str, str]]:
+        """Every camera's open arguments. A configured camera that cannot work is a config error; a saved one
+        (added over the API) starts failed with its error; an unreadable registry is moved aside."""
+        s = self.settings
         try:
             self.registry.load()
         except StorageError as exc:  # only the config file may stop the daemon: start without the saved cameras
@@ -130,59 +141,47 @@ class Daemon:
                     raise ConfigError(f"{s.source}: cameras.{cam.name}.url: {exc}") from exc
                 specs[cam.name], errors[cam.name] = None, str(exc)
                 log.error("camera.saved_unusable", camera=cam.name, error=str(exc))
+        return specs, errors
 
+    async def _start_engine(self) -> None:
+        """Load the model on a thread (telling systemd to wait), then start the engine thread (graphs, warm-up)."""
+        m = self.settings.model
         self.notifier.status("loading the model")
         self.notifier.extend_timeout(600)
         t0 = time.perf_counter()
-        m = s.model
         self.lm = await asyncio.to_thread(
             load_model, m.id, m.device, m.dtype, m.attn_implementation, m.min_pixels, m.max_pixels
         )
-        log.info(
-            "model.loaded", model=m.id, device=str(self.lm.device), dtype=str(self.lm.dtype),
-            seconds=round(time.perf_counter() - t0, 2),
-        )
+        log.info("model.loaded", model=m.id, device=str(self.lm.device), dtype=str(self.lm.dtype),
+                 seconds=round(time.perf_counter() - t0, 2))
         if self.lm.is_tiny_random:
             log.warning(
                 "model.random_weights",
                 message="TINY RANDOM-WEIGHT MODEL: answers are noise; use it to try the pipeline, not to watch cameras",
             )
-        core = EngineCore(
-            self.lm, max_gap_s=m.max_gap_s, timezone=m.timezone, max_new_tokens_limit=m.max_new_tokens_limit
-        )
+        core = EngineCore(self.lm, max_gap_s=m.max_gap_s, timezone=m.timezone,
+                          max_new_tokens_limit=m.max_new_tokens_limit)
         self.notifier.status("preparing the decode path")
-        self.worker = EngineWorker(
-            core, encode_mode=m.encode_mode, max_queued=s.server.max_inflight_total, on_encode=self._observe_encode,
-            slots=m.batch_size, max_len=m.max_kv_tokens, cuda_graphs=m.cuda_graphs == "auto",
-            fused_kernels=m.fused_kernels == "auto", warm_up=m.warm_up, on_death=self._engine_died,
-        )
+        self.worker = EngineWorker(core, self.settings.engine_options(), on_encode=self._observe_encode,
+                                   on_death=self._engine_died)
         await asyncio.to_thread(self.worker.start)
 
-        for name, spec in specs.items():
-            await self._start_camera(name, spec, untrusted=name in self.registry.added, error=errors.get(name))
-
+    async def _bind(self, tls: ssl.SSLContext | None) -> None:
+        srv = self.settings.server
         self.guard.total = self._connection_budget()
         self.server = await serve(
             self._handle,
-            s.server.host,
-            s.server.port,
-            process_request=make_process_request(s.token, self.health, self.metrics.render),
-            origins=[None, *(Origin(o) for o in s.server.allowed_origins)],
-            max_size=4 * s.server.max_message_bytes,
+            srv.host,
+            srv.port,
+            process_request=make_process_request(self.settings.token, self.health, self.metrics.render),
+            origins=[None, *(Origin(o) for o in srv.allowed_origins)],
+            max_size=4 * srv.max_message_bytes,
             compression=None,
             ssl=tls,
-            open_timeout=s.server.handshake_timeout_s,
+            open_timeout=srv.handshake_timeout_s,
             create_connection=guarded_connection(self.guard),
         )
-        self.bound_port = self.server.sockets[0].getsockname()[1] if self.server.sockets else s.server.port
-        if self.notifier.watchdog_interval_s:
-            self._watchdog = asyncio.create_task(self._ping_watchdog(self.notifier.watchdog_interval_s))
-        scheme = "wss" if tls else "ws"
-        log.info(
-            "daemon.ready", url=f"{scheme}://{s.server.host}:{self.bound_port}", cameras=sorted(self.cameras),
-            encode_mode=m.encode_mode, auth=bool(s.token),
-        )
-        self.notifier.ready(f"serving {len(self.cameras)} camera(s) on port {self.bound_port}")
+        self.bound_port = self.server.sockets[0].getsockname()[1] if self.server.sockets else srv.port
 
     def _open_state_dir(self) -> None:
         """Lock the state directory (fatal if another daemon holds it), then open the frame store. A directory that
@@ -224,7 +223,7 @@ class Daemon:
         if api:
             def check(scheme: str) -> None:
                 self.url_policy.check_scheme(scheme)
-        return parse_source(url, timeout_s=self.settings.capture.open_timeout_s, limits=self.source_limits,
+        return parse_source(url, timeout_s=self.capture.open_timeout_s, limits=self.capture.limits,
                             scheme_check=check)
 
     def _network_check(self, spec: SourceSpec) -> Callable[[], None] | None:
@@ -251,29 +250,28 @@ class Daemon:
     async def _start_camera(
         self, name: str, spec: SourceSpec | None, *, untrusted: bool = False, error: str | None = None
     ) -> None:
-        s = self.settings
         frame_size = self._frame_size()  # capture converts to it, memory stores at it: the model's pixel cap
-        params = MemoryParams(
-            star_pairs=s.memory.star_frames // 2,
-            window_pairs=s.memory.window_frames // 2,
-            threshold=s.memory.importance_threshold,
-            star_half_life_s=s.memory.star_half_life_s,
-            jpeg_quality=s.memory.jpeg_quality,
-            max_bytes=s.memory.max_bytes_per_camera,
-            frame_size=frame_size,
-        )
+        params = self._memory_params(frame_size)
         assert self.worker is not None
         memory = CameraMemory(name, params, self.store)
         await asyncio.to_thread(memory.restore)  # a store it cannot read leaves it running from RAM (logged)
         runtime = CameraRuntime(
-            name, spec, memory, self.worker.publish, fps=s.capture.fps, frame_size=frame_size,
-            open_timeout_s=s.capture.open_timeout_s, read_timeout_s=s.capture.read_timeout_s,
+            name, spec, memory, self.worker.publish, self.capture, frame_size=frame_size,
             connect_check=self._network_check(spec) if untrusted and spec is not None else None,
             untrusted=untrusted, start_error=error,
         )
         self.cameras[name] = runtime
         runtime.start()
         log.info("camera.attached", camera=name, source=spec.redacted if spec else None, failed=spec is None)
+
+    def _memory_params(self, frame_size: Callable[[int, int], tuple[int, int]]) -> MemoryParams:
+        m = self.settings.memory
+        return MemoryParams(
+            star_pairs=m.star_frames // 2, window_pairs=m.window_frames // 2, threshold=m.importance_threshold,
+            star_half_life_s=m.star_half_life_s, jpeg_quality=m.jpeg_quality, max_bytes=m.max_bytes_per_camera,
+            frame_size=frame_size, min_change_area=m.min_change_area, lightning_area=m.lightning_area,
+            stationary_s=m.stationary_s,
+        )
 
     def _engine_died(self, error: str) -> None:
         """Called on the dead engine thread: stop the daemon with a non-zero exit (systemd restarts it)."""
@@ -378,14 +376,20 @@ class Daemon:
     def camera_names(self) -> list[str]:
         return sorted(self.cameras)
 
-    async def ask(
-        self, camera: str, question: str, params: SamplingParams, on_text: Callable[[str], None], request_id: str,
-        client: str = "",
-    ) -> Answer:
+    async def ask(self, request: Ask, camera: str, on_text: Callable[[str], None], client: str) -> Answered:
         if camera not in self.cameras:
-            raise RequestError("unknown_camera", f"no camera named {camera!r}; cameras are {self.camera_names()}")
+            raise RequestError(ErrorCode.UNKNOWN_CAMERA,
+                               f"no camera named {camera!r}; cameras are {self.camera_names()}")
         assert self.worker is not None
-        return await self.worker.ask(camera, question, params, on_text, request_id, client)
+        params = SamplingParams(
+            max_new_tokens=request.max_tokens or self.settings.model.max_new_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            seed=request.seed,
+        )
+        answer = await self.worker.ask(camera, request.question, params, on_text, str(request.id), client)
+        return Answered(answer.text, answer.metrics)
 
     def status(self) -> dict[str, Any]:
         engine: dict[str, Any] = self.worker.stats() if self.worker is not None else {"alive": False, "cameras": {}}
@@ -417,18 +421,18 @@ class Daemon:
         sec = self.settings.security
         async with self._camera_lock:
             if name in self.cameras:
-                raise RequestError("camera_exists", f"a camera named {name!r} already exists")
+                raise RequestError(ErrorCode.CAMERA_EXISTS, f"a camera named {name!r} already exists")
             if len(self.cameras) >= sec.max_cameras:
-                raise RequestError("too_many_cameras", f"this daemon watches at most {sec.max_cameras} cameras "
+                raise RequestError(ErrorCode.TOO_MANY_CAMERAS, f"this daemon watches at most {sec.max_cameras} cameras "
                                    f"(security.max_cameras)")
             if not self._add_rate.allow():
-                raise RequestError("rate_limited", f"at most {sec.camera_adds_per_minute} camera.add per minute; "
+                raise RequestError(ErrorCode.RATE_LIMITED, f"at most {sec.camera_adds_per_minute} camera.add per minute; "
                                    f"retry in {self._add_rate.retry_after():.0f} s")
             spec = self._parse(url, api=True)
             check = self._network_check(spec)
             if check is not None:
                 try:
-                    await asyncio.wait_for(asyncio.to_thread(check), timeout=self.settings.capture.open_timeout_s)
+                    await asyncio.wait_for(asyncio.to_thread(check), timeout=self.capture.open_timeout_s)
                 except (CameraError, TimeoutError) as exc:
                     log.warning("camera.add_refused", camera=name, source=spec.redacted,
                                 reason=str(exc) or "the host name did not resolve in time")
@@ -442,7 +446,7 @@ class Daemon:
         async with self._camera_lock:
             runtime = self.cameras.pop(name, None)
             if runtime is None:
-                raise RequestError("unknown_camera", f"no camera named {name!r}")
+                raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name!r}")
             await runtime.stop()
             await asyncio.to_thread(runtime.memory.delete_all)
             if self.worker is not None:

@@ -14,9 +14,35 @@
         └── EngineError            the model failed one job (CUDA out-of-memory, bad input)
 
 Causes are always chained (``raise ... from exc``). Library code raises; only ``cli.main`` picks exit codes.
+
+``ErrorCode`` is the protocol's stable vocabulary of request failures, and ``error_code`` the one mapping from an
+exception to it: every layer that fails a request raises one of the errors above, and only that mapping (used by
+the connection handler for every kind of request) decides what a client sees.
 """
 
 from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    BAD_REQUEST = "bad_request"  # not JSON, not an object, a missing or mistyped field
+    UNKNOWN_TYPE = "unknown_type"  # a type the server does not know
+    TOO_LARGE = "too_large"  # the message or the question is over its limit
+    UNAUTHORIZED = "unauthorized"  # (HTTP 401 before the upgrade; never sent on an open connection)
+    UNKNOWN_CAMERA = "unknown_camera"
+    UNKNOWN_REQUEST = "unknown_request"  # cancel of an id with nothing in flight
+    DUPLICATE_ID = "duplicate_id"  # an ask whose id is still in flight on this connection
+    CAMERA_EXISTS = "camera_exists"
+    INVALID_CAMERA = "invalid_camera"  # camera.add with a URL that can never work or that the policy refuses
+    NO_FRAMES = "no_frames"  # the camera has not delivered frames yet
+    BUSY = "busy"  # too many questions or camera operations in flight (per connection or in total); retry later
+    RATE_LIMITED = "rate_limited"  # camera.add over security.camera_adds_per_minute; retry later
+    TOO_MANY_CAMERAS = "too_many_cameras"  # camera.add beyond security.max_cameras
+    MODEL_ERROR = "model_error"  # the model failed this request (out-of-memory included); the daemon goes on
+    CANCELLED = "cancelled"  # the client cancelled the request
+    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
+    INTERNAL = "internal"  # a bug or a state-directory failure; logged with a traceback
 
 
 class LivewatchError(Exception):
@@ -68,7 +94,7 @@ class StorageError(RecoverableError):
 class RequestError(RecoverableError):
     """A client request cannot be served. ``code`` is the stable protocol error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -83,3 +109,17 @@ class EngineError(RecoverableError):
     def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
         super().__init__(message)
         self.out_of_memory = out_of_memory
+
+
+def error_code(exc: BaseException, *, shutting_down: bool = False) -> ErrorCode:
+    """The protocol code of a request's failure. Anything not raised on purpose is INTERNAL: its text must not
+    reach the client (the caller logs it)."""
+    if isinstance(exc, RequestError):
+        return exc.code
+    if isinstance(exc, CameraError):
+        return ErrorCode.INVALID_CAMERA
+    if isinstance(exc, EngineError):
+        return ErrorCode.MODEL_ERROR
+    if isinstance(exc, CancelledRequest):
+        return ErrorCode.SHUTTING_DOWN if shutting_down else ErrorCode.CANCELLED
+    return ErrorCode.INTERNAL

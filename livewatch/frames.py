@@ -36,10 +36,6 @@ class FramePair:
     second: Frame
     importance: float = 0.0
 
-    @classmethod
-    def single(cls, frame: Frame, importance: float = 0.0) -> FramePair:
-        return cls(id=frame.seq, first=frame, second=frame, importance=importance)
-
     @property
     def time(self) -> float:
         """Wall-clock time of the pair: its first frame's, the start of the grid as in the model's training."""
@@ -48,6 +44,11 @@ class FramePair:
     @property
     def end_time(self) -> float:
         return self.second.wall_time
+
+    @property
+    def n_frames(self) -> int:
+        """1 for a lone frame paired with itself (a stalled stream), else 2."""
+        return 1 if self.first is self.second else 2
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

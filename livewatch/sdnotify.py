@@ -20,10 +20,6 @@ class Notifier:
         mine = not pid or pid == str(os.getpid())
         self.watchdog_interval_s = int(usec) / 1e6 / 2 if usec.isdigit() and mine and int(usec) > 0 else None
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._address)
-
     def send(self, **fields: str | int) -> None:
         if not self._address:
             return

@@ -1,4 +1,4 @@
-"""Test helpers for the engine: synthetic frames and an independent from-scratch reference.
+"""Test helpers for the engine: synthetic frames (the engine's own maker) and an independent from-scratch reference.
 
 The reference shares nothing with livewatch's cached path but the frames and the prompt text: HF's processor
 tokenizes the whole prompt and lays out the video patches, the model's own forward embeds and scatters the video,
@@ -13,28 +13,20 @@ import math
 import numpy as np
 import torch
 
+from livewatch.engine import synthetic
 from livewatch.engine.preprocess import target_size
-from livewatch.frames import resize
-from livewatch.frames import Frame, FramePair
+from livewatch.frames import Frame, FramePair, resize
 
-T0 = 1_780_000_000.0
+T0 = synthetic.START
 
 
 def make_frame(seq: int, t: float, size: tuple[int, int] = (360, 640), seed: int | None = None) -> Frame:
-    """A frame with a moving bright square over a per-frame colour gradient, plus noise."""
-    rng = np.random.default_rng(seq if seed is None else seed)
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([(xx * 255 // w), (yy * 255 // h), np.full_like(xx, (seq * 37) % 255)], axis=-1).astype(np.uint8)
-    s = max(8, h // 6)
-    y0, x0 = (seq * 13) % (h - s), (seq * 29) % (w - s)
-    img[y0 : y0 + s, x0 : x0 + s] = 255
-    img = np.clip(img.astype(np.int16) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
-    return Frame(seq=seq, wall_time=t, mono_time=t - T0, image=img)
+    """A synthetic scene (``livewatch.engine.synthetic``): gradients, a block that moves with the seed, noise."""
+    return synthetic.frame(seq, t, size, seed=seed, start=T0)
 
 
 def make_pair(index: int, t: float, size: tuple[int, int] = (360, 640)) -> FramePair:
-    return FramePair(index, make_frame(2 * index, t, size), make_frame(2 * index + 1, t + 1.0, size))
+    return synthetic.pair(index, t, size, start=T0)
 
 
 def rope_index_reference(

@@ -1,40 +1,18 @@
-"""Real H.264 media generated at test time with PyAV (libx264), and the test RTSP server process."""
+"""Real H.264 media generated at test time with PyAV (libx264, tools/clips.py), and the test RTSP server process."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
+from clips import write_h264  # the one clip writer, shared with the bench (tools/ is on sys.path: conftest.py)
+
+__all__ = ["RtspServer", "free_port", "wait_until", "write_h264"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def write_h264(path: Path, seconds: float = 3.0, fps: int = 15, size: tuple[int, int] = (240, 320), gop: int = 15) -> Path:
-    """An MP4 with a moving square: ``seconds`` at ``fps``, keyframe every ``gop`` frames."""
-    h, w = size
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.options = {"g": str(gop), "preset": "ultrafast", "bf": "2"}
-        stream.codec_context.time_base = Fraction(1, fps)
-        for i in range(int(seconds * fps)):
-            img = np.zeros((h, w, 3), dtype=np.uint8)
-            img[:, :, 2] = (i * 8) % 255
-            x = (i * 7) % (w - 40)
-            img[h // 3 : h // 3 + 40, x : x + 40] = 255
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def free_port() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,8 +11,10 @@ import pytest
 from engine_helpers import T0, make_pair
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
+from livewatch.engine.options import EngineOptions
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loading import load_model
+from livewatch.engine.loop import EngineLoop, answer_all
 from livewatch.engine.scheduler import AskJob, Scheduler
 from livewatch.engine.warmup import CAMERA as WARM_UP_CAMERA
 from livewatch.engine.warmup import warm_up
@@ -36,22 +38,22 @@ def core(lm) -> EngineCore:
 
 
 def run_batch(core: EngineCore, decoder: BatchDecoder, requests, params=GREEDY, cancel_after=None):
-    """Admit all requests (as slots allow), step until done; returns {key: Outcome}."""
-    outcomes = {}
-    pending = list(requests)
-    seen = {}
-    while pending or decoder.active:
-        while pending and decoder.free_slots():
-            key, camera, question = pending.pop(0)
-            seen[key] = []
-            cancelled = (lambda k=key: cancel_after is not None and k in cancel_after and len(seen[k]) >= cancel_after[k])
-            prepared = core.prepare(camera, question, params.max_new_tokens)
-            out = decoder.admit(key, prepared, params, seen[key].append, cancelled)
-            if out is not None:
-                outcomes[key] = out
-        for out in decoder.step():
-            outcomes[out.key] = out
-    return outcomes
+    """Every request through the engine's own step (EngineLoop) until all have ended; returns {key: Outcome}."""
+    loop = EngineLoop(core, decoder, Scheduler(max_queued=100))
+    jobs = []
+    for key, camera, question in requests:
+        seen: list[str] = []
+        job = AskJob(camera, question, params, time.perf_counter(), client=key)
+
+        def on_text(text: str, seen=seen, job=job, key=key) -> None:
+            seen.append(text)
+            if cancel_after is not None and key in cancel_after and len(seen) >= cancel_after[key]:
+                job.cancelled.set()
+
+        job.on_text = on_text
+        jobs.append(job)
+    outcomes = answer_all(loop, jobs)
+    return {requests[i][0]: outcome for i, outcome in outcomes.items()}
 
 
 def test_batched_answers_equal_the_unbatched_path(core: EngineCore) -> None:
@@ -68,7 +70,7 @@ def test_batched_answers_equal_the_unbatched_path(core: EngineCore) -> None:
 def test_prefix_copy_is_reused_by_a_slot_and_refreshed_after_a_new_batch(core: EngineCore) -> None:
     decoder = BatchDecoder(core, slots=2, max_len=2048, use_graphs=False)
     first = run_batch(core, decoder, [("x", "a", "first?")])["x"].answer.token_ids
-    assert decoder._slots[0].loaded is not None
+    assert decoder.held_prefixes()[0] is not None
     again = run_batch(core, decoder, [("y", "a", "first?")])["y"].answer.token_ids
     assert again == first
     core.set_context("a", [make_pair(i, T0 + 2 * i) for i in range(4)], 2)  # a new frame batch
@@ -106,12 +108,12 @@ def test_sampled_and_greedy_rows_share_a_batch(core: EngineCore) -> None:
 def test_a_question_longer_than_a_slot_uses_the_unbatched_path(lm) -> None:
     async def scenario() -> None:
         core = EngineCore(lm, timezone="UTC")
-        worker = EngineWorker(core, slots=2, max_len=512, cuda_graphs=False)
+        worker = EngineWorker(core, EngineOptions(slots=2, max_len=512, cuda_graphs=False))
         worker.start()
         try:
             worker.publish("big", [make_pair(i, T0 + 2 * i) for i in range(6)], 1)  # 720 visual tokens > 512
-            answer = await worker.ask("big", "fits?", SamplingParams(max_new_tokens=4))
-            assert answer.metrics["visual_tokens"] == 720 and answer.metrics["output_tokens"] <= 4
+            answer = await worker.ask("big", "fits?", SamplingParams(max_new_tokens=4, ignore_eos=True))
+            assert answer.metrics["visual_tokens"] == 720 and answer.metrics["output_tokens"] == 4
             assert worker.stats()["decoder"]["decode_steps"] == 0
         finally:
             worker.stop()
@@ -119,26 +121,10 @@ def test_a_question_longer_than_a_slot_uses_the_unbatched_path(lm) -> None:
     asyncio.run(scenario())
 
 
-def test_round_robin_across_clients() -> None:
-    s = Scheduler(max_queued=100)
-
-    def job(client: str, n: int) -> AskJob:
-        return AskJob(camera="c", question=f"{client}{n}", params=None, received_at=0.0,
-                      cancelled=threading.Event(), client=client)
-
-    for n in range(5):
-        s.push_ask(job("greedy", n))
-    s.push_ask(job("polite", 0))
-    s.push_ask(job("other", 0))
-    order = [s.next_ask().question for _ in range(7)]
-    assert order == ["greedy0", "polite0", "other0", "greedy1", "greedy2", "greedy3", "greedy4"]
-    assert s.next_ask() is None and s.queued == 0
-
-
 def test_concurrent_questions_are_decoded_together_through_the_worker(lm) -> None:
     async def scenario() -> None:
         core = EngineCore(lm, timezone="UTC")
-        worker = EngineWorker(core, slots=4, max_len=2048, cuda_graphs=False)
+        worker = EngineWorker(core, EngineOptions(slots=4, max_len=2048, cuda_graphs=False))
         worker.start()
         try:
             worker.publish("a", [make_pair(i, T0 + 2 * i) for i in range(3)], 1)
@@ -183,7 +169,7 @@ def test_padded_question_prefill_equals_exact_prefill(core: EngineCore) -> None:
 def test_removing_a_camera_mid_answer_finishes_the_answer(lm) -> None:
     async def scenario() -> None:
         core = EngineCore(lm, timezone="UTC")
-        worker = EngineWorker(core, slots=2, max_len=2048, cuda_graphs=False)
+        worker = EngineWorker(core, EngineOptions(slots=2, max_len=2048, cuda_graphs=False))
         worker.start()
         try:
             worker.publish("gone", [make_pair(i, T0 + 2 * i) for i in range(2)], 1)
@@ -198,7 +184,8 @@ def test_removing_a_camera_mid_answer_finishes_the_answer(lm) -> None:
             assert answer.metrics["output_tokens"] == 60
             assert worker.alive
             worker.publish("next", [make_pair(9, T0)], 1)
-            assert (await worker.ask("next", "ok?", SamplingParams(max_new_tokens=2))).metrics["output_tokens"] <= 2
+            nxt = await worker.ask("next", "ok?", SamplingParams(max_new_tokens=2, ignore_eos=True))
+            assert nxt.metrics["output_tokens"] == 2 and nxt.metrics["frames_in_context"] == 2
         finally:
             worker.stop()
 
@@ -212,5 +199,5 @@ def test_warm_up_runs_every_path_and_leaves_no_trace(core: EngineCore) -> None:
     assert report["prefix_updates"] == ["rebuild", "extend", "partial"]
     assert {"batched_answer", "unbatched_answer"} <= set(report) and report["seconds"] > 0
     assert WARM_UP_CAMERA not in core.cameras()
-    assert all(s.loaded is None and s.row is None for s in decoder._slots) and decoder.steps == 0
+    assert decoder.held_prefixes() == [None, None] and not decoder.active and decoder.steps == 0
     assert run_batch(core, decoder, [("q", "a", "What is here?")])["q"].answer.token_ids == expected

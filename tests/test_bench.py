@@ -1,15 +1,19 @@
-"""The benchmark tool runs end to end on the smallest settings, so it cannot rot."""
+"""The benchmark tool runs end to end on the smallest settings, so it cannot rot; its frames and clips are the
+ones the warm-up and the tests use, and it reaches into no module's private attributes."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / "tools"
 
 
 @pytest.mark.slow
@@ -30,5 +34,43 @@ def test_tiny_benchmark_has_every_section(tmp_path: Path) -> None:
     assert [row["frames"] for row in report["scaling"]["frames"]] == [8, 16]
     assert report["ingest"]["livewatch_keyframes_only"] is True
     assert report["ingest"]["livewatch_sampled"] >= 1
+    assert report["ingest"]["store_frame_size"] == "1920x1080"  # what the store section really writes
     table = (tmp_path / "bench.md").read_text()
     assert "| visual tokens | 1,008 | 720 |" in table
+
+
+def test_the_bench_the_warm_up_and_the_tests_share_one_frame_maker() -> None:
+    from benchkit.common import context_pairs
+    from engine_helpers import make_pair
+    from livewatch.engine.synthetic import FrameBank
+
+    bank = FrameBank((90, 160), distinct=8)
+    ours = context_pairs(bank, 1, 2)[1]
+    theirs = make_pair(ours.id, ours.time, size=(90, 160))
+    assert (ours.first.seq, ours.second.seq, ours.end_time) == (theirs.first.seq, theirs.second.seq, theirs.end_time)
+    assert np.array_equal(ours.first.image, theirs.first.image)
+    assert np.array_equal(ours.second.image, theirs.second.image)
+    assert not np.array_equal(ours.first.image, ours.second.image)
+
+
+def test_the_bench_and_the_tests_share_one_clip_writer() -> None:
+    import clips
+    import media
+
+    assert media.write_h264 is clips.write_h264
+
+
+def test_the_default_sections_are_in_the_table_and_no_tool_shadows_the_package() -> None:
+    import bench
+
+    assert set(bench.DEFAULT_SECTIONS.split(",")) <= set(bench.SECTIONS)
+    assert set(bench.NEEDS.values()) <= set(bench.SECTIONS)
+    assert not list(TOOLS.rglob("livewatch.py")) and not (TOOLS / "livewatch").exists()
+
+
+def test_the_bench_uses_no_private_attribute_of_another_module() -> None:
+    allowed = {"_attn_implementation", "_from_config"}  # transformers' own API for building a model from a config
+    for path in [TOOLS / "bench.py", *sorted((TOOLS / "benchkit").glob("*.py"))]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for name in re.findall(r"(?<!self)\.(_[a-z]\w*)", line):
+                assert name in allowed, f"{path.name}:{n}: {line.strip()}"

@@ -33,7 +33,7 @@ def test_state_machine_transient_faults_retry_forever() -> None:
     for k in range(20):
         delays.append(sup.fault(now=float(k), error="ConnectionRefusedError"))
         assert sup.state is CameraState.BACKOFF and sup.retry_at == k + delays[-1]
-        sup.connecting(now=float(k))
+        sup.connecting()
         assert sup.state is CameraState.CONNECTING
     assert delays[:4] == [1, 2, 4, 4] and sup.reconnects == 20 and sup.last_error == "ConnectionRefusedError"
 
@@ -42,11 +42,11 @@ def test_streaming_long_enough_resets_the_backoff() -> None:
     sup = Supervisor(backoff=Backoff(initial_s=1, max_s=60, jitter=0), stable_after_s=10)
     for _ in range(4):
         sup.fault(0.0, "timeout")
-    sup.connecting(0.0)
+    sup.connecting()
     sup.frame(100.0)
     sup.frame(105.0)
     assert sup.fault(106.0, "timeout") == 16  # not stable yet: the backoff keeps growing
-    sup.connecting(107.0)
+    sup.connecting()
     sup.frame(107.0)
     sup.frame(118.0)
     assert sup.fault(119.0, "timeout") == 1
@@ -58,14 +58,14 @@ def test_permanent_errors_fail_after_a_few_attempts() -> None:
     assert sup.fault(1.0, "404 Not Found", permanent=True) is not None
     assert sup.fault(2.0, "404 Not Found", permanent=True) is None
     assert sup.state is CameraState.FAILED and sup.last_error == "404 Not Found"
-    sup.connecting(3.0)
+    sup.connecting()
     assert sup.state is CameraState.FAILED  # no more retries
 
 
 def test_stop_and_end_of_file() -> None:
     sup = Supervisor()
     sup.frame(0.0)
-    sup.ended(1.0)
+    sup.ended()
     assert sup.state is CameraState.STOPPED
     assert sup.fault(2.0, "late error") is None
     other = Supervisor()

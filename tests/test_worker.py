@@ -9,10 +9,11 @@ import pytest
 
 from engine_helpers import T0, make_pair
 from livewatch.engine.core import EngineCore
+from livewatch.engine.options import EngineOptions
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loading import load_model
 from livewatch.engine.worker import EngineWorker
-from livewatch.errors import CancelledRequest, RequestError
+from livewatch.errors import CancelledRequest, ErrorCode, RequestError
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def lm(tiny_model_dir: Path):
 
 
 def make_worker(lm, mode: str, **kw) -> EngineWorker:
-    worker = EngineWorker(EngineCore(lm, timezone="UTC"), encode_mode=mode, **kw)
+    worker = EngineWorker(EngineCore(lm, timezone="UTC"), EngineOptions(encode_mode=mode, **kw))
     worker.start()
     return worker
 
@@ -81,8 +82,8 @@ def test_cancelling_the_awaiting_task_stops_generation(lm) -> None:
                 await task
             await wait_for(lambda: worker.stats()["busy_s"] == 0.0 and worker.stats()["queued_questions"] == 0)
             assert worker.stats()["jobs_done"] == 0  # the generation stopped early, it did not finish
-            answer = await worker.ask("cam", "Short?", SamplingParams(max_new_tokens=2))
-            assert answer.metrics["output_tokens"] <= 2
+            answer = await worker.ask("cam", "Short?", SamplingParams(max_new_tokens=2, ignore_eos=True))
+            assert answer.metrics["output_tokens"] == 2 and worker.stats()["jobs_done"] == 1
         finally:
             worker.stop()
 
@@ -95,7 +96,7 @@ def test_errors_reach_the_caller_and_the_worker_keeps_serving(lm) -> None:
         try:
             with pytest.raises(RequestError) as err:
                 await worker.ask("ghost", "?")
-            assert err.value.code == "unknown_camera"
+            assert err.value.code is ErrorCode.UNKNOWN_CAMERA
             worker.publish("cam", [make_pair(0, T0)], 1)
             assert (await worker.ask("cam", "?", SamplingParams(max_new_tokens=2))).metrics["frames_in_context"] == 2
             worker.remove_camera("cam")

@@ -53,7 +53,7 @@ class Supervisor:
     streaming_since: float | None = None
     retry_at: float | None = None
 
-    def connecting(self, now: float) -> None:
+    def connecting(self) -> None:
         if self.state in (CameraState.STOPPED, CameraState.FAILED):
             return
         self.state = CameraState.CONNECTING
@@ -87,7 +87,7 @@ class Supervisor:
         self.retry_at = now + delay
         return delay
 
-    def ended(self, now: float) -> None:
+    def ended(self) -> None:
         """A file reached its end and does not loop."""
         if self.state is not CameraState.FAILED:
             self.state = CameraState.STOPPED

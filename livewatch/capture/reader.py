@@ -103,6 +103,11 @@ class CameraReader:
             self._thread.join(timeout if timeout is not None else self.timeouts[1] + 2)
         return not self._thread.is_alive()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end by itself (a file source read to its end); True when it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     @property
     def state(self) -> CameraState:
         return self.supervisor.state
@@ -149,14 +154,14 @@ class CameraReader:
         sup = self.supervisor
         self._cpu0 = time.thread_time()
         while not self._stop.is_set():
-            sup.connecting(time.monotonic())
+            sup.connecting()
             log.info("camera.connecting", source=self.spec.redacted)
             try:
                 self._session()
                 if self.spec.loop:
                     continue
                 if not self.spec.live:
-                    sup.ended(time.monotonic())
+                    sup.ended()
                     log.info("camera.ended", source=self.spec.redacted)
                     return
                 raise _EndOfStream("the stream ended")

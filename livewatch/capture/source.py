@@ -40,6 +40,16 @@ class SourceLimits:
 
 
 @dataclass(frozen=True)
+class CaptureParams:
+    """How every camera is read (``Settings.capture_params``)."""
+
+    fps: float = 1.0  # frames sampled per second of media time
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0
+    limits: SourceLimits = SourceLimits()
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     kind: str  # rtsp | http | file | webcam | testsrc
     target: str = field(repr=False)  # what av.open receives (may hold credentials)

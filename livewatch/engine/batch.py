@@ -1,4 +1,5 @@
-"""Questions in flight decoded together: one decode step advances every active answer by one token.
+"""Questions in flight decoded together: one decode step advances every active answer (by one token, or by
+``tokens_per_sync`` when every row is greedy and the device feeds its own picks back between host reads).
 
 Each admitted question gets a slot of the SlotCache: its camera's prefix is copied in (skipped when the slot
 already holds that very prefix), the question's tokens are prefilled after it, then the answer grows token by
@@ -17,13 +18,11 @@ from typing import Any
 
 import torch
 
-from livewatch.engine.core import Answer, AnswerStream, EngineCore, Prepared, make_generator
+from livewatch.engine.answer import Answer, AnswerStream, Prepared, make_generator
+from livewatch.engine.core import EngineCore
 from livewatch.engine.fastpath import SlotCache, StepRunner
-from livewatch.engine.generate import SamplingParams, pick_token
+from livewatch.engine.generate import SamplingParams, model_failure, pick_token
 from livewatch.errors import CancelledRequest, LivewatchError
-from livewatch.log import get_logger
-
-log = get_logger("livewatch.engine")
 
 
 @dataclass
@@ -44,7 +43,7 @@ class Row:
 
 
 @dataclass
-class _Slot:
+class _DecodeSlot:
     loaded: tuple[str, int] | None = None  # (camera, kv_generation) of the prefix it holds
     row: Row | None = None
 
@@ -65,7 +64,7 @@ class BatchDecoder:
     fused_kernels: bool = True  # Triton kernels in the step where the device runs them (CUDA)
     tokens_per_sync: int = 4  # greedy decode steps run back to back on the device between two host reads
     runner: StepRunner = field(init=False)
-    _slots: list[_Slot] = field(init=False)
+    _slots: list[_DecodeSlot] = field(init=False)
     _fed: tuple[int, frozenset[int]] | None = field(init=False, default=None)  # (bucket, slots) the device holds
     steps: int = 0
     rows_stepped: int = 0
@@ -73,10 +72,18 @@ class BatchDecoder:
     def __post_init__(self) -> None:
         cache = SlotCache(self.core.lm, self.slots, self.max_len)
         self.runner = StepRunner(self.core.lm, cache, self.use_graphs, fused_kernels=self.fused_kernels)
-        self._slots = [_Slot() for _ in range(self.slots)]
+        self._slots = [_DecodeSlot() for _ in range(self.slots)]
 
     def capture(self) -> float:
-        return self.runner.capture()
+        """Capture the decode path's graphs (seconds taken); on failure the runner is left eager, and it raises."""
+        try:
+            return self.runner.capture()
+        except Exception:
+            self.runner.drop_graphs()
+            raise
+
+    def reset_counters(self) -> None:
+        self.steps = self.rows_stepped = 0
 
     @property
     def active(self) -> list[Row]:
@@ -84,9 +91,6 @@ class BatchDecoder:
 
     def free_slots(self) -> int:
         return sum(1 for s in self._slots if s.row is None)
-
-    def fits(self, prepared: Prepared, params: SamplingParams) -> bool:
-        return prepared.prefix_tokens + len(prepared.suffix) + params.max_new_tokens <= self.max_len
 
     # -- admission ----------------------------------------------------------------------------------------------
 
@@ -178,21 +182,19 @@ class BatchDecoder:
         return Outcome(row.key, answer=self.core.finish(row.prepared, row.stream))
 
     def _fail_all(self, rows: list[Row], exc: BaseException) -> list[Outcome]:
-        from livewatch.errors import EngineError
-
-        oom = isinstance(exc, torch.OutOfMemoryError)
-        log.error("engine.decode_failed", out_of_memory=oom, rows=len(rows), error=f"{type(exc).__name__}: {exc}")
+        error = model_failure(exc, "decoding")
         outcomes = []
         for row in rows:
             self._slots[row.slot].loaded = None
-            if row.done:
-                continue
-            outcomes.append(self._end(row, error=EngineError(
-                f"{'out of GPU memory' if oom else 'model error'} while decoding", out_of_memory=oom
-            )))
-        if oom and self.core.lm.device.type == "cuda":
+            if not row.done:
+                outcomes.append(self._end(row, error=error))
+        if error.out_of_memory and self.core.lm.device.type == "cuda":
             torch.cuda.empty_cache()
         return outcomes
+
+    def held_prefixes(self) -> list[tuple[str, int] | None]:
+        """Per slot, the (camera, kv_generation) of the prefix it holds (None: none)."""
+        return [slot.loaded for slot in self._slots]
 
     def forget_prefixes(self) -> None:
         """Forget which prefix each free slot holds (the next question of any camera copies its own in)."""

@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 
-from livewatch.engine.detokenize import IncrementalDecoder
+from livewatch.engine.answer import Answer, AnswerStream, Prepared, finish_answer, make_generator
 from livewatch.engine.generate import (
     KV,
     SamplingParams,
     cache_from_kv,
+    model_failure,
+    stack_prefix,
     crop_kv,
     forward,
     kv_from_cache,
@@ -38,11 +40,8 @@ from livewatch.engine.positions import temporal_positions, text_positions
 from livewatch.engine.preprocess import target_size
 from livewatch.engine.prompt import PromptTemplate, question_text, resolve_tz, system_text
 from livewatch.engine.vision import VisionCache
-from livewatch.errors import CancelledRequest, EngineError, RequestError
+from livewatch.errors import CancelledRequest, EngineError, ErrorCode, RequestError
 from livewatch.frames import FramePair
-from livewatch.log import get_logger
-
-log = get_logger("livewatch.engine")
 
 
 @dataclass(frozen=True)
@@ -53,28 +52,6 @@ class EncodeReport:
     prefill_ms: float
     pairs_encoded: int
     prefill_tokens: int
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A question ready to run on a camera's up-to-date prefix."""
-
-    camera: str
-    suffix: list[int]  # the question's token ids, from <|vision_end|> to the assistant turn
-    next_position: int  # M-RoPE position of the first suffix token
-    prefix_tokens: int
-    kv_generation: int
-    reused: bool  # the prefix was ready when the question came
-    encode_ms: float
-    t_start: float
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str  # "stop" (end-of-turn token) or "length"
-    metrics: dict[str, Any]
 
 
 @dataclass
@@ -98,52 +75,6 @@ class _CameraState:
     @property
     def cache_valid(self) -> bool:
         return self.kv is not None and self.encoded_version == self.version
-
-
-def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
-    if params.temperature == 0:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(params.seed if params.seed is not None else int(time.time_ns() & 0xFFFFFFFF))
-    return generator
-
-
-class AnswerStream:
-    """One answer's tokens as they are picked: stop rules, streaming text, first-token time."""
-
-    def __init__(self, lm: LoadedModel, params: SamplingParams, on_text: Callable[[str], None] | None) -> None:
-        self._stops = lm.stop_token_ids
-        self._params = params
-        self._on_text = on_text
-        self._decoder = IncrementalDecoder(lm.tokenizer)
-        self._pieces: list[str] = []
-        self.ids: list[int] = []
-        self.finish_reason = "length"
-        self.t_first: float | None = None
-
-    def accept(self, token: int) -> bool:
-        """Take a picked token; False when the answer is complete (end-of-turn token or length)."""
-        if self.t_first is None:
-            self.t_first = time.perf_counter()
-        if token in self._stops and not self._params.ignore_eos:
-            self.finish_reason = "stop"
-            return False
-        self.ids.append(token)
-        self._emit(self._decoder.push(token))
-        return len(self.ids) < self._params.max_new_tokens
-
-    def close(self) -> None:
-        self._emit(self._decoder.flush())
-
-    def _emit(self, delta: str) -> None:
-        if delta:
-            self._pieces.append(delta)
-            if self._on_text is not None:
-                self._on_text(delta)
-
-    @property
-    def text(self) -> str:
-        return "".join(self._pieces)
 
 
 class EngineCore:
@@ -219,7 +150,7 @@ class EngineCore:
         try:
             return self._cameras[camera]
         except KeyError:
-            raise RequestError("unknown_camera", f"camera {camera!r} has no context") from None
+            raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"camera {camera!r} has no context") from None
 
     def _sync(self) -> None:
         if self.lm.device.type == "cuda":
@@ -230,7 +161,7 @@ class EngineCore:
         """Bring the camera's prefix up to date with its latest context."""
         state = self._state(camera)
         if not state.pairs:
-            raise RequestError("no_frames", f"camera {camera!r} has no frames yet")
+            raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no frames yet")
         if state.cache_valid and state.last_encode is not None:
             return EncodeReport(UpdateKind.REUSE, 0.0, 0.0, 0.0, 0, 0)
         with self.guard(camera, "encoding"):
@@ -241,14 +172,9 @@ class EngineCore:
         """Model failures inside the block fail this job only (EngineError) and free the camera's caches."""
         try:
             yield
-        except torch.OutOfMemoryError as exc:
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
             self.free_caches(camera)
-            raise EngineError(f"out of GPU memory while {doing} on camera {camera!r}", out_of_memory=True) from exc
-        except RuntimeError as exc:
-            self.free_caches(camera)
-            # the client gets no exception text (shapes, device state); the log keeps it
-            log.error("engine.model_error", camera=camera, doing=doing, error=f"{type(exc).__name__}: {exc}")
-            raise EngineError(f"model error while {doing} on camera {camera!r}") from exc
+            raise model_failure(exc, f"{doing} on camera {camera!r}") from exc
 
     def _encode(self, state: _CameraState) -> EncodeReport:
         t0 = time.perf_counter()
@@ -317,7 +243,7 @@ class EngineCore:
         """Token ids of a question's suffix (from <|vision_end|> to the assistant turn) on the current context."""
         state = self._state(camera)
         first, last = state.pairs[0].time, state.pairs[-1].end_time
-        n_frames = sum(1 if p.first is p.second else 2 for p in state.pairs)
+        n_frames = sum(p.n_frames for p in state.pairs)
         text = self.template.tail(question_text(question, first, last, n_frames, self.tz))
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -328,12 +254,11 @@ class EngineCore:
         """Check the request, bring the camera's prefix up to date (lazy mode's encode) and tokenize the question."""
         t_start = received_at if received_at is not None else time.perf_counter()
         if max_new_tokens > self.max_new_tokens_limit:
-            raise RequestError(
-                "bad_request", f"max_tokens {max_new_tokens} exceeds the limit {self.max_new_tokens_limit}"
+            raise RequestError(ErrorCode.BAD_REQUEST, f"max_tokens {max_new_tokens} exceeds the limit {self.max_new_tokens_limit}"
             )
         state = self._state(camera)
         if not state.pairs:
-            raise RequestError("no_frames", f"camera {camera!r} has no frames yet")
+            raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no frames yet")
         reused = state.cache_valid
         report = self.encode(camera)
         assert state.layout is not None and state.kv is not None
@@ -350,8 +275,6 @@ class EngineCore:
 
     def stacked_prefix(self, camera: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The prefix as two [layers, kv_heads, P, head_dim] tensors (built once per encode)."""
-        from livewatch.engine.fastpath import stack_prefix
-
         state = self._state(camera)
         assert state.kv is not None
         if state.stacked is None:
@@ -424,31 +347,12 @@ class EngineCore:
 
     def finish(self, prepared: Prepared, stream: AnswerStream) -> Answer:
         """The answer and its metrics once ``stream`` ended."""
-        stream.close()
-        t_end = time.perf_counter()
         state = self._cameras.get(prepared.camera)  # None when the camera was removed during the answer
         if state is not None:
             state.questions += 1
         pairs = state.pairs if state is not None else ()
         layout = state.layout if state is not None else None
-        ids = stream.ids
-        t_first = stream.t_first or t_end
-        decode_s = t_end - t_first
-        metrics = {
-            "ttft_ms": round((t_first - prepared.t_start) * 1e3, 3),
-            "encode_ms": round(prepared.encode_ms, 3),
-            "total_ms": round((t_end - prepared.t_start) * 1e3, 3),
-            "output_tokens": len(ids),
-            "decode_tokens_per_s": round((len(ids) - 1) / decode_s, 2) if len(ids) > 1 and decode_s > 0 else 0.0,
-            "visual_tokens": layout.n_visual if layout else 0,
-            "context_tokens": prepared.prefix_tokens + len(prepared.suffix),
-            "question_tokens": len(prepared.suffix),
-            "frames_in_context": sum(1 if p.first is p.second else 2 for p in pairs),
-            "video_span_s": round(pairs[-1].end_time - pairs[0].time, 3) if pairs else 0.0,
-            "cache_reused": prepared.reused,
-            "finish_reason": stream.finish_reason,
-        }
-        return Answer(text=stream.text, token_ids=tuple(ids), finish_reason=stream.finish_reason, metrics=metrics)
+        return finish_answer(prepared, stream, pairs, layout.n_visual if layout else 0)
 
     # -- figures ------------------------------------------------------------------------------------------------
 

@@ -61,11 +61,6 @@ class SlotCache:
         self.v[:, slot, :, :n].copy_(prefix_v)
 
 
-def stack_prefix(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer [1, kv_heads, P, head_dim] tensors -> two [layers, kv_heads, P, head_dim] tensors."""
-    return torch.stack([k[0] for k, _ in kv]), torch.stack([v[0] for _, v in kv])
-
-
 def fuse_projections(text_model: Any) -> None:
     """Give each layer one [q; k; v] and one [gate; up] weight, the modules keeping views into them.
 
@@ -87,6 +82,14 @@ def fuse_projections(text_model: Any) -> None:
         mlp.gate_proj.weight = torch.nn.Parameter(gu[:ng], requires_grad=False)
         mlp.up_proj.weight = torch.nn.Parameter(gu[ng:], requires_grad=False)
         mlp._livewatch_gate_up = (gu, ng)
+
+
+def fused_weights(layer: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's ([q; k; v] weight, [q; k; v] bias, [gate; up] weight) as the decode step reads them (after
+    ``fuse_projections``): the bench times the same matrices."""
+    w, b, _, _ = layer.self_attn._livewatch_qkv
+    gu, _ = layer.mlp._livewatch_gate_up
+    return w, b, gu
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
@@ -432,6 +435,16 @@ class StepRunner:
         with torch.cuda.graph(graph, pool=pool):
             logits, argmax = fn(inputs)
         return _Graph(graph, inputs, logits, argmax)
+
+    def decode_graph(self, bucket: int) -> _Graph | None:
+        """The captured decode graph of a batch bucket (None without graphs): the bench replays it alone."""
+        return self._decode_graphs.get(bucket)
+
+    def drop_graphs(self) -> None:
+        """Serve eagerly from now on (a capture that failed part-way leaves no half set of graphs)."""
+        self.use_graphs = False
+        self._decode_graphs.clear()
+        self._prefill_graphs.clear()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -15,6 +15,11 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from livewatch.errors import EngineError
+from livewatch.log import get_logger
+
+log = get_logger("livewatch.engine")
+
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -32,6 +37,20 @@ class SamplingParams:
             raise ValueError("max_new_tokens must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("temperature >= 0, 0 < top_p <= 1 and top_k >= 0 are required")
+
+
+def model_failure(exc: BaseException, doing: str) -> EngineError:
+    """The one translation of a failure inside the model into the error that fails the jobs it touched: out of
+    GPU memory or another model error. The client's message has no exception text (shapes, device state): the
+    log keeps it."""
+    oom = isinstance(exc, torch.OutOfMemoryError)
+    log.error("engine.model_error", doing=doing, out_of_memory=oom, error=f"{type(exc).__name__}: {exc}")
+    return EngineError(f"{'out of GPU memory' if oom else 'model error'} while {doing}", out_of_memory=oom)
+
+
+def stack_prefix(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer [1, kv_heads, P, head_dim] tensors -> two [layers, kv_heads, P, head_dim] tensors."""
+    return torch.stack([k[0] for k, _ in kv]), torch.stack([v[0] for _, v in kv])
 
 
 def cache_from_kv(config: Any, kv: KV | None) -> DynamicCache:

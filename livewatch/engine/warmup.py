@@ -3,9 +3,9 @@
 On a GPU the first call of each kernel costs far more than later ones (module loading, cuBLAS heuristics,
 allocator growth): measured on an H100, a cold daemon took 4.3 s to encode its first 7 frame pairs and 1.3 s for
 the next batch, against ~80 ms warm. So the worker runs, at start-up, a camera of synthetic 16:9 frames (the
-shape of 720p and 1080p cameras after the pixel cap) through a full prefix build, an in-place extension, a
-partial rebuild (the window sliding), a batched answer and an unbatched one, then forgets it. The camera's name
-cannot be a user camera's (names have no spaces).
+shape of 720p and 1080p cameras after the pixel cap; from ``engine.synthetic``, as the tests' and the bench's)
+through a full prefix build, an in-place extension, a partial rebuild (the window sliding), a batched answer and
+an unbatched one, then forgets it. The camera's name cannot be a user camera's (names have no spaces).
 """
 
 from __future__ import annotations
@@ -13,38 +13,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.generate import SamplingParams
-from livewatch.frames import Frame, FramePair
+from livewatch.engine.loop import EngineLoop, answer_now
+from livewatch.engine.synthetic import pairs as synthetic_pairs
 
 CAMERA = "warm up"
 FRAME_SIZE = (720, 1280)  # (height, width)
-
-
-def _pairs(n: int, size: tuple[int, int] = FRAME_SIZE, start: float = 1_700_000_000.0) -> list[FramePair]:
-    rng = np.random.default_rng(0)
-    h, w = size
-    gradient = (np.mgrid[0:h, 0:w][1] * 255 // w).astype(np.uint8)
-    pairs = []
-    for i in range(n):
-        frames = []
-        for j in (0, 1):
-            image = np.repeat(gradient[:, :, None], 3, axis=2)
-            image[:, :, (i + j) % 3] = rng.integers(0, 255, (h, w), dtype=np.uint8)
-            t = start + 2 * i + j
-            frames.append(Frame(seq=2 * i + j, wall_time=t, mono_time=t - start, image=image))
-        pairs.append(FramePair(i, frames[0], frames[1]))
-    return pairs
 
 
 def warm_up(core: EngineCore, batch: BatchDecoder, tokens: int = 4) -> dict[str, Any]:
     """Run the synthetic camera through the engine's paths; returns the seconds of each step and the kinds of
     prefix update it went through. Leaves no trace: the camera is dropped, no decode slot keeps its prefix, the
     decode counters start from zero."""
-    pairs = _pairs(5)
+    pairs = synthetic_pairs(5, FRAME_SIZE)
     params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)
     steps: dict[str, float] = {}
 
@@ -58,14 +41,10 @@ def warm_up(core: EngineCore, batch: BatchDecoder, tokens: int = 4) -> dict[str,
     def encode() -> None:
         kinds.append(core.encode(CAMERA).kind.value)
 
+    loop = EngineLoop(core, batch)  # the daemon's own step, with a scheduler of its own
+
     def batched_answer() -> None:
-        prepared = core.prepare(CAMERA, "What happens?", tokens)
-        if not batch.fits(prepared, params):
-            return
-        out = batch.admit(CAMERA, prepared, params, None, lambda: False)
-        while out is None and batch.active:
-            ended = batch.step()
-            out = ended[0] if ended else None
+        answer_now(loop, CAMERA, "What happens?", params)
 
     try:
         core.set_context(CAMERA, pairs[:3], 1)
@@ -79,5 +58,5 @@ def warm_up(core: EngineCore, batch: BatchDecoder, tokens: int = 4) -> dict[str,
     finally:
         core.drop_camera(CAMERA)
         batch.forget_prefixes()
-        batch.steps = batch.rows_stepped = 0  # status counts the users' decode steps only
+        batch.reset_counters()  # status counts the users' decode steps only
     return {**steps, "seconds": round(sum(steps.values()), 3), "prefix_updates": kinds}

@@ -1,16 +1,13 @@
 """The thread that owns the model, and its hand-off to asyncio.
 
 One named thread ("livewatch-engine") runs every EngineCore call; the event loop never waits on the GPU. The loop
-side submits work through a ``Scheduler`` guarded by a condition variable and awaits an asyncio future that the
-worker completes with ``loop.call_soon_threadsafe``. Streamed text goes the same way, to a callback run on the
-loop.
+side submits work to the ``Scheduler`` under a condition variable and awaits an asyncio future that the worker
+completes with ``loop.call_soon_threadsafe``. Streamed text goes the same way, to a callback run on the loop.
 
-The thread's loop: apply the newest contexts; admit waiting questions into free decode slots (round-robin over
-clients; a lazy encode happens here); advance every active answer by one decode step; when no question waits or
-runs, do one background encode (eager mode). So questions outrank encodes, and an answer that ends or is
-cancelled leaves the batch without stalling the others. At start the thread captures the CUDA graphs of the
-decode path (reported in the log and in status) and runs a synthetic camera through every path (warmup.py), before
-the daemon says it is ready.
+The thread repeats one ``EngineLoop`` step: the plan is taken under the lock (pure bookkeeping: contexts,
+admissions, an encode; the policy lives in scheduler.py), the model work runs outside it, and the outcomes
+complete their futures. At start the thread captures the CUDA graphs of the decode path (reported in the log and
+in status) and runs a synthetic camera through every path (warmup.py), before the daemon says it is ready.
 
 A question whose awaiting task is cancelled (its client went away) sets an Event that is checked before every
 decode step. A model failure fails only the jobs it touched (EngineError); the worker keeps serving. Shutdown
@@ -31,50 +28,49 @@ from typing import Any
 
 from livewatch.engine import warmup
 from livewatch.engine.batch import BatchDecoder, Outcome
-from livewatch.engine.core import Answer, EncodeReport, EngineCore
+from livewatch.engine.answer import Answer
+from livewatch.engine.core import EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
+from livewatch.engine.loop import EngineLoop, StepResult
+from livewatch.engine.options import EngineOptions
 from livewatch.engine.scheduler import AskJob, Scheduler
-from livewatch.errors import CancelledRequest, EngineError, LivewatchError, RecoverableError
+from livewatch.errors import CancelledRequest, EngineError, LivewatchError
 from livewatch.frames import FramePair
 from livewatch.log import bind, get_logger
 
 log = get_logger("livewatch.engine")
-_INTERNAL = "internal error in the engine; the daemon's log has the detail"  # what a client sees of a bug
 
 
 class EngineWorker:
     def __init__(
         self,
         core: EngineCore,
+        options: EngineOptions = EngineOptions(),
         *,
-        encode_mode: str = "lazy",
-        max_queued: int = 32,
         on_encode: Callable[[EncodeReport], None] | None = None,
-        slots: int = 8,
-        max_len: int = 4096,
-        cuda_graphs: bool = True,
-        fused_kernels: bool = True,
-        warm_up: bool = True,
         on_death: Callable[[str], None] | None = None,
     ) -> None:
         self.core = core
         self._on_death = on_death
         self.died: str | None = None
         self._on_encode = on_encode
-        self.eager = encode_mode == "eager"
-        self.batch = BatchDecoder(core, slots, max_len, cuda_graphs, fused_kernels=fused_kernels)
-        self._sched = Scheduler(max_queued=max_queued)
+        self.eager = options.encode_mode == "eager"
+        self.batch = BatchDecoder(core, options.slots, options.max_len, options.cuda_graphs,
+                                  fused_kernels=options.fused_kernels)
+        self._sched = Scheduler(max_queued=options.max_queued)
+        self.loop = EngineLoop(core, self.batch, self._sched, stopping=lambda: self._stopping)
         self._cond = threading.Condition()
         self._stopping = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="livewatch-engine", daemon=True)
         self._stats: dict[str, Any] = core.stats()
+        self._decoder_stats: dict[str, Any] = self.batch.stats()
         self._stats_at = 0.0
         self._busy_since: float | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
         self.capture_error: str | None = None
-        self.warm_up = warm_up
+        self.warm_up = options.warm_up
         self.warm_up_report: dict[str, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -91,7 +87,7 @@ class EngineWorker:
             waiting = self._sched.drain_asks()
             self._cond.notify_all()
         for job in waiting:
-            job.result.fail(CancelledRequest("the daemon is shutting down"))
+            self._fail(job, CancelledRequest("the daemon is shutting down"))
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -171,14 +167,15 @@ class EngineWorker:
             "busy_s": round(time.monotonic() - busy, 3) if busy is not None else 0.0,
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
-            "decoder": {**self.batch.stats(), "capture_error": self.capture_error},
+            "decoder": {**self._decoder_stats, "capture_error": self.capture_error},
             "warm_up": self.warm_up_report,
         }
 
     def _refresh_stats(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._stats_at > 0.25:
+        if force or now - self._stats_at > 0.25:  # snapshots taken here, on the engine thread, read from any
             self._stats = self.core.stats()
+            self._decoder_stats = self.batch.stats()
             self._stats_at = now
 
     # -- the thread ---------------------------------------------------------------------------------------------
@@ -193,9 +190,6 @@ class EngineWorker:
                 log.info("engine.decode_path", mode="eager", reason=f"device {self.core.lm.device.type}")
         except Exception as exc:  # capture is an optimisation: serve eagerly rather than not at all
             self.capture_error = f"{type(exc).__name__}: {exc}"
-            self.batch.runner.use_graphs = False
-            self.batch.runner._decode_graphs.clear()
-            self.batch.runner._prefill_graphs.clear()
             log.exception("engine.capture_failed")
         try:
             if self.warm_up:
@@ -205,7 +199,10 @@ class EngineWorker:
             self.warm_up_report = {"error": f"{type(exc).__name__}: {exc}"}
             log.exception("engine.warm_up_failed")
         finally:
-            self._ready.set()
+            try:
+                self._refresh_stats(force=True)  # the decode path as captured and warmed up
+            finally:
+                self._ready.set()
         try:
             self._loop()
         except BaseException as exc:
@@ -222,7 +219,7 @@ class EngineWorker:
             self._stopping = True
             waiting = self._sched.drain_asks()
         for job in waiting:
-            job.result.fail(failure)
+            self._fail(job, failure)
         for outcome in self.batch.cancel_all(failure):
             self._resolve(outcome)
         if self._on_death is not None:
@@ -231,102 +228,51 @@ class EngineWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._sched.has_work() and not self.batch.active:
+                while not self._stopping and not self.loop.has_work():
                     self._cond.wait()
                 if self._stopping:
                     return
-                contexts = self._sched.take_contexts()
-                admits: list[AskJob] = []
-                for _ in range(self.batch.free_slots()):
-                    job = self._sched.next_ask()
-                    if job is None:
-                        break
-                    admits.append(job)
-                encode = None
-                if not admits and not self.batch.active and not contexts:
-                    encode = self._sched.next_encode()
-            for camera, update in contexts.items():
-                if update is None:
-                    self.core.drop_camera(camera)
-                else:
-                    self.core.set_context(camera, update.pairs, update.version)
+                plan = self.loop.plan()
             self._busy_since = time.monotonic()
             try:
-                for job in admits:
-                    self._admit(job)
-                if self.batch.active:
-                    try:
-                        outcomes = self.batch.step()
-                    except Exception:  # a bug must not kill the thread that serves every camera
-                        log.exception("engine.step_crashed")
-                        outcomes = self.batch.cancel_all(EngineError(_INTERNAL))
-                    for outcome in outcomes:
-                        self._resolve(outcome)
-                elif encode is not None:
-                    self._run_encode(encode)
+                self._finish(self.loop.run(plan))
             finally:
                 self._busy_since = None
                 self._refresh_stats(force=not self.batch.active)
 
-    def _admit(self, job: AskJob) -> None:
-        bind(camera=job.camera, request=job.id)
-        if job.cancelled.is_set():
-            job.result.fail(CancelledRequest("the request was cancelled"))
-            return
-
-        def cancelled() -> bool:
-            return job.cancelled.is_set() or self._stopping
-
-        try:
-            prepared = self.core.prepare(job.camera, job.question, job.params.max_new_tokens, job.received_at)
-            if self.batch.fits(prepared, job.params):
-                outcome = self.batch.admit(job, prepared, job.params, job.on_text, cancelled)
-            else:  # longer than a decode slot: the unbatched path
-                outcome = Outcome(job, answer=self.core.run_prepared(prepared, job.params, job.on_text, cancelled))
-        except RecoverableError as exc:
-            outcome = Outcome(job, error=exc)
-        except Exception:  # a bug must not kill the thread that serves every camera
-            log.exception("engine.admit_crashed")
-            outcome = Outcome(job, error=EngineError(_INTERNAL))
-        if outcome is not None:
+    def _finish(self, result: StepResult) -> None:
+        for outcome in result.answers:
             self._resolve(outcome)
+        for enc in result.encodes:
+            if enc.error is not None:
+                self.jobs_failed += 1
+            elif enc.report is not None:
+                self.jobs_done += 1
+                if self._on_encode is not None:
+                    self._on_encode(enc.report)
 
     def _resolve(self, outcome: Outcome) -> None:
-        job: AskJob = outcome.key
+        job = outcome.key
+        assert isinstance(job, AskJob)
         if outcome.answer is not None:
             self.jobs_done += 1
             m = outcome.answer.metrics
             log.info("engine.answered", camera=job.camera, request=job.id, ttft_ms=m["ttft_ms"],
                      total_ms=m["total_ms"], output_tokens=m["output_tokens"])
-            job.result.succeed(outcome.answer)
+            if job.result is not None:
+                job.result.succeed(outcome.answer)
             return
         error: LivewatchError = outcome.error or EngineError("unknown failure")
         if isinstance(error, EngineError):
             self.jobs_failed += 1
             log.error("engine.ask_failed", camera=job.camera, request=job.id, error=str(error),
                       out_of_memory=error.out_of_memory)
-        job.result.fail(error)
+        self._fail(job, error)
 
-    def _run_encode(self, camera: str) -> None:
-        bind(camera=camera, request=None)
-        if not self.core.needs_encode(camera):
-            return
-        try:
-            report = self.core.encode(camera)
-        except RecoverableError as exc:
-            self.jobs_failed += 1
-            log.error("engine.encode_failed", error=str(exc))
-        except Exception:
-            self.jobs_failed += 1
-            log.exception("engine.encode_crashed")
-        else:
-            self.jobs_done += 1
-            if self._on_encode is not None:
-                self._on_encode(report)
-            log.info(
-                "engine.encoded", kind=report.kind.value, encode_ms=round(report.encode_ms, 1),
-                pairs_encoded=report.pairs_encoded, prefill_tokens=report.prefill_tokens,
-            )
+    @staticmethod
+    def _fail(job: AskJob, error: BaseException) -> None:
+        if job.result is not None:
+            job.result.fail(error)
 
 
 class _LoopResult:

@@ -16,18 +16,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from livewatch.engine.core import Answer
-from livewatch.engine.generate import SamplingParams
-from livewatch.errors import CameraError, CancelledRequest, EngineError, RequestError
+from livewatch.errors import ErrorCode, error_code
 from livewatch.log import bind, get_logger
 from livewatch.metrics import Metrics
 from livewatch.server import protocol as p
+from livewatch.server.limits import ServerLimits
 
 log = get_logger("livewatch.server")
 _conn_ids = itertools.count(1)
@@ -40,10 +39,8 @@ class Service(Protocol):
 
     def camera_names(self) -> list[str]: ...
 
-    async def ask(
-        self, camera: str, question: str, params: SamplingParams, on_text: Callable[[str], None], request_id: str,
-        client: str,
-    ) -> Answer: ...
+    async def ask(self, request: p.Ask, camera: str, on_text: Callable[[str], None], client: str) -> p.Answered:
+        """Answer ``request`` about ``camera`` (resolved by the connection), streaming text to ``on_text``."""
 
     def status(self) -> dict[str, Any]: ...
 
@@ -52,34 +49,15 @@ class Service(Protocol):
     async def remove_camera(self, name: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    max_message_bytes: int = 65536
-    max_question_chars: int = 4000
-    max_tokens: int = 1024
-    default_tokens: int = 256
-    per_connection: int = 4
-    total: int = 32
-    outbound_queue: int = 4096
-    outbound_bytes: int = 8 * 1024 * 1024
+class CancelReason(str, Enum):
+    """Why a connection cancelled one of its ask tasks (the message of ``Task.cancel``)."""
+
+    CLIENT = "client"  # a cancel request
+    SHUTDOWN = "shutdown"  # the daemon is stopping
 
 
 _MAX_CAMERA_OPS = 4  # camera.add / camera.remove in flight per connection
 _INTERNAL = "internal error; see the daemon's log"
-
-
-def error_code(exc: BaseException) -> p.ErrorCode:
-    """The protocol code of a request's failure (the one mapping, for every kind of request)."""
-    if isinstance(exc, RequestError):
-        try:
-            return p.ErrorCode(exc.code)
-        except ValueError:
-            return p.ErrorCode.INTERNAL
-    if isinstance(exc, CameraError):
-        return p.ErrorCode.INVALID_CAMERA
-    if isinstance(exc, EngineError):
-        return p.ErrorCode.MODEL_ERROR
-    return p.ErrorCode.INTERNAL
 
 
 class InflightCounter:
@@ -137,7 +115,7 @@ class Connection:
     async def shutdown(self) -> None:
         """The daemon is stopping: cancel this connection's questions with a message, then close."""
         for task in list(self._asks.values()):
-            task.cancel(msg="shutdown")
+            task.cancel(msg=CancelReason.SHUTDOWN)
         await asyncio.gather(*self._asks.values(), return_exceptions=True)
         try:
             await asyncio.wait_for(self._drain(), timeout=2.0)
@@ -175,7 +153,7 @@ class Connection:
                 task.cancel()
             self._spawn(self.ws.close(1008, "client does not read its replies"))
 
-    def _error(self, rid: Any, code: p.ErrorCode, message: str) -> None:
+    def _error(self, rid: Any, code: ErrorCode, message: str) -> None:
         if self.metrics is not None:
             self.metrics.errors.labels(code.value).inc()
         self.send(p.error_message(rid, code, message))
@@ -189,7 +167,7 @@ class Connection:
 
     def _dispatch(self, message: str | bytes) -> None:
         if len(message) > self.limits.max_message_bytes:
-            self._error(None, p.ErrorCode.TOO_LARGE, f"message over {self.limits.max_message_bytes} bytes")
+            self._error(None, ErrorCode.TOO_LARGE, f"message over {self.limits.max_message_bytes} bytes")
             return
         try:
             req = p.parse_request(message, self._proto_limits)
@@ -201,15 +179,15 @@ class Connection:
         elif isinstance(req, p.Cancel):
             task = self._asks.get(req.id)
             if task is None:
-                self._error(req.id, p.ErrorCode.UNKNOWN_REQUEST, "no question with this id is in flight")
+                self._error(req.id, ErrorCode.UNKNOWN_REQUEST, "no question with this id is in flight")
             else:
-                task.cancel(msg="client")
+                task.cancel(msg=CancelReason.CLIENT)
         elif isinstance(req, p.Status):
             status = self.service.status()
             self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"]))
         elif isinstance(req, (p.CameraAdd, p.CameraRemove)):
             if len(self._others) >= _MAX_CAMERA_OPS:
-                self._error(req.id, p.ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera operations in flight")
+                self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera operations in flight")
             elif isinstance(req, p.CameraAdd):
                 self._spawn(self._camera_add(req))
             else:
@@ -217,22 +195,22 @@ class Connection:
 
     def _start_ask(self, req: p.Ask) -> None:
         if self.service.shutting_down:
-            self._error(req.id, p.ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+            self._error(req.id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
             return
         if req.id in self._asks:
-            self._error(req.id, p.ErrorCode.DUPLICATE_ID, "a question with this id is already in flight")
+            self._error(req.id, ErrorCode.DUPLICATE_ID, "a question with this id is already in flight")
             return
         if len(self._asks) >= self.limits.per_connection:
-            self._error(req.id, p.ErrorCode.BUSY, f"at most {self.limits.per_connection} questions per connection")
+            self._error(req.id, ErrorCode.BUSY, f"at most {self.limits.per_connection} questions per connection")
             return
         if self.inflight.count >= self.inflight.limit:
-            self._error(req.id, p.ErrorCode.BUSY, "the daemon is answering as many questions as it can; retry shortly")
+            self._error(req.id, ErrorCode.BUSY, "the daemon is answering as many questions as it can; retry shortly")
             return
         camera = req.camera
         if camera is None:
             names = self.service.camera_names()
             if len(names) != 1:
-                self._error(req.id, p.ErrorCode.BAD_REQUEST, f"field 'camera' is required: cameras are {names}")
+                self._error(req.id, ErrorCode.BAD_REQUEST, f"field 'camera' is required: cameras are {names}")
                 return
             camera = names[0]
         self.inflight.count += 1
@@ -248,28 +226,16 @@ class Connection:
 
     async def _ask(self, req: p.Ask, camera: str) -> None:
         bind(request=str(req.id), camera=camera)
-        params = SamplingParams(
-            max_new_tokens=req.max_tokens or self.limits.default_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            seed=req.seed,
-        )
         try:
-            answer = await self.service.ask(
-                camera, req.question, params, lambda text: self.send(p.token_message(req.id, text)), str(req.id),
-                self.id,
-            )
+            answer = await self.service.ask(req, camera, lambda text: self.send(p.token_message(req.id, text)),
+                                            self.id)
         except asyncio.CancelledError as exc:
-            reason = exc.args[0] if exc.args else ""
-            if reason == "shutdown":
-                self._error(req.id, p.ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; the answer was cut")
-            elif reason == "client":
-                self._error(req.id, p.ErrorCode.CANCELLED, "cancelled")
+            reason = exc.args[0] if exc.args else None
+            if reason == CancelReason.SHUTDOWN:
+                self._error(req.id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; the answer was cut")
+            elif reason == CancelReason.CLIENT:
+                self._error(req.id, ErrorCode.CANCELLED, "cancelled")
             raise
-        except CancelledRequest as exc:
-            code = p.ErrorCode.SHUTTING_DOWN if self.service.shutting_down else p.ErrorCode.CANCELLED
-            self._error(req.id, code, str(exc))
         except Exception as exc:
             self._request_failed(req.id, exc, "conn.ask_crashed")
         else:
@@ -295,8 +261,8 @@ class Connection:
 
     def _request_failed(self, rid: p.RequestId, exc: Exception, event: str) -> None:
         """One error reply; requests' own errors say what went wrong, anything else is ``internal``, logged."""
-        code = error_code(exc)
-        if code is p.ErrorCode.INTERNAL:
+        code = error_code(exc, shutting_down=self.service.shutting_down)
+        if code is ErrorCode.INTERNAL:
             log.error(event, request=str(rid), error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             self._error(rid, code, _INTERNAL)
         else:

@@ -11,30 +11,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
+from livewatch.errors import ErrorCode
 from livewatch.names import CAMERA_NAME_RULE, is_camera_name
-
-
-class ErrorCode(str, Enum):
-    BAD_REQUEST = "bad_request"  # not JSON, not an object, a missing or mistyped field
-    UNKNOWN_TYPE = "unknown_type"  # a type the server does not know
-    TOO_LARGE = "too_large"  # the message or the question is over its limit
-    UNAUTHORIZED = "unauthorized"  # (HTTP 401 before the upgrade; never sent on an open connection)
-    UNKNOWN_CAMERA = "unknown_camera"
-    UNKNOWN_REQUEST = "unknown_request"  # cancel of an id with nothing in flight
-    DUPLICATE_ID = "duplicate_id"  # an ask whose id is still in flight on this connection
-    CAMERA_EXISTS = "camera_exists"
-    INVALID_CAMERA = "invalid_camera"  # camera.add with a URL that can never work
-    NO_FRAMES = "no_frames"  # the camera has not delivered frames yet
-    BUSY = "busy"  # too many questions or camera operations in flight (per connection or in total); retry later
-    RATE_LIMITED = "rate_limited"  # camera.add over security.camera_adds_per_minute; retry later
-    TOO_MANY_CAMERAS = "too_many_cameras"  # camera.add beyond security.max_cameras
-    MODEL_ERROR = "model_error"  # the model failed this request (out-of-memory included); the daemon goes on
-    CANCELLED = "cancelled"  # the client cancelled the request
-    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
-    INTERNAL = "internal"  # a bug; logged with a traceback
 
 
 class ProtocolError(Exception):
@@ -57,6 +37,14 @@ class Ask:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A finished answer as the protocol sends it (the service's reply to an ``Ask``)."""
+
+    text: str
+    metrics: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -214,6 +202,28 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
         f"unknown message type {kind[:64]!r} (known: ask, cancel, status, camera.add, camera.remove)",
         rid,
     )
+
+
+_TYPES: dict[type, str] = {Ask: "ask", Cancel: "cancel", Status: "status", CameraAdd: "camera.add",
+                           CameraRemove: "camera.remove"}
+_DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
+
+
+def encode_request(request: Request) -> str:
+    """A typed request as the client sends it (the inverse of ``parse_request``; defaults and None left out)."""
+    fields = {k: v for k, v in vars(request).items() if v is not None and _DEFAULTS.get(k, object()) != v}
+    return _dump({"type": _TYPES[type(request)], **fields})
+
+
+def parse_reply(text: str | bytes) -> dict[str, Any]:
+    """One server message as a dict with a string ``type``; ProtocolError for anything else."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the daemon sent a message that is not JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the daemon sent a message without a type")
+    return obj
 
 
 def _id_ok(obj: dict[str, Any]) -> bool:

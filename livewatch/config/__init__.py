@@ -1,0 +1,289 @@
+"""The configuration file, validated once at start.
+
+The pydantic models in ``sections.py`` mirror ``config.toml`` section by section. Every field has a default, a
+bound and a one-line description; unknown keys are errors. ``load_settings`` turns the validated file (plus command-line
+overrides and secrets from the environment or files) into a frozen ``Settings`` object, which is never mutated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ValidationError
+
+from livewatch.capture.source import CaptureParams, SourceLimits
+from livewatch.config.sections import (
+    DEFAULT_MODEL_ID,
+    DEMO_CAMERA_URL,
+    CameraSection,
+    CaptureSection,
+    FileConfig,
+    LogSection,
+    MemorySection,
+    ModelSection,
+    SecuritySection,
+    ServerSection,
+    StateSection,
+)
+from livewatch.engine.options import EngineOptions
+from livewatch.errors import ConfigError
+from livewatch.names import CAMERA_NAME_RULE, is_camera_name
+from livewatch.server.limits import ServerLimits
+
+__all__ = [
+    "DEFAULT_MODEL_ID", "DEMO_CAMERA_URL", "Camera", "CameraSection", "CaptureSection", "FileConfig", "LogSection",
+    "MemorySection", "ModelSection", "SecuritySection", "ServerSection", "Settings", "StateSection", "load_settings",
+    "parse_config", "read_config_file", "with_credentials",
+]
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A camera as the daemon uses it: ``url`` carries resolved credentials and must never be logged."""
+
+    name: str
+    url: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration: validated file + overrides + secrets. Never mutated."""
+
+    source: str
+    model: ModelSection
+    capture: CaptureSection
+    memory: MemorySection
+    server: ServerSection
+    log: LogSection
+    security: SecuritySection
+    state_dir: Path
+    cameras: tuple[Camera, ...]
+    token: str | None = field(default=None, repr=False)
+    warnings: tuple[str, ...] = ()  # logged by the daemon once logging is set up (e.g. a world-readable token file)
+
+    # The typed parameters each part takes, so the daemon passes objects, not keyword lists.
+
+    def capture_params(self) -> CaptureParams:
+        c = self.capture
+        return CaptureParams(c.fps, c.open_timeout_s, c.read_timeout_s,
+                             SourceLimits(c.max_source_pixels, c.max_source_fps))
+
+    def server_limits(self) -> ServerLimits:
+        srv = self.server
+        return ServerLimits(
+            max_message_bytes=srv.max_message_bytes, max_question_chars=srv.max_question_chars,
+            max_tokens=self.model.max_new_tokens_limit, per_connection=srv.max_inflight_per_connection,
+            total=srv.max_inflight_total, outbound_bytes=srv.max_outbound_bytes,
+        )
+
+    def engine_options(self) -> EngineOptions:
+        m = self.model
+        return EngineOptions(
+            encode_mode=m.encode_mode, max_queued=self.server.max_inflight_total, slots=m.batch_size,
+            max_len=m.max_kv_tokens, cuda_graphs=m.cuda_graphs == "auto", fused_kernels=m.fused_kernels == "auto",
+            warm_up=m.warm_up,
+        )
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            allowed = ", ".join(sorted(parent.model_fields)) if parent else "see config.toml"
+            lines.append(f"  {loc}: unknown key (allowed here: {allowed})")
+            continue
+        detail = err["msg"].removeprefix("Value error, ")
+        ctx = err.get("ctx") or {}
+        if kind == "value_error" and isinstance(err["input"], dict):  # a rule across keys of a section
+            lines.append(f"  {loc}: {detail}")
+            continue
+        if "expected" in ctx:
+            detail += f" (allowed: {ctx['expected']})"
+        elif "pattern" in ctx and loc.startswith("cameras"):
+            detail = CAMERA_NAME_RULE
+        lines.append(f"  {loc}: {detail}; got {err['input']!r}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = FileConfig
+    for i, part in enumerate(loc):
+        if model is FileConfig and part == "cameras":
+            if i + 1 < len(loc):
+                model = CameraSection
+                break
+            return None
+        info = model.model_fields.get(str(part))
+        if info is None or not isinstance(info.annotation, type) or not issubclass(info.annotation, BaseModel):
+            return None
+        model = info.annotation
+    return model
+
+
+def parse_config(data: dict[str, Any], source: str) -> FileConfig:
+    """Validate a parsed TOML document; errors name the file, the key and the allowed values."""
+    try:
+        return FileConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from exc
+
+
+def read_config_file(path: Path) -> FileConfig:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path))
+
+
+def _read_secret(
+    source: str, what: str, env_name: str, file_name: str, environ: dict[str, str], warnings: list[str] | None = None
+) -> str | None:
+    if env_name and environ.get(env_name):
+        return environ[env_name].strip()
+    if file_name:
+        path = Path(os.path.expandvars(file_name))
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"{source}: {what}: cannot read secret file {file_name!r}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: {what}: secret file {file_name!r} is not UTF-8 text") from exc
+        if mode & 0o077 and warnings is not None:
+            warnings.append(
+                f"{what}: secret file {file_name!r} is readable by group or others (mode {mode & 0o777:o}); "
+                f"chmod 600 it"
+            )
+        if not value:
+            raise ConfigError(f"{source}: {what}: secret file {file_name!r} is empty")
+        return value
+    return None
+
+
+def with_credentials(url: str, username: str, password: str | None) -> str:
+    """Insert ``username:password@`` into a network URL (percent-encoded)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("credentials can only be added to a URL with a host")
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    userinfo = quote(username, safe="")
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    return urlunsplit((parts.scheme, f"{userinfo}@{netloc}", parts.path, parts.query, parts.fragment))
+
+
+def resolve_camera(source: str, name: str, section: CameraSection, environ: dict[str, str]) -> Camera:
+    what = f"cameras.{name}"
+    password = _read_secret(source, what, section.password_env, section.password_file, environ)
+    if section.password_env and password is None and not section.password_file:
+        raise ConfigError(f"{source}: {what}.password_env: environment variable {section.password_env} is not set")
+    url = section.url
+    if section.username or password is not None:
+        try:
+            url = with_credentials(url, section.username, password)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {what}.url: {exc}") from exc
+    return Camera(name=name, url=url)
+
+
+def parse_camera_override(text: str) -> tuple[str, str]:
+    """Parse a ``NAME=URL`` command-line camera."""
+    name, sep, url = text.partition("=")
+    if not sep or not url:
+        raise ConfigError(f"--camera {text!r}: expected NAME=URL")
+    if not is_camera_name(name):
+        raise ConfigError(f"--camera {name!r}: {CAMERA_NAME_RULE}")
+    return name, url
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_state_dir(environ: dict[str, str]) -> Path:
+    if environ.get("STATE_DIRECTORY"):
+        # systemd may pass several colon-separated directories; the first is ours.
+        return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    home = environ.get("HOME") or str(Path.home())
+    base = environ.get("XDG_STATE_HOME") or str(Path(home) / ".local" / "state")
+    return Path(base) / "livewatch"
+
+
+def _with_overrides(data: dict[str, Any], *, model: str | None, host: str | None, port: int | None,
+                    state_dir: str | None, cameras: list[str] | None) -> dict[str, Any]:
+    """The file's values with the command line's on top (validated afterwards like the file's)."""
+    for section, key, value in (("model", "id", model), ("server", "host", host), ("server", "port", port),
+                                ("state", "dir", state_dir)):
+        if value is not None:
+            data[section][key] = value
+    if cameras:
+        # Command-line cameras replace the file's cameras: `serve --camera x=URL` watches exactly that camera.
+        data["cameras"] = {name: {"url": url} for name, url in map(parse_camera_override, cameras)}
+    return data
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    model: str | None = None,
+    cameras: list[str] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    state_dir: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read, validate and resolve the configuration. Overrides are validated like the file's values."""
+    env = dict(os.environ if environ is None else environ)
+    if path is None:
+        file_cfg, source = FileConfig(), "<built-in defaults>"
+    else:
+        file_cfg, source = read_config_file(path), str(path)
+
+    data = _with_overrides(file_cfg.model_dump(), model=model, host=host, port=port, state_dir=state_dir,
+                           cameras=cameras)
+    cfg = parse_config(data, f"{source} (with command-line overrides)" if data != file_cfg.model_dump() else source)
+
+    warnings: list[str] = []
+    token = _read_secret(source, "server.token", cfg.server.token_env, cfg.server.token_file, env, warnings)
+    if not is_loopback(cfg.server.host) and not token:
+        raise ConfigError(
+            f"{source}: server.host = {cfg.server.host!r} is not a loopback address, so a token is "
+            f"required: set the environment variable {cfg.server.token_env} or server.token_file"
+        )
+    resolved = tuple(resolve_camera(source, name, cam, env) for name, cam in cfg.cameras.items())
+    state = Path(os.path.expanduser(cfg.state.dir)) if cfg.state.dir else default_state_dir(env)
+    return Settings(
+        source=source,
+        model=cfg.model,
+        capture=cfg.capture,
+        memory=cfg.memory,
+        server=cfg.server,
+        log=cfg.log,
+        security=cfg.security,
+        state_dir=state,
+        cameras=resolved,
+        token=token,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,223 @@
+"""The configuration file's sections: pydantic models that mirror ``config.toml`` section by section.
+
+Every field has a default, a bound and a one-line description; unknown keys are errors; a rule across keys of one
+section is a model validator, so ``check-config`` reports it like any other value.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from livewatch.capture.urlpolicy import DEFAULT_DENY, UrlPolicy, parse_networks
+from livewatch.names import CAMERA_NAME_RE
+
+DEFAULT_MODEL_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
+DEMO_CAMERA_URL = "testsrc://?size=1280x720&rate=30"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelSection(_Section):
+    id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Hugging Face model id or local checkpoint directory.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a GPU, float32 on the CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernels; flash_attention_2 needs the flash-attn package."
+    )
+    max_pixels: int = Field(100352, ge=3136, le=16777216, description="Pixel cap per frame after resizing.")
+    min_pixels: int = Field(3136, ge=784, le=16777216, description="Pixel floor per frame after resizing.")
+    encode_mode: Literal["lazy", "eager"] = Field(
+        "lazy", description="lazy: encode when a question needs it; eager: encode as each frame batch lands."
+    )
+    max_gap_s: float = Field(60.0, gt=0, le=86400, description="Longer gaps between frame pairs are shortened to this.")
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Answer length when a question does not ask.")
+    max_new_tokens_limit: int = Field(1024, ge=1, le=8192, description="Largest answer length a question may ask.")
+    timezone: str = Field("local", min_length=1, description="Time zone of times in prompts: local or an IANA name.")
+    batch_size: int = Field(8, ge=1, le=64, description="Answers decoded together (decode slots).")
+    max_kv_tokens: int = Field(
+        4096, ge=512, le=131072, description="Tokens per decode slot: prefix + question + answer."
+    )
+    cuda_graphs: Literal["auto", "off"] = Field(
+        "auto", description="auto: capture the decode path as CUDA graphs on a GPU; off: eager."
+    )
+    warm_up: bool = Field(
+        True, description="Run a synthetic camera through every engine path at start-up (first-use costs)."
+    )
+    fused_kernels: Literal["auto", "off"] = Field(
+        "auto", description="auto: fused Triton kernels in the GPU decode step (checked at start-up); off: PyTorch."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value != "local":
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}; use 'local' or an IANA name such as 'Europe/Paris'") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_agree(self) -> ModelSection:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) must not exceed max_new_tokens_limit "
+                             f"({self.max_new_tokens_limit})")
+        return self
+
+
+class CaptureSection(_Section):
+    fps: float = Field(1.0, gt=0, le=30, description="Frames sampled per second from each camera.")
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds to wait for a camera to open.")
+    read_timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds without data before reconnecting.")
+    max_source_pixels: int = Field(
+        3840 * 2160, ge=64 * 64, le=16384 * 16384, description="Largest decoded frame a camera may send, in pixels."
+    )
+    max_source_fps: float = Field(60.0, gt=0, le=240, description="Highest frame rate asked of a generator or webcam.")
+
+
+class MemorySection(_Section):
+    star_frames: int = Field(20, ge=0, le=512, description="Capacity of the star memory in frames (pairs x 2).")
+    window_frames: int = Field(20, ge=2, le=512, description="Length of the rolling stream window in frames.")
+    importance_threshold: float = Field(0.6, ge=0, le=1, description="Score above which a pair may become a star.")
+    star_half_life_s: float = Field(
+        600.0, gt=0, le=31536000, description="Age at which a star's importance counts half when competing."
+    )
+    jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored frames.")
+    max_bytes_per_camera: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024, le=1 << 40, description="Bound on one camera's stored frames, in bytes."
+    )
+    min_change_area: float = Field(
+        0.0015, ge=0.0, le=0.1, description="Smallest changed region that counts for importance, fraction of the frame."
+    )
+    lightning_area: float = Field(
+        0.4, ge=0.05, le=1.0, description="A change over more of the frame than this at once is global, not an event."
+    )
+    stationary_s: float = Field(
+        60.0, gt=0, le=86400, description="Seconds after which an object that stays put becomes background."
+    )
+
+    @field_validator("star_frames", "window_frames")
+    @classmethod
+    def _even(cls, value: int, info: ValidationInfo) -> int:
+        if value % 2:
+            raise ValueError(f"{info.field_name} must be even (frames are kept in pairs)")
+        return value
+
+
+class StateSection(_Section):
+    dir: str = Field(
+        "", description="State directory; empty: $STATE_DIRECTORY (systemd), else ~/.local/state/livewatch."
+    )
+
+
+class ServerSection(_Section):
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; non-loopback requires a token.")
+    port: int = Field(8765, ge=1, le=65535, description="TCP port for WebSocket and HTTP.")
+    token_env: str = Field(
+        "LIVEWATCH_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the token."
+    )
+    token_file: str = Field("", description="File holding the token (read when the variable is unset).")
+    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request message.")
+    max_question_chars: int = Field(4000, ge=1, le=100000, description="Longest question.")
+    max_inflight_per_connection: int = Field(4, ge=1, le=1024, description="Questions in flight per connection.")
+    max_inflight_total: int = Field(32, ge=1, le=4096, description="Questions in flight in the whole daemon.")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Origin values accepted from browsers; clients without Origin always pass."
+    )
+    tls_cert: str = Field("", description="PEM certificate file; with tls_key, serve wss:// and https://.")
+    tls_key: str = Field("", description="PEM private key file for tls_cert.")
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=600, description="Deadline for a graceful stop.")
+    max_connections: int = Field(
+        512, ge=1, le=65536, description="Open TCP connections (WebSocket and HTTP) at once; more are closed at once."
+    )
+    max_connections_per_peer: int = Field(
+        64, ge=1, le=65536, description="Open connections from one IP address (a reverse proxy counts as one)."
+    )
+    handshake_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Seconds a new connection has to complete its HTTP request or upgrade."
+    )
+    max_outbound_bytes: int = Field(
+        8 * 1024 * 1024, ge=65536, le=1 << 30, description="Replies queued for a client that does not read, in bytes."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSection:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be set together")
+        return self
+
+
+Scheme = Literal["rtsp", "rtsps", "http", "https", "file", "webcam", "testsrc"]
+
+
+def _network_schemes() -> list[Scheme]:
+    return ["rtsp", "rtsps", "http", "https"]
+
+
+class SecuritySection(_Section):
+    api_schemes: list[Scheme] = Field(
+        default_factory=_network_schemes,
+        description="URL schemes that camera.add may use; configured cameras may use any.",
+    )
+    allow_networks: list[str] = Field(
+        default_factory=list, description="CIDRs an API-added camera host may resolve to; empty: any not denied."
+    )
+    deny_networks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DENY),
+        description="CIDRs an API-added camera host may not resolve to (link-local and metadata by default).",
+    )
+    max_cameras: int = Field(64, ge=1, le=4096, description="Cameras watched at once; camera.add beyond is refused.")
+    camera_adds_per_minute: int = Field(
+        10, ge=1, le=10000, description="camera.add requests accepted per minute, across all clients."
+    )
+
+    @field_validator("allow_networks", "deny_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy(
+            api_schemes=frozenset(self.api_schemes),
+            allow=parse_networks(self.allow_networks),
+            deny=parse_networks(self.deny_networks),
+        )
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+
+
+class CameraSection(_Section):
+    url: str = Field(..., min_length=1, description="Camera URL: rtsp(s)://, http(s)://, file path, /dev/videoN, testsrc://.")
+    username: str = Field("", description="User name inserted into the URL (kept out of logs).")
+    password_env: str = Field("", description="Environment variable holding the camera password.")
+    password_file: str = Field("", description="File holding the camera password.")
+
+
+class FileConfig(_Section):
+    model: ModelSection = ModelSection()
+    capture: CaptureSection = CaptureSection()
+    memory: MemorySection = MemorySection()
+    state: StateSection = StateSection()
+    server: ServerSection = ServerSection()
+    log: LogSection = LogSection()
+    security: SecuritySection = SecuritySection()
+    cameras: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], CameraSection] = Field(
+        default_factory=lambda: {"demo": CameraSection(url=DEMO_CAMERA_URL)},
+        description="Cameras by name; without a [cameras] table, the built-in test-pattern camera 'demo'.",
+    )
