@@ -76,6 +76,7 @@ class CameraRuntime:
             open_timeout_s=self._capture.open_timeout_s,
             read_timeout_s=self._capture.read_timeout_s,
             connect_check=self._connect_check,
+            uniform_errors=self.untrusted,
         )
         self.reader.start()
         self._task = asyncio.create_task(self._pump(handoff), name=f"camera-{self.name}")

@@ -135,6 +135,8 @@ class Daemon:
         for cam in self.registry.effective(s.cameras):
             saved = cam.name in self.registry.added
             try:
+                if saved and len(specs) >= s.security.max_cameras:  # a planted or old list: the bound holds here too
+                    raise CameraError("over security.max_cameras; not started")
                 specs[cam.name] = self._parse(cam.url, api=saved)
             except CameraError as exc:
                 if not saved:

@@ -20,8 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-# scheme://user[:password]@  ->  scheme://***@   (also inside longer text such as FFmpeg error messages)
-_CREDENTIALS_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
+# scheme://user[:password]@  ->  scheme://***@   (also inside longer text such as FFmpeg error messages). The
+# userinfo runs to the last '@' before whitespace: a password with an unencoded '/', '?' or '#' is still covered
+# (a URL parser would end the host early there and see no credentials at all).
+_CREDENTIALS_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s]*)@")
 
 # ?user=admin&pwd=...  ->  ?user=***&pwd=***  (cameras that take their credentials in the query string)
 _QUERY_SECRET_RE = re.compile(

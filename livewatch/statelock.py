@@ -24,7 +24,7 @@ class StateDirLock:
 
     def acquire(self) -> None:
         """Take the lock or raise StateDirBusyError. OSError when the directory cannot hold a lock file."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)  # never a planted link
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -116,15 +116,15 @@ def test_write_errors_keep_memory_serving_and_writes_resume(tmp_path: Path, monk
     store = FrameStore(tmp_path)
     mem = CameraMemory("cam", MemoryParams(star_pairs=2, window_pairs=4), store)
     feed(mem, 6)
-    real_open = open
+    real_open = os.open
     failing = {"on": True}
 
-    def full_disk_open(path, mode="r", *args, **kwargs):
-        if failing["on"] and "w" in mode and str(path).endswith(".tmp"):
+    def full_disk_open(path, flags, *args, **kwargs):  # the store writes each frame file through os.open
+        if failing["on"] and flags & os.O_WRONLY and str(path).endswith(".tmp"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(path, mode, *args, **kwargs)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", full_disk_open)
+    monkeypatch.setattr("os.open", full_disk_open)
     feed(mem, 10, start=6)
     stats = mem.stats()
     assert stats["write_errors"] >= 5 and not stats["disk_cache_enabled"] and stats["unsaved_pairs"] > 0

@@ -145,12 +145,13 @@ def test_sources_are_held_to_ffmpeg_whitelists_and_errors_stay_generic(make_daem
     def states() -> dict:
         return status_json(d)["cameras"]
 
-    wait_until(lambda: states()["textfile"]["state"] == "failed" and states()["apitext"]["state"] == "failed", 30,
-               interval=0.5)
-    wait_until(lambda: states()["refused"]["last_error"] and states()["http404"]["last_error"], 30, interval=0.5)
+    api = ("apitext", "refused", "http404")
+    wait_until(lambda: states()["textfile"]["state"] == "failed", 30, interval=0.5)  # the operator's camera
+    wait_until(lambda: all(states()[n]["reconnects"] >= 2 for n in api), 40, interval=0.5)
     cams = states()
-    generic = {cams[n]["last_error"] for n in ("apitext", "refused", "http404")}
-    assert len(generic) == 1 and "log" in generic.pop()  # API cameras: no port/path oracle in status
+    generic = {cams[n]["last_error"] for n in api}
+    assert len(generic) == 1 and "log" in generic.pop()  # API cameras: no port/path oracle in status ...
+    assert {cams[n]["state"] for n in api} <= {"connecting", "backoff"}  # ... nor in their state
     assert cams["textfile"]["frames_sampled"] == 0 and cams["apitext"]["frames_sampled"] == 0
     for name in ("textfile", "apitext"):
         assert not list((d.state / "frames" / name).glob("*.jpg")) if (d.state / "frames" / name).exists() else True
@@ -178,8 +179,10 @@ def test_an_http_redirect_cannot_leave_the_protocol_whitelist(make_daemon, tmp_p
     d = make_daemon().start()
     with sync_connect(d.url) as ws:
         assert add(ws, "redir", f"http://127.0.0.1:{server.server_port}/cam.mp4")["type"] == "camera.added"
-    wait_until(lambda: status_json(d)["cameras"]["redir"]["state"] == "failed", 40, interval=0.5)
+    wait_until(lambda: status_json(d)["cameras"]["redir"]["reconnects"] >= 2, 40, interval=0.5)
     assert status_json(d)["cameras"]["redir"]["frames_sampled"] == 0
+    refused = [e for e in d.logs() if e.get("camera") == "redir" and e.get("event") == "camera.backoff"]
+    assert refused and "Invalid argument" in refused[0]["error"]  # FFmpeg's whitelist refused the redirect
     server.shutdown()
 
 
@@ -365,3 +368,21 @@ def test_credentials_in_urls_and_query_strings_never_reach_logs_or_status(make_d
     for secret in ("hunter2", "hunter3", "hunter4", "tok-secret"):
         assert secret not in text, secret
     assert "pwd=***" in st.stdout and "password=***" in st.stdout
+
+
+def test_a_client_that_does_not_read_is_cut_off_by_bytes_queued(make_daemon) -> None:
+    d = make_daemon(FAST_DEMO + "[server]\nmax_outbound_bytes = 65536\n").start()
+    request_text = json.dumps({"type": "status", "id": "s"})
+    closed = None
+    with sync_connect(d.url, max_queue=1) as ws:  # reads one message ahead, then leaves the socket unread
+        try:
+            for _ in range(6000):  # ~3 KB replies: far more than the socket buffers and the 64 KB queue hold
+                ws.send(request_text)
+            time.sleep(2)
+            while True:
+                ws.recv(timeout=10)
+        except websockets.exceptions.ConnectionClosed as exc:
+            closed = exc.rcvd.code if exc.rcvd else None
+    assert closed == 1008
+    assert any(e.get("event") == "conn.slow_consumer" and e.get("queued_bytes", 0) > 60000 for e in d.logs())
+    assert d.health()[0] == 200

@@ -353,3 +353,37 @@ def test_written_files_carry_metadata_and_bytes_match_the_disk(tmp_path: Path) -
             )
     on_disk = sum(f.stat().st_size for f in (tmp_path / "frames" / "door").iterdir())
     assert store.bytes_on_disk("door") == mem.stats()["bytes_on_disk"] == mem.bytes_in_memory() == on_disk
+
+
+def test_planted_rows_links_and_bombs_in_the_state_directory_are_harmless(tmp_path: Path) -> None:
+    import sqlite3
+
+    before = fill(tmp_path, BIG_WINDOW, 12)
+    frames = tmp_path / "frames"
+    secret = tmp_path / "outside" / "private-0.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(encode_jpeg(np.full((24, 32, 3), 7, np.uint8), 90))
+    first, second = before["door"][0], before["door"][1]
+    # a row whose id is a path, a frame file that is a link to /dev/zero, a JPEG declaring 32767x32767
+    with sqlite3.connect(frames / "index.sqlite3") as db:
+        db.execute("INSERT INTO pairs VALUES ('door', '../../outside/private', 0, 0, 1.0, 1.0, 1.0, 1.0, 1, 0.5, 1, 0,"
+                   " 10)")
+    (frames / "door" / f"{first.id}-0.jpg").unlink()
+    (frames / "door" / f"{first.id}-0.jpg").symlink_to("/dev/zero")
+    bomb = bytearray((frames / "door" / f"{second.id}-0.jpg").read_bytes())
+    sof = bytes(bomb).find(b"\xff\xc0")
+    bomb[sof + 5 : sof + 9] = (32767).to_bytes(2, "big") * 2
+    (frames / "door" / f"{second.id}-0.jpg").write_bytes(bytes(bomb))
+    # a link planted where the next write's temporary file goes
+    victim = tmp_path / "outside" / "victim"
+    victim.write_text("untouched")
+    mems = restored(tmp_path)
+    door = mems["door"]
+    assert [p.id for p in door.context()[0]] == [p.id for p in before["door"][2:]]  # the three rows were dropped
+    next_tmp = frames / "door" / f"{before['door'][-1].id + 1}-0.jpg.tmp"
+    next_tmp.symlink_to(victim)
+    for seq in range(12, 16):
+        door.add_frame(frame(seq, 1000.0 + seq, size=(24, 32)))
+    assert victim.read_text() == "untouched" and secret.exists()
+    assert not next_tmp.is_symlink()  # the failed write removed the planted link; the retry wrote its own file
+    assert door.stats()["unsaved_pairs"] == 0

@@ -164,3 +164,24 @@ def test_unknown_livewatch_options_are_errors() -> None:
     with pytest.raises(CameraError, match="unknown livewatch option"):
         parse_source("rtsp://cam.local/s#transprot=udp")
     assert redact_url("http://cam/x?user=admin&pwd=hunter2") == "http://cam/x?user=***&pwd=***"
+
+
+@pytest.mark.parametrize("text", ["::a9fe:a9fe", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a9fe:a9fe", "2002:a9fe:a9fe::",
+                                  "::ffff:0:a9fe:a9fe", "::ffff:169.254.169.254", "2001:0:4136:e378:8000:63bf:5601:5601"])
+def test_ipv4_carried_in_ipv6_is_checked_too(text: str) -> None:
+    # 169.254.169.254 as IPv4-compatible, NAT64 (both prefixes), 6to4, SIIT, mapped; Teredo's server 169.254.x
+    address = ipaddress.ip_address(text)
+    embedded = {"2001:0:4136:e378:8000:63bf:5601:5601": None}.get(text, "169.254.169.254")
+    policy = UrlPolicy() if embedded else UrlPolicy(deny=parse_networks(["65.54.227.120/32"]))
+    assert not policy.address_allowed(address)
+    assert UrlPolicy().address_allowed(ipaddress.ip_address("64:ff9b::a00:1"))  # NAT64 to 10.0.0.1: allowed
+
+
+def test_passwords_with_reserved_characters_are_redacted() -> None:
+    from livewatch.log import redact_text
+
+    for url in ("rtsp://admin:pa/ss@cam.example/x", "rtsp://admin:pa?ss@cam/x", "http://a:b#c@h/x"):
+        with pytest.raises(CameraError) as err:
+            parse_source(url)
+        assert "pa/ss" not in str(err.value) and "pa?ss" not in str(err.value) and "b#c" not in str(err.value)
+        assert "@" in redact_text(url) and redact_text(url).split("://", 1)[1].startswith("***@")

@@ -63,6 +63,7 @@ class CameraReader:
         backoff: Backoff | None = None,
         max_permanent: int = 3,
         connect_check: Callable[[], None] | None = None,
+        uniform_errors: bool = False,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -70,7 +71,10 @@ class CameraReader:
         self.fps = fps
         self.frame_size = frame_size
         self.timeouts = (open_timeout_s, read_timeout_s)
-        self.connect_check = connect_check  # before every connect: the network policy (raises CameraError)
+        self.connect_check = connect_check  # before every open: the network policy (raises CameraError)
+        # API cameras: every failure before the first frame is handled alike (retried, never 'failed'), so the
+        # state says nothing about what answered at the URL (a 404 from a refused port from a non-video reply)
+        self.uniform_errors = uniform_errors
         self.supervisor = Supervisor(backoff=backoff or Backoff(), max_permanent=max_permanent)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"livewatch-capture-{name}", daemon=True)
@@ -173,6 +177,8 @@ class CameraReader:
                     permanent = True  # a file that is not a video at all
                 if isinstance(exc, av.error.ArgumentError) and self.frames_decoded == 0:
                     permanent = True  # refused by the protocol/format whitelists (a text file, a redirect to file:)
+                if self.uniform_errors and self.frames_decoded == 0:
+                    permanent = False
                 error = _describe(exc)
                 delay = sup.fault(time.monotonic(), error, permanent=permanent)
                 if delay is None:

@@ -14,8 +14,10 @@ A camera URL is an attacker's chance three ways, and each has its rule here:
   allow list). Configured cameras are the operator's and only get the text and host rules.
 * **FFmpeg's reach.** Every source opens with a protocol whitelist and a format whitelist for its kind
   (``ffmpeg_whitelists``), so a redirect, a playlist entry or a probe cannot switch an HTTP camera to
-  ``file:`` or a text demuxer. Redirects to another host are not stopped by FFmpeg; the host rule is checked at
-  every connect, and the kernel can enforce the same networks (systemd ``IPAddressDeny=``, README "Security").
+  ``file:`` or a text demuxer. Redirects to another host, the hosts of an HLS playlist's variants and a name that
+  resolves elsewhere between the check and FFmpeg's own lookup are not stopped by FFmpeg; the host rule is
+  checked before every open, and the kernel enforces the same networks (systemd ``IPAddressDeny=``, README
+  "Security").
 """
 
 from __future__ import annotations
@@ -126,8 +128,16 @@ class UrlPolicy:
                               f"(security.api_schemes)")
 
     def address_allowed(self, address: IPAddress) -> bool:
+        """Allowed when the address, and any IPv4 address it carries (mapped, compatible, 6to4, NAT64, Teredo
+        server), pass; a deny matching either refuses it."""
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and not self._allowed(embedded):
+            return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+            return True  # the mapped IPv4 address is what is reached, and it passed
+        return self._allowed(address)
+
+    def _allowed(self, address: IPAddress) -> bool:
         if any(address in n for n in ALWAYS_DENY if n.version == address.version):
             return False
         if any(address in n for n in self.deny if n.version == address.version):
@@ -142,6 +152,28 @@ class UrlPolicy:
             if not self.address_allowed(address):
                 raise CameraError("the camera host resolves to an address this daemon may not reach "
                                   "(security.allow_networks / deny_networks)")
+
+
+# NAT64 (well-known and local-use prefixes) and SIIT's IPv4-translated addresses carry the IPv4 address in the
+# last 32 bits, as do the deprecated IPv4-compatible addresses (::a.b.c.d)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"),
+          ipaddress.ip_network("::ffff:0:0:0/96"))
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to by a standard translation, if any."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[0]
+    if any(address in n for n in _NAT64) or (address in _COMPATIBLE and int(address) > 0xFFFF):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 Resolver = Callable[[str], Sequence[IPAddress]]

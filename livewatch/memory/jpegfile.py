@@ -173,6 +173,33 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+MAX_DECODED_PIXELS = 4096 * 4096  # the largest frame the model's pixel cap allows (model.max_pixels' bound)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header, without decoding; None when there is none."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
 def decode_jpeg(data: bytes) -> np.ndarray | None:
+    """RGB pixels, or None for data that is not a JPEG or declares a picture over MAX_DECODED_PIXELS (a 600-byte
+    file can declare gigabytes: the size is read from the header before anything is allocated)."""
+    size = jpeg_size(data) if data.startswith(_SOI) else None
+    if size is None or size[0] * size[1] > MAX_DECODED_PIXELS:
+        return None
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

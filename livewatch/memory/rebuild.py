@@ -162,6 +162,8 @@ def _scan_camera(root: Path, d: Path, report: RebuildReport) -> list[tuple[Any, 
         rows.append((camera, pid, m0.seq[0], m0.seq[1], m0.wall[0], m0.wall[1], m0.mono[0], m0.mono[1],
                      int(m0.single), m0.importance, 1, 0, sum(f.size for f in members)))
     if lost:
+        if (root / LOST_FOUND).is_symlink() or (root / LOST_FOUND / camera).is_symlink():
+            raise OSError(f"{root / LOST_FOUND} is a symbolic link; the store does not write through links")
         target = root / LOST_FOUND / camera
         target.mkdir(parents=True, exist_ok=True)
         for path in lost:

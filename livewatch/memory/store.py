@@ -107,6 +107,29 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     return "malformed" in text or "not a database" in text
 
 
+MAX_FRAME_FILE_BYTES = 32 * 1024 * 1024  # a stored frame is a JPEG at the model's pixel cap: well under 1 MB
+
+
+def _row_ok(row: tuple[Any, ...]) -> bool:
+    """Index values of the types the store writes (SQLite keeps whatever a planted row holds)."""
+    ints, reals = (row[0], row[1], row[2], row[7], row[9], row[10]), (row[3], row[4], row[5], row[6], row[8])
+    return (all(isinstance(v, int) and not isinstance(v, bool) for v in ints) and row[0] >= 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in reals))
+
+
+def _read_frame_file(path: Path) -> bytes | None:
+    """A frame file's bytes, or None: never through a symlink, only a regular file, at most MAX_FRAME_FILE_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FRAME_FILE_BYTES:
+            return None
+        return fh.read(MAX_FRAME_FILE_BYTES + 1)
+
+
 class _CorruptIndex(Exception):
     """The index is corrupt, not a database, or not our schema; the text says why."""
 
@@ -239,12 +262,14 @@ class FrameStore:
         loaded: list[tuple[PairRecord, list[np.ndarray]]] = []
         dropped: list[int] = []
         for r in rows:
+            if not _row_ok(r):  # a planted or damaged row: its id must never become a path
+                dropped.append(r[0])
+                continue
             rec = PairRecord(r[0], (r[1], r[2]), (r[3], r[4]), (r[5], r[6]), bool(r[7]), r[8], bool(r[9]), bool(r[10]))
             images, blobs = [], []
             for path in self._files(camera, rec):
-                try:
-                    blob = path.read_bytes()
-                except OSError:
+                blob = _read_frame_file(path)
+                if blob is None:
                     break
                 img = decode_jpeg(blob)
                 if img is None:
@@ -269,9 +294,9 @@ class FrameStore:
             if path.name in keep or not (FRAME_NAME.fullmatch(path.name) or TMP_NAME.fullmatch(path.name)):
                 continue
             try:
-                if path.is_symlink() or not path.is_file():
-                    continue
-                path.unlink()
+                if not path.is_symlink() and not path.is_file():
+                    continue  # a directory of that name: not the store's
+                path.unlink()  # a symlink planted under a store name goes too (the link, not its target)
                 orphans += 1
             except OSError:
                 pass
@@ -303,7 +328,8 @@ class FrameStore:
             d.mkdir(parents=True, exist_ok=True)
             for path, blob in zip(self._files(camera, record), blobs, strict=True):
                 tmp = path.with_name(path.name + ".tmp")
-                with open(tmp, "wb") as fh:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+                with os.fdopen(os.open(tmp, flags, 0o600), "wb") as fh:
                     fh.write(blob)
                     fh.flush()
                     os.fsync(fh.fileno())

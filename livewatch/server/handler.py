@@ -87,6 +87,7 @@ class Connection:
         self._others: set[asyncio.Task[None]] = set()
         self._out: asyncio.Queue[str | None] = asyncio.Queue(maxsize=limits.outbound_queue)
         self._out_bytes = 0  # characters queued and not yet sent (what a non-reading client costs)
+        self._close_task: asyncio.Future[None] | None = None
         self._closing = False
         self._proto_limits = p.Limits(limits.max_question_chars, limits.max_tokens)
 
@@ -110,6 +111,8 @@ class Connection:
             self._closing = True
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            if self._close_task is not None:
+                await asyncio.gather(self._close_task, return_exceptions=True)
             log.info("conn.closed")
 
     async def shutdown(self) -> None:
@@ -151,7 +154,8 @@ class Connection:
             log.warning("conn.slow_consumer", queued=self._out.qsize(), queued_bytes=self._out_bytes)
             for task in self._asks.values():
                 task.cancel()
-            self._spawn(self.ws.close(1008, "client does not read its replies"))
+            # owned apart from the request tasks, which run() cancels: the client must see 1008, not 1000
+            self._close_task = asyncio.ensure_future(self.ws.close(1008, "client does not read its replies"))
 
     def _error(self, rid: Any, code: ErrorCode, message: str) -> None:
         if self.metrics is not None:

@@ -47,6 +47,8 @@ def make_process_request(
     health: Callable[[], tuple[bool, dict[str, Any]]],
     metrics: Callable[[], bytes],
 ) -> Callable[[ServerConnection, Request], Response | None]:
+    unauthorized = [0, float("-inf")]  # attempts since the last warning, when it was logged
+
     def process_request(conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         authorized = token is None or check_bearer(request.headers.get("Authorization"), token)
@@ -56,7 +58,11 @@ def make_process_request(
                 body = {"status": body["status"]}
             return _reply(conn, 200 if ok else 503, json.dumps(body) + "\n", "application/json")
         if not authorized:
-            log.warning("http.unauthorized", path=path)
+            unauthorized[0] += 1
+            now = time.monotonic()
+            if now - unauthorized[1] >= 60:  # a summary a minute, not a line per attempt (journald's rate limit)
+                log.warning("http.unauthorized", path=path[:128], attempts=unauthorized[0])
+                unauthorized[:] = [0, now]
             response = _reply(conn, 401, "unauthorized: send Authorization: Bearer <token>\n", "text/plain")
             response.headers["WWW-Authenticate"] = 'Bearer realm="livewatch"'
             return response
