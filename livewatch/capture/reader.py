@@ -157,12 +157,16 @@ class CameraReader:
     def _loop(self) -> None:
         sup = self.supervisor
         self._cpu0 = time.thread_time()
+        looping = False  # a looped file starting its next pass is still streaming: no state flip, no log line
         while not self._stop.is_set():
-            sup.connecting()
-            log.info("camera.connecting", source=self.spec.redacted)
+            if not looping:
+                sup.connecting()
+                log.info("camera.connecting", source=self.spec.redacted)
+            looping = False
             try:
                 self._session()
                 if self.spec.loop:
+                    looping = True
                     continue
                 if not self.spec.live:
                     sup.ended()
