@@ -221,12 +221,8 @@ class Daemon:
 
     def _parse(self, url: str, *, api: bool) -> SourceSpec:
         """A camera URL to open arguments; ``api``: added over the API, so the API's scheme policy applies."""
-        check = None
-        if api:
-            def check(scheme: str) -> None:
-                self.url_policy.check_scheme(scheme)
         return parse_source(url, timeout_s=self.capture.open_timeout_s, limits=self.capture.limits,
-                            scheme_check=check)
+                            scheme_check=self.url_policy.check_scheme if api else None)
 
     def _network_check(self, spec: SourceSpec) -> Callable[[], None] | None:
         """For an API camera's host: resolve it and check every address against the network policy (run by the

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
@@ -59,7 +59,6 @@ class SourceSpec:
     loop: bool = False
     live: bool = True  # end of stream is a fault to reconnect from (not for files)
     redacted: str = ""
-    scheme: str = ""
     host: str | None = None  # network sources: the checked host (what the network policy resolves)
     max_pixels: int = SourceLimits.max_pixels  # decoder cap (FFmpeg's max_pixels) and the open-time check
 
@@ -142,7 +141,7 @@ def _network(parts: SplitResult, scheme: str, redacted: str, timeout_s: float) -
         _fragment(parts, set(), redacted)
         options, kind, fmt = {"rw_timeout": us}, "http", None
     return SourceSpec(kind, target, fmt, {**options, **ffmpeg_whitelists(kind)}, redacted=redact_url(target),
-                      scheme=scheme, host=host)
+                      host=host)
 
 
 def _testsrc(parts: SplitResult, redacted: str, limits: SourceLimits) -> SourceSpec:
@@ -154,7 +153,7 @@ def _testsrc(parts: SplitResult, redacted: str, limits: SourceLimits) -> SourceS
     w, h = _size(q.get("size", "1280x720"), redacted, limits)
     rate = _rate(q.get("rate", "30"), redacted, limits)
     return SourceSpec("testsrc", f"testsrc2=size={w}x{h}:rate={rate:g}", "lavfi", ffmpeg_whitelists("testsrc"),
-                      realtime=True, live=True, redacted=redacted, scheme="testsrc")
+                      realtime=True, live=True, redacted=redacted)
 
 
 def _webcam(parts: SplitResult, scheme: str, redacted: str, limits: SourceLimits) -> SourceSpec:
@@ -184,8 +183,7 @@ def _webcam(parts: SplitResult, scheme: str, redacted: str, limits: SourceLimits
         options["input_format"] = q["input_format"]
     if not Path(device).exists():
         raise CameraError(f"{device}: no such video device")
-    return SourceSpec("webcam", device, "v4l2", {**options, **ffmpeg_whitelists("webcam")}, redacted=device,
-                      scheme="webcam")
+    return SourceSpec("webcam", device, "v4l2", {**options, **ffmpeg_whitelists("webcam")}, redacted=device)
 
 
 def _file(parts: SplitResult, scheme: str, url: str, redacted: str) -> SourceSpec:
@@ -197,7 +195,7 @@ def _file(parts: SplitResult, scheme: str, url: str, redacted: str) -> SourceSpe
     if not path.is_absolute() or not path.is_file() or not os.access(path, os.R_OK):
         raise CameraError(f"{path}: no such readable file (an absolute path to a video file)")
     return SourceSpec("file", str(path), None, ffmpeg_whitelists("file"), realtime=True,
-                      loop=_flag(frag.get("loop"), "loop", redacted), live=False, redacted=str(path), scheme="file")
+                      loop=_flag(frag.get("loop"), "loop", redacted), live=False, redacted=str(path))
 
 
 def source_scheme(url: str) -> str:
@@ -236,4 +234,4 @@ def parse_source(url: str, timeout_s: float = 10.0, limits: SourceLimits = Sourc
         raise CameraError(
             f"{redacted}: unsupported scheme {scheme!r} (use rtsp, rtsps, http, https, file, webcam or testsrc)"
         )
-    return SourceSpec(**{**spec.__dict__, "max_pixels": limits.max_pixels})
+    return replace(spec, max_pixels=limits.max_pixels)

@@ -1,4 +1,4 @@
-"""Which camera URLs may be opened, and what FFmpeg may do with them. Pure, except for an injectable resolver.
+"""Which camera URLs may be opened, and what FFmpeg may do with them. Pure, except ``resolve`` (the system resolver).
 
 A camera URL is an attacker's chance three ways, and each has its rule here:
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -35,7 +35,6 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
-ALL_SCHEMES = (*NETWORK_SCHEMES, "file", "webcam", "testsrc")
 
 # Link-local (IPv4 and IPv6; 169.254.169.254 is the metadata service of AWS, GCP, Azure, OpenStack...), the
 # metadata addresses that are not link-local (Alibaba, AWS's IPv6 one).
@@ -174,9 +173,6 @@ def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     if any(address in n for n in _NAT64) or (address in _COMPATIBLE and int(address) > 0xFFFF):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
-
-
-Resolver = Callable[[str], Sequence[IPAddress]]
 
 
 def resolve(host: str) -> list[IPAddress]:

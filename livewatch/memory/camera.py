@@ -159,8 +159,9 @@ class CameraMemory:
         """Offer a pair to the star memory; a star it displaces leaves memory unless the window holds it."""
         slot = self._slots[pid]
         decision = self.stars.offer(pid, slot.pair.time, slot.record.importance, slot.signature)
-        if not decision.admitted and not self.stars.entries and self.stars.capacity > 0:
-            decision = self.stars.offer_reference(pid, slot.pair.time, slot.signature)
+        if not decision.admitted:  # the star memory's rule 5 decides whether it is the scene's reference
+            reference = self.stars.offer_reference(pid, slot.pair.time, slot.signature)
+            decision = reference if reference.admitted else decision
         slot.record.is_star = decision.admitted
         if decision.admitted:
             self.stars_admitted[decision.reason] += 1

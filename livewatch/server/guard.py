@@ -38,9 +38,6 @@ class ConnectionGuard:
         if self._peers[peer] <= 0:
             del self._peers[peer]
 
-    def peers(self) -> int:
-        return len(self._peers)
-
 
 def descriptor_budget(soft_limit: int, configured: int, reserve: int) -> int:
     """Connections the descriptor limit leaves room for: at most ``configured``, and ``reserve`` kept back for
