@@ -18,10 +18,10 @@ _flag = Path(os.environ["LIVEWATCH_TEST_ENGINE_FAULT"])
 _set_context = EngineCore.set_context
 
 
-def _set_context_or_die(self, camera, pairs, version):  # type: ignore[no-untyped-def]
+def _set_context_or_die(self, *args, **kwargs):  # type: ignore[no-untyped-def]
     if _flag.exists():
         raise RuntimeError("injected engine fault")
-    return _set_context(self, camera, pairs, version)
+    return _set_context(self, *args, **kwargs)
 
 
 EngineCore.set_context = _set_context_or_die  # type: ignore[method-assign]

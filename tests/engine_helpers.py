@@ -57,6 +57,23 @@ def uniform_t_offsets(n: int, second_per_grid: float, tokens_per_second: float) 
 @torch.inference_mode()
 def reference_greedy(core, camera: str, pairs: list[FramePair], question: str, n_tokens: int) -> list[int]:
     """Greedy tokens from a from-scratch forward at every step (no cache, no cached vision, joint encode)."""
+    out: list[int] = []
+    for logits in _reference_steps(core, camera, pairs, question, n_tokens):
+        token = int(torch.argmax(logits))
+        if token in core.lm.stop_token_ids:
+            break
+        out.append(token)
+    return out
+
+
+@torch.inference_mode()
+def reference_first_logits(core, camera: str, pairs: list[FramePair], question: str) -> torch.Tensor:
+    """The first answer position's logits of the prompt, from scratch."""
+    return next(_reference_steps(core, camera, pairs, question, 1))
+
+
+def _reference_steps(core, camera: str, pairs: list[FramePair], question: str, n_tokens: int):
+    """Each step's last logits, the step's greedy token appended to the prompt before the next one."""
     lm = core.lm
     spec = lm.spec
     size = target_size(*pairs[0].first.size, spec)
@@ -78,7 +95,6 @@ def reference_greedy(core, camera: str, pairs: list[FramePair], question: str, n
     offsets = temporal_positions([p.time for p in pairs], lm.tokens_per_second, core.max_gap_s)
     vision_start = lm.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     pos = rope_index_reference(ids, lm.video_token_id, vision_start, grid, offsets)
-    out: list[int] = []
     for _ in range(n_tokens):
         logits = lm.model(
             input_ids=torch.tensor([ids]),
@@ -86,10 +102,6 @@ def reference_greedy(core, camera: str, pairs: list[FramePair], question: str, n
             video_grid_thw=inputs["video_grid_thw"],
             position_ids=torch.from_numpy(pos).unsqueeze(1),
         ).logits[0, -1]
-        token = int(torch.argmax(logits))
-        if token in lm.stop_token_ids:
-            break
-        out.append(token)
-        ids.append(token)
+        yield logits
+        ids.append(int(torch.argmax(logits)))
         pos = np.concatenate([pos, np.full((3, 1), pos.max() + 1)], axis=1)
-    return out

@@ -24,8 +24,13 @@ def test_tiny_benchmark_has_every_section(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
-    for section in ("machine", "ceilings", "prototype", "livewatch", "scaling", "ingest", "floors"):
+    for section in ("machine", "ceilings", "prototype", "livewatch", "scaling", "capacity", "ingest", "floors"):
         assert section in report, section
+    cap = report["capacity"]
+    assert [(r["cameras"], r["window_slack_pairs"], r["encode_step_tokens"]) for r in cap["runs"]] == [
+        (1, 1, 4096), (2, 1, 4096), (2, 0, 4096), (2, 1, 2048)]
+    assert all(r["encodes"] > 0 and r["questions"] > 0 and not r["question_errors"] for r in cap["runs"])
+    assert [r["cameras"] for r in cap["prototype_runs"]] == [1] and cap["prototype_runs"][0]["encodes"] > 0
     assert report["prototype"]["visual_tokens"] == 1008  # 8 frames at 336x588, uncapped: grid 4x24x42 / 4
     lw = report["livewatch"]
     assert lw["visual_tokens"] == 6 * 120  # 6 pairs of 1080p frames at the default cap
@@ -37,6 +42,7 @@ def test_tiny_benchmark_has_every_section(tmp_path: Path) -> None:
     assert report["ingest"]["store_frame_size"] == "1920x1080"  # what the store section really writes
     table = (tmp_path / "bench.md").read_text()
     assert "| visual tokens | 1,008 | 720 |" in table
+    assert "| 2 | 0 pairs |" in table  # the capacity table
 
 
 def test_the_bench_the_warm_up_and_the_tests_share_one_frame_maker() -> None:

@@ -97,13 +97,14 @@ def test_two_cameras_interleaved(core: EngineCore) -> None:
 
 def test_vision_tower_runs_once_per_pair(core: EngineCore, lm, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"pairs": 0}
-    original = lm.visual.forward
+    tower = core.encoder.tower
+    original = tower.encode
 
-    def counting(hidden_states, grid_thw, **kw):
-        calls["pairs"] += int(grid_thw.shape[0])
-        return original(hidden_states, grid_thw=grid_thw, **kw)
+    def counting(items):
+        calls["pairs"] += len(items)
+        return original(items)
 
-    monkeypatch.setattr(lm.visual, "forward", counting)
+    monkeypatch.setattr(tower, "encode", counting)
     pairs = [make_pair(i, T0 + 2 * i) for i in range(5)]
     core.set_context("c", pairs, 1)
     for q in ("one?", "two?", "three?"):

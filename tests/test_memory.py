@@ -46,6 +46,25 @@ def test_window_and_star_bounds_hold_over_a_long_run(tmp_path: Path) -> None:
     )
 
 
+def test_window_slack_drops_its_oldest_pairs_at_once(tmp_path: Path) -> None:
+    """window 4 pairs + slack 2: the window grows 5, 6, then the next pair drops it back to 4 (three leave at once);
+    the set changes by appends only between two drops, so the engine extends its prefix instead of re-prefilling."""
+    mem = CameraMemory("cam", MemoryParams(star_pairs=0, window_pairs=4, window_slack=2, max_bytes=10**9),
+                       FrameStore(tmp_path))
+    sizes, appends_only = [], []
+    previous: list[int] = []
+    for seq in range(0, 40, 2):
+        mem.add_frame(frame(seq, 1000.0 + seq))
+        mem.add_frame(frame(seq + 1, 1001.0 + seq))
+        ids = [p.id for p in mem.context()[0]]
+        sizes.append(len(ids))
+        appends_only.append(ids[: len(previous)] == previous)
+        previous = ids
+    assert sizes[:10] == [1, 2, 3, 4, 5, 6, 4, 5, 6, 4]
+    assert appends_only[:10] == [True] * 6 + [False, True, True, False]
+    assert mem.stats()["stream_memory_size"] in (8, 10, 12)
+
+
 def test_byte_bound_evicts_oldest_window_pairs(tmp_path: Path) -> None:
     mem = CameraMemory("cam", MemoryParams(star_pairs=2, window_pairs=50, max_bytes=1024 * 1024), FrameStore(tmp_path))
     one_pair = None

@@ -19,18 +19,68 @@ def drain(s: Scheduler, free_slots: int = 1, decoding: bool = False) -> list[Pla
     return plans
 
 
+def cams(plan: Plan) -> list[str]:
+    return [camera for camera, _ in plan.encode]
+
+
 def test_contexts_come_first_then_questions_then_encodes() -> None:
     s = Scheduler()
-    s.push_context("a", [], 1, eager=True)
-    s.push_context("b", [], 1, eager=True)
+    s.push_context("a", [], 1, eager=True, now=1.0)
+    s.push_context("b", [], 1, eager=True, now=2.0)
     first, second = ask("a", "c1"), ask("b", "c2")
     s.push_ask(first)
     s.push_ask(second)
     plan = s.plan(free_slots=8, decoding=False)
-    assert plan.contexts.keys() == {"a", "b"} and plan.admit == (first, second) and plan.encode is None
+    assert plan.contexts.keys() == {"a", "b"} and plan.admit == (first, second) and plan.encode == ()
     plan = s.plan(free_slots=8, decoding=True)  # answers are decoding: the encodes wait
-    assert plan == Plan({}, (), None)
-    assert [p.encode for p in drain(s)] == ["a", "b"] and not s.has_work()
+    assert plan == Plan({}, (), ())
+    plan = s.plan(free_slots=8, decoding=False)  # idle: both in one step, oldest first, with their stale times
+    assert plan.encode == (("a", 1.0), ("b", 2.0)) and not s.has_work()
+
+
+def test_encodes_are_batched_oldest_lag_first_within_the_batch_size() -> None:
+    s = Scheduler(encode_batch=3)
+    for i, camera in enumerate("edcba"):
+        s.push_context(camera, [], 1, eager=True, now=float(i))
+    s.push_context("e", [], 2, eager=True, now=9.0)  # a newer frame batch keeps e's place and its age
+    assert cams(s.plan(1, False)) == ["e", "d", "c"]
+    assert cams(s.plan(1, False)) == ["b", "a"] and not s.has_work()
+
+
+def test_an_encode_over_the_step_budget_keeps_its_place_and_age() -> None:
+    s = Scheduler(encode_batch=2)
+    for i, camera in enumerate("abc"):
+        s.push_context(camera, [], 1, eager=True, now=float(i))
+    plan = s.plan(1, False)
+    assert plan.encode == (("a", 0.0), ("b", 1.0))
+    s.push_context("b", [], 2, eager=True, now=5.0)  # b's next batch arrives while the step runs
+    s.requeue([("b", 1.0)])  # the step ran a only: b goes back to the front, older than its new context
+    assert s.plan(1, False).encode == (("b", 1.0), ("c", 2.0))
+
+
+def test_a_camera_removed_during_the_step_is_not_requeued() -> None:
+    s = Scheduler()
+    s.push_context("a", [], 1, eager=True)
+    s.plan(1, False)
+    s.push_remove("a")
+    s.requeue([("a", 0.0)])
+    assert s.plan(1, False) == Plan({"a": None}, (), ()) and not s.has_work()
+
+
+def test_no_camera_starves_when_the_gpu_falls_behind() -> None:
+    """Every camera publishes every step, the engine encodes 2 per step: each is encoded every few steps,
+    in turn, with equal waits (lag grows evenly, nothing piles up: one pending encode per camera)."""
+    s = Scheduler(encode_batch=2)
+    names = [f"cam{i}" for i in range(6)]
+    served: dict[str, list[int]] = {n: [] for n in names}
+    for step in range(30):
+        for n in names:
+            s.push_context(n, [], step, eager=True, now=float(step))
+        assert len(s.encodes) == len(names)
+        for camera in cams(s.plan(1, False)):
+            served[camera].append(step)
+    gaps = {n: {b - a for a, b in zip(steps, steps[1:])} for n, steps in served.items()}
+    assert all(g == {3} for g in gaps.values()), gaps
 
 
 def test_admissions_fill_free_slots_only() -> None:
@@ -58,9 +108,8 @@ def test_newest_context_wins_and_encodes_coalesce() -> None:
     s = Scheduler()
     for version in range(5):
         s.push_context("a", [], version, eager=True)
-    plan = s.plan(1, False)
-    assert plan.contexts["a"].version == 4 and plan.encode is None  # encoded from the context applied first
-    assert s.plan(1, False).encode == "a" and not s.has_work()
+    plan = s.plan(1, False)  # the step applies the newest context, then encodes from it
+    assert plan.contexts["a"].version == 4 and cams(plan) == ["a"] and not s.has_work()
     s.push_context("a", [], 5, eager=False)  # lazy mode: no encode queued
     assert s.plan(1, False).contexts["a"].version == 5 and not s.has_work()
 
@@ -69,21 +118,21 @@ def test_removal_supersedes_context_and_encode() -> None:
     s = Scheduler()
     s.push_context("a", [], 1, eager=True)
     s.push_remove("a")
-    assert s.plan(1, False) == Plan({"a": None}, (), None) and not s.has_work()
+    assert s.plan(1, False) == Plan({"a": None}, (), ()) and not s.has_work()
 
 
 def test_encodes_are_not_starved_by_answers_streaming_back_to_back() -> None:
     s = Scheduler(max_encode_wait=3)
     s.push_context("a", [], 1, eager=True)
     s.plan(1, decoding=True)  # applies the context
-    waited = [s.plan(1, decoding=True).encode for _ in range(4)]
-    assert waited == [None, None, None, "a"]  # after max_encode_wait decode steps it runs between two
+    waited = [cams(s.plan(1, decoding=True)) for _ in range(3)]
+    assert waited == [[], [], ["a"]]  # after max_encode_wait decode steps it runs between two
     assert s.encode_waited == 0
     s.push_context("b", [], 1, eager=True)
     s.plan(1, decoding=True)
     s.push_ask(ask())
-    assert s.plan(1, decoding=False).encode is None  # an admission is work too: questions first
-    assert s.plan(1, decoding=False).encode == "b"  # idle: at once
+    assert cams(s.plan(1, decoding=False)) == []  # an admission is work too: questions first
+    assert cams(s.plan(1, decoding=False)) == ["b"]  # idle: at once
 
 
 def test_full_queue_answers_busy() -> None:
@@ -104,3 +153,21 @@ def test_full_queue_answers_busy() -> None:
 ])
 def test_questions_that_do_not_fit_a_slot_take_the_unbatched_path(prefix, question, answer, slot, expected) -> None:
     assert route(prefix, question, answer, slot) is expected
+
+
+def test_encodes_gather_for_a_while_then_run_together() -> None:
+    """Cameras publish at their own moments: the first pending encode waits encode_gather_s so that the cameras
+    going stale meanwhile share its step; a full batch runs at once; questions never wait for it."""
+    s = Scheduler(encode_batch=3, encode_gather_s=0.25)
+    s.push_context("a", [], 1, eager=True, now=10.0)
+    assert s.plan(1, False, now=10.0).encode == () and s.encode_due(10.0) == 10.25
+    s.push_context("b", [], 1, eager=True, now=10.1)
+    assert s.plan(1, False, now=10.1).encode == ()  # b's context applied; its encode gathers with a's
+    assert not s.has_work(now=10.2)  # nothing due yet: the worker sleeps until 10.25
+    s.push_ask(ask("b"))
+    plan = s.plan(1, False, now=10.2)
+    assert plan.admit and plan.encode == ()  # the question runs at once (its own camera's encode with it)
+    assert cams(s.plan(1, False, now=10.25)) == ["a", "b"]
+    for i, camera in enumerate("cde"):
+        s.push_context(camera, [], 1, eager=True, now=20.0 + i / 100)
+    assert cams(s.plan(1, False, now=20.03)) == ["c", "d", "e"]  # a full batch does not wait

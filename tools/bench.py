@@ -18,6 +18,11 @@ Sections (each in the JSON; the markdown table summarises):
   ingest      CPU seconds per camera-second of a 1080p30 H.264 stream sampled at 1 fps (full decode vs livewatch's
               skipping path), importance scoring per pair (capped frames) and frame-store writes per pair of 1080p
               frames stored uncapped (needs PyAV)
+  capacity    N cameras fed pairs in real time at 1 fps on the daemon's engine thread (eager mode): encode lag
+              p50/p95/max, busy fraction, peak memory, question TTFT under that load, and "cameras kept fresh"
+              (largest N with p95 lag <= 2 s) against the prototype's full re-encode per batch
+  watches     (not by default) watch evaluation cost (1-256 watches at once, alone and beside decoding) and the
+              watched cameras one GPU sustains at 1 fps with 2 watches each (engine latency p95 <= 2.5 s)
   kernels     (GPU, not by default) the decode step with PyTorch's kernels against the fused Triton kernels
   oom         (GPU, not by default) a real CUDA out-of-memory in the middle of a question
   agreement   (not by default) the fast path's greedy agreement with the eager path, on its own
@@ -47,7 +52,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_memory  # noqa: E402
-from benchkit import agreement, ceilings, eager, fastpath, ingest, kernels, oom, prototype, scaling  # noqa: E402
+from benchkit import (  # noqa: E402
+    agreement, capacity, ceilings, eager, fastpath, ingest, kernels, oom, prototype, scaling, watches,
+)
 from benchkit.common import FULL, TINY, Plan, build_model, machine, warm_up  # noqa: E402
 from benchkit.report import floors, markdown  # noqa: E402
 from livewatch.engine.loading import LoadedModel  # noqa: E402
@@ -76,10 +83,12 @@ SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "scaling": lambda r: scaling.run(r.lm, r.plan, r.bank),
     "ingest": lambda r: ingest.run(r.plan, lambda h, w: target_size(h, w, r.lm.spec)),
     "memory": lambda r: bench_memory.memory_section(quick=r.plan is TINY),  # CPU: the star memory's event suite
+    "capacity": lambda r: capacity.run(r.lm, r.plan),
+    "watches": lambda r: watches.run(r.lm, r.plan),  # not by default: watch evaluation cost and watched cameras
     # new sections here (--sections lists this table's names)
 }
 NEEDS = {"fastpath": "livewatch"}  # a section that runs only when the one it needs runs too
-DEFAULT_SECTIONS = "prototype,livewatch,fastpath,scaling,ingest"  # also what the markdown table needs
+DEFAULT_SECTIONS = "prototype,livewatch,fastpath,scaling,capacity,ingest"  # also what the markdown table needs
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -4,9 +4,12 @@ A plain class with synchronous methods that tests call in-process; ``worker.Engi
 calls it. Nothing here is thread-safe: exactly one thread may use an EngineCore.
 
 For each camera the core keeps the latest context the memory published (ordered pairs and a version), the
-vision embeddings of those pairs, and a prefix KV cache built for one version. ``encode`` brings the prefix up to
-date with the least work (see layout.plan_update); ``ask`` answers one question on top of the prefix without
-modifying it: the question's and the answer's entries live in a cache of their own and are dropped at the end.
+vision embeddings of those pairs, and a prefix KV cache built for one version. ``encode_many`` brings the
+prefixes of several cameras up to date together with the least work (layout.plan_update decides what each
+keeps; encoder.py runs one vision call and one prefill forward for all); ``encode`` is the one-camera case.
+``ask`` answers one question on top of the prefix without modifying it: the question's and the answer's entries
+live in a cache of their own and are dropped at the end. Each camera's encode lag (since when its prefix has not
+held its newest context) is kept here, from the time the memory published the context.
 """
 
 from __future__ import annotations
@@ -26,20 +29,20 @@ from livewatch.engine.generate import (
     cache_from_kv,
     model_failure,
     stack_prefix,
-    crop_kv,
     forward,
-    kv_from_cache,
     kv_length,
     kv_nbytes,
     pick_token,
     position_tensor,
 )
+from livewatch.engine.encoder import EncodeJob, Encoder, EncodeTimes
 from livewatch.engine.layout import PairSlot, PrefixLayout, UpdateKind, plan_update
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.positions import temporal_positions, text_positions
 from livewatch.engine.preprocess import target_size
-from livewatch.engine.prompt import PromptTemplate, question_text, resolve_tz, system_text
+from livewatch.engine.prompt import PromptTemplate, question_text, resolve_tz, system_text, watch_question
 from livewatch.engine.vision import VisionCache
+from livewatch.engine.watcheval import WatchQuery
 from livewatch.errors import CancelledRequest, EngineError, ErrorCode, RequestError
 from livewatch.frames import FramePair
 
@@ -52,6 +55,17 @@ class EncodeReport:
     prefill_ms: float
     pairs_encoded: int
     prefill_tokens: int
+    cameras: int = 1  # cameras encoded together in this batch (the times are the batch's)
+    lag_s: float = 0.0  # from the first context this encode caught up with being published to its end
+
+
+@dataclass
+class EncodeBatch:
+    """What ``encode_many`` did: a report per camera encoded, the failures, the cameras left for later."""
+
+    reports: list[tuple[str, EncodeReport]] = field(default_factory=list)
+    failed: list[tuple[str, EngineError]] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +83,7 @@ class _CameraState:
     partial_rebuilds: int = 0
     questions: int = 0
     kv_generation: int = 0  # changes whenever ``kv`` does (slot caches key their copies on it)
+    stale_since: float | None = None  # time.monotonic() when the prefix stopped holding the newest context
     stacked: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     last_encode: EncodeReport | None = field(default=None, repr=False)
 
@@ -86,12 +101,15 @@ class EngineCore:
         timezone: str = "local",
         max_new_tokens_limit: int = 1024,
         vision_batch: int = 32,
+        encode_graphs: bool = True,
+        fused_kernels: bool = False,
     ) -> None:
         self.lm = lm
         self.max_gap_s = max_gap_s
         self.tz = resolve_tz(timezone)
         self.max_new_tokens_limit = max_new_tokens_limit
-        self.vision_batch = vision_batch
+        self.encoder = Encoder(lm, use_graphs=encode_graphs and lm.device.type == "cuda", vision_batch=vision_batch,
+                               fused=fused_kernels and lm.device.type == "cuda")
         self.template = PromptTemplate.from_processor(lm.processor, "<|video_pad|>")
         self._cameras: dict[str, _CameraState] = {}
         self._generation = 0
@@ -101,15 +119,30 @@ class EngineCore:
     def cameras(self) -> list[str]:
         return list(self._cameras)
 
-    def set_context(self, camera: str, pairs: Sequence[FramePair], version: int) -> None:
-        """Record the context the memory published for ``camera``; no model work happens here."""
+    def set_context(self, camera: str, pairs: Sequence[FramePair], version: int,
+                    published_at: float | None = None) -> None:
+        """Record the context the memory published for ``camera`` (at ``published_at``, time.monotonic(); now if
+        not given); no model work happens here."""
         ordered = tuple(sorted({p.id: p for p in pairs}.values(), key=lambda p: (p.time, p.id)))
         state = self._cameras.get(camera)
         if state is None:
-            state = _CameraState(camera, VisionCache(self.lm.visual, self.lm.spec, self.lm.device, self.vision_batch))
+            state = _CameraState(camera, VisionCache())
             self._cameras[camera] = state
+        if state.stale_since is None and version != state.encoded_version:
+            state.stale_since = published_at if published_at is not None else time.monotonic()
         state.pairs = ordered
         state.version = version
+
+    def stale_times(self) -> dict[str, float]:
+        """The cameras whose prefix does not hold their newest context, with since when (time.monotonic())."""
+        return {name: st.stale_since for name, st in self._cameras.items() if st.stale_since is not None}
+
+    def encode_lag_s(self, camera: str, now: float | None = None) -> float:
+        """How long the camera's prefix has not held its newest context (0 when it does)."""
+        state = self._state(camera)
+        if state.stale_since is None:
+            return 0.0
+        return max((time.monotonic() if now is None else now) - state.stale_since, 0.0)
 
     def drop_camera(self, camera: str) -> None:
         self._cameras.pop(camera, None)
@@ -127,6 +160,8 @@ class EngineCore:
         state.kv = None
         state.stacked = None
         state.layout = None
+        if state.encoded_version is not None and state.stale_since is None:
+            state.stale_since = time.monotonic()
         state.encoded_version = None
         if self.lm.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -164,8 +199,10 @@ class EngineCore:
             raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no frames yet")
         if state.cache_valid and state.last_encode is not None:
             return EncodeReport(UpdateKind.REUSE, 0.0, 0.0, 0.0, 0, 0)
-        with self.guard(camera, "encoding"):
-            return self._encode(state)
+        batch = self.encode_many([camera])
+        if batch.failed:
+            raise batch.failed[0][1]
+        return batch.reports[0][1]
 
     @contextmanager
     def guard(self, camera: str, doing: str) -> Iterator[None]:
@@ -176,66 +213,79 @@ class EngineCore:
             self.free_caches(camera)
             raise model_failure(exc, f"{doing} on camera {camera!r}") from exc
 
-    def _encode(self, state: _CameraState) -> EncodeReport:
+    def encode_many(self, cameras: Sequence[str], token_budget: int | None = None) -> EncodeBatch:
+        """Bring the prefixes of ``cameras`` up to date together (one vision call, one prefill forward).
+
+        Cameras are taken in order while their new tokens fit ``token_budget`` (the first always); the rest are
+        returned as ``deferred``. A model failure fails the cameras of this batch only (``failed``) and frees
+        their caches; cameras without a context or already up to date are skipped."""
+        batch = EncodeBatch()
+        jobs: list[EncodeJob] = []
+        states: list[_CameraState] = []
+        tokens = 0
+        for name in cameras:
+            state = self._cameras.get(name)
+            if state is None or not state.pairs or state.cache_valid:
+                continue
+            job = self._job(state)
+            if jobs and token_budget is not None and tokens + job.tokens > token_budget:
+                batch.deferred.append(name)
+                continue
+            jobs.append(job)
+            states.append(state)
+            tokens += job.tokens
+        if not jobs:
+            return batch
         t0 = time.perf_counter()
-        pairs = state.pairs
-        layout = self.layout_for(state.name, pairs)
-        plan = plan_update(state.layout if state.kv is not None else None, layout)
-
-        state.vision.retain({p.id for p in pairs})
-        new_pairs = pairs[max(plan.first_new_slot, 0) :]
-        encoded = state.vision.ensure(new_pairs)
-        self._sync()
-        t1 = time.perf_counter()
-
-        prefill_tokens = 0
-        if plan.kind is not UpdateKind.REUSE:
-            lm = self.lm
-            parts = []
-            if plan.first_new_slot < 0:
-                head = torch.tensor(layout.head, dtype=torch.long, device=lm.device)
-                parts.append(lm.embed_tokens(head))
-                positions = layout.positions()
-                kv: KV | None = None
-            else:
-                positions = layout.positions(from_slot=plan.first_new_slot)
-                kv = crop_kv(state.kv, plan.keep_tokens) if state.kv is not None else None
-            parts.extend(state.vision.get(p.id).to(lm.dtype) for p in new_pairs)
-            embeds = torch.cat(parts).unsqueeze(0)
-            cache = cache_from_kv(lm.model.config.text_config, kv)
-            lm.text_model(
-                inputs_embeds=embeds,
-                position_ids=position_tensor(positions, lm.device),
-                past_key_values=cache,
-                use_cache=True,
+        try:
+            work = [job for job in jobs if job.plan.kind is not UpdateKind.REUSE]
+            prefixes, times = self.encoder.run(work) if work else ([], EncodeTimes(0.0, 0.0, 0))
+            by_job = dict(zip(map(id, work), prefixes))
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            for state in states:
+                self.free_caches(state.name)
+            error = model_failure(exc, f"encoding {len(states)} camera(s)")
+            batch.failed.extend((state.name, error) for state in states)
+            return batch
+        encode_ms = (time.perf_counter() - t0) * 1e3
+        done_at = time.monotonic()
+        for state, job in zip(states, jobs):
+            lag = done_at - state.stale_since if state.stale_since is not None else 0.0
+            self._install(state, job, by_job.get(id(job)))
+            report = EncodeReport(
+                kind=job.plan.kind, encode_ms=encode_ms, vision_ms=times.vision_ms, prefill_ms=times.prefill_ms,
+                pairs_encoded=job.encoded, prefill_tokens=job.tokens, cameras=len(jobs), lag_s=lag,
             )
-            state.kv = kv_from_cache(cache)
-            state.stacked = None
+            state.last_encode = report
+            batch.reports.append((state.name, report))
+        return batch
+
+    def _job(self, state: _CameraState) -> EncodeJob:
+        layout = self.layout_for(state.name, state.pairs)
+        plan = plan_update(state.layout if state.stacked is not None else None, layout)
+        past = None
+        if plan.first_new_slot >= 0 and state.stacked is not None and plan.keep_tokens:
+            k, v = state.stacked
+            past = (k[:, :, : plan.keep_tokens], v[:, :, : plan.keep_tokens])
+        return EncodeJob(state.name, state.pairs, layout, plan, state.vision, past)
+
+    def _install(self, state: _CameraState, job: EncodeJob, prefix: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        if prefix is not None:
+            state.stacked = prefix
+            k_all, v_all = prefix  # the per-layer tensors (transformers' cache layout) are views of the stacked ones
+            state.kv = [(k_all[i].unsqueeze(0), v_all[i].unsqueeze(0)) for i in range(k_all.shape[0])]
             self._generation += 1
             state.kv_generation = self._generation
-            prefill_tokens = embeds.shape[1]
-        self._sync()
-        t2 = time.perf_counter()
-
-        state.layout = layout
+        state.layout = job.layout
         state.encoded_version = state.version
+        state.stale_since = None
         state.encode_count += 1
-        if plan.kind is UpdateKind.REBUILD:
+        if job.plan.kind is UpdateKind.REBUILD:
             state.rebuilds += 1
-        elif plan.kind is UpdateKind.EXTEND:
+        elif job.plan.kind is UpdateKind.EXTEND:
             state.extensions += 1
-        elif plan.kind is UpdateKind.PARTIAL:
+        elif job.plan.kind is UpdateKind.PARTIAL:
             state.partial_rebuilds += 1
-        report = EncodeReport(
-            kind=plan.kind,
-            encode_ms=(t2 - t0) * 1e3,
-            vision_ms=(t1 - t0) * 1e3,
-            prefill_ms=(t2 - t1) * 1e3,
-            pairs_encoded=encoded,
-            prefill_tokens=prefill_tokens,
-        )
-        state.last_encode = report
-        return report
 
     # -- questions ----------------------------------------------------------------------------------------------
 
@@ -272,6 +322,27 @@ class EngineCore:
             encode_ms=0.0 if reused else report.encode_ms,
             t_start=t_start,
         )
+
+    def watch_query(self, camera: str, condition: str) -> WatchQuery:
+        """A watch's yes/no question on the camera's current prefix (which must be up to date)."""
+        state = self._state(camera)
+        if not state.cache_valid or state.layout is None:
+            raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no encoded context")
+        return WatchQuery(camera, self.stacked_prefix(camera), state.layout.next_position,
+                          tuple(self.question_ids(camera, watch_question(condition))))
+
+    def encoded_version(self, camera: str) -> int | None:
+        """The context version the camera's prefix holds, None unless it holds the newest."""
+        state = self._cameras.get(camera)
+        return state.version if state is not None and state.cache_valid else None
+
+    def context_end(self, camera: str) -> tuple[int, float] | None:
+        """(id, wall-clock time of its last frame) of the newest pair in the camera's context."""
+        state = self._cameras.get(camera)
+        if state is None or not state.pairs:
+            return None
+        newest = max(state.pairs, key=lambda p: p.end_time)
+        return newest.id, newest.end_time
 
     def stacked_prefix(self, camera: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The prefix as two [layers, kv_heads, P, head_dim] tensors (built once per encode)."""
@@ -366,7 +437,7 @@ class EngineCore:
             "pairs_in_context": len(state.pairs),
             "cached_pairs": len(state.vision),
             "vision_pairs_encoded": state.vision.pairs_encoded,
-            "vision_calls": state.vision.tower_calls,
+            "encode_lag_s": round(self.encode_lag_s(camera), 3),
             "prefix_tokens": kv_length(state.kv),
             "prefix_rebuilds": state.rebuilds,
             "prefix_partial_rebuilds": state.partial_rebuilds,
@@ -393,5 +464,6 @@ class EngineCore:
             "device": str(self.lm.device),
             "dtype": str(self.lm.dtype).removeprefix("torch."),
             "tiny_random_weights": self.lm.is_tiny_random,
+            "encoder": self.encoder.describe(),
             "cameras": {name: self.camera_stats(name) for name in self._cameras},
         }

@@ -92,6 +92,25 @@ def fused_weights(layer: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return w, b, gu
 
 
+def check_kernels(lm: LoadedModel) -> tuple[dict[str, float], str | None]:
+    """Compile the fused kernels and check each against its PyTorch expression on random inputs of the model's
+    shapes (start-up). Returns (relative error per kernel, why they must stay off: None when they may run)."""
+    if not kernels.available(lm.device):
+        return {}, "triton is not available for this device"
+    cfg = lm.model.config.text_config
+    activation = getattr(cfg, "hidden_act", "silu")
+    if activation != "silu":  # the MLP kernels compute SiLU; the PyTorch step calls the model's own act_fn
+        return {}, f"the model's MLP activation is {activation!r}; the fused kernels compute SiLU"
+    heads = int(cfg.num_attention_heads)
+    shapes = {"heads": heads, "kv_heads": int(cfg.num_key_value_heads), "head_dim": int(cfg.hidden_size // heads),
+              "hidden": int(cfg.hidden_size)}
+    try:
+        errors = kernels.self_test(lm.device, lm.dtype, shapes)
+    except Exception as exc:  # a missing compiler or an unsupported device: PyTorch's kernels still work
+        return {}, f"{type(exc).__name__}: {exc}"
+    return errors, kernels.describe_self_test(errors, lm.dtype)
+
+
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     return kernels.ref_rms_norm(x, norm.weight, norm.variance_epsilon)
 
@@ -383,22 +402,7 @@ class StepRunner:
         the step uses them only if all pass. Returns whether it does."""
         if not self.want_kernels or self.math.fused:
             return self.math.fused
-        if not kernels.available(self.device):
-            self.kernels_off_reason = "triton is not available for this device"
-            return False
-        activation = getattr(self.lm.model.config.text_config, "hidden_act", "silu")
-        if activation != "silu":  # the MLP kernels compute SiLU; the PyTorch step calls the model's own act_fn
-            self.kernels_off_reason = f"the model's MLP activation is {activation!r}; the fused kernels compute SiLU"
-            log.warning("engine.kernels_off", reason=self.kernels_off_reason)
-            return False
-        c = self.cache
-        shapes = {"heads": self.math.n_heads, "kv_heads": c.kv_heads, "head_dim": c.head_dim,
-                  "hidden": int(self.lm.model.config.text_config.hidden_size)}
-        try:
-            self.kernel_errors = kernels.self_test(self.device, self.lm.dtype, shapes)
-            self.kernels_off_reason = kernels.describe_self_test(self.kernel_errors, self.lm.dtype)
-        except Exception as exc:  # a missing compiler or an unsupported device: PyTorch's kernels still work
-            self.kernels_off_reason = f"{type(exc).__name__}: {exc}"
+        self.kernel_errors, self.kernels_off_reason = check_kernels(self.lm)
         if self.kernels_off_reason is None:
             self.math.fused = True
         else:

@@ -39,6 +39,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+@dataclass(frozen=True)
+class AttentionShape:
+    """The language model's attention geometry, as the engine's own layer code needs it."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    n_rep: int  # query heads per KV head
+    scaling: float
+
+
 @dataclass
 class LoadedModel:
     """The model, its tokenizer and the constants the engine needs, read from the loaded config."""
@@ -58,6 +69,13 @@ class LoadedModel:
     @property
     def text_model(self) -> Any:
         return self.model.model.language_model
+
+    @property
+    def attention(self) -> AttentionShape:
+        cfg = self.model.config.text_config
+        heads, kv_heads = int(cfg.num_attention_heads), int(cfg.num_key_value_heads)
+        return AttentionShape(heads, kv_heads, int(cfg.hidden_size // heads), heads // kv_heads,
+                              float(self.text_model.layers[0].self_attn.scaling))
 
     @property
     def visual(self) -> Any:

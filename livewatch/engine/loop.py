@@ -3,7 +3,9 @@
 ``EngineLoop.step()`` = ``run(plan())``. ``plan`` takes the scheduler's queues (pure bookkeeping; the worker
 calls it under its lock), ``run`` does the model work (the worker calls it outside the lock): apply the published
 contexts, admit questions (each prepared, a lazy encode included, then routed by ``scheduler.route`` into a decode
-slot or onto the unbatched path), advance every decoding answer by one step, and run the planned encode. No
+slot or onto the unbatched path), advance every decoding answer by one step, run the planned encodes (several
+cameras together, within the step's token budget; the rest is handed back to the scheduler), and evaluate the
+watches of every watched camera whose prefix holds a context they have not seen (one batched forward). No
 threads, queues or futures here: the worker (``worker.py``) owns those; warm-up, the bench and the tests drive
 ``step()`` directly.
 
@@ -13,6 +15,7 @@ answers involved with a fixed message (logged with its traceback) and the loop g
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from livewatch.engine.answer import Answer
 from livewatch.engine.core import EncodeReport, EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.scheduler import AskJob, Plan, Route, Scheduler, route
+from livewatch.engine.watcheval import WatchEvaluator, WatchResult
 from livewatch.errors import CancelledRequest, EngineError, RecoverableError
 from livewatch.log import bind, get_logger
 
@@ -40,24 +44,32 @@ class EncodeOutcome:
 class StepResult:
     answers: list[Outcome] = field(default_factory=list)  # questions that ended; ``Outcome.key`` is the AskJob
     encodes: list[EncodeOutcome] = field(default_factory=list)
+    deferred: list[tuple[str, float]] = field(default_factory=list)  # planned encodes over the step's budget
+    watches: list[WatchResult] = field(default_factory=list)  # watches evaluated on new prefix versions
 
 
 class EngineLoop:
     def __init__(self, core: EngineCore, batch: BatchDecoder, scheduler: Scheduler | None = None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, encode_tokens: int | None = None) -> None:
         self.core = core
         self.batch = batch
         self.scheduler = scheduler or Scheduler()
         self._stopping = stopping
+        self.encode_tokens = encode_tokens  # new prefix tokens one step may compute (None: no bound)
+        self.watch_eval: WatchEvaluator | None = None  # built at the first watch
+        self.watch_versions: dict[str, int] = {}  # camera -> the context version its watches last saw
+        self.watch_sets: dict[str, dict[str, str]] = {}  # camera -> the watches evaluated last
 
-    def has_work(self) -> bool:
-        return self.scheduler.has_work() or bool(self.batch.active)
+    def has_work(self, now: float = math.inf) -> bool:
+        return self.scheduler.has_work(now) or bool(self.batch.active)
 
-    def plan(self) -> Plan:
-        return self.scheduler.plan(self.batch.free_slots(), decoding=bool(self.batch.active))
+    def plan(self, now: float = math.inf) -> Plan:
+        return self.scheduler.plan(self.batch.free_slots(), decoding=bool(self.batch.active), now=now)
 
     def step(self) -> StepResult:
-        return self.run(self.plan())
+        result = self.run(self.plan())
+        self.scheduler.requeue(result.deferred)
+        return result
 
     def run(self, plan: Plan) -> StepResult:
         result = StepResult()
@@ -65,16 +77,56 @@ class EngineLoop:
             if update is None:
                 self.core.drop_camera(camera)
             else:
-                self.core.set_context(camera, update.pairs, update.version)
+                self.core.set_context(camera, update.pairs, update.version, update.published_at or None)
         for job in plan.admit:
             outcome = self._admit(job)
             if outcome is not None:
                 result.answers.append(outcome)
         if self.batch.active:
             result.answers.extend(self._decode())
-        if plan.encode is not None:
-            result.encodes.append(self._encode(plan.encode))
+        if plan.encode:
+            self._encode(dict(plan.encode), result)
+        if plan.watches:
+            self._evaluate_watches(plan.watches, result)
         return result
+
+    def _evaluate_watches(self, watches: dict[str, dict[str, str]], result: StepResult) -> None:
+        """Every watch of every watched camera whose prefix holds a context its watches have not seen yet, in one
+        batched forward (however the prefix got there: an eager encode, or a question's)."""
+        due = []
+        for camera in list(self.watch_versions):
+            if camera not in watches:
+                del self.watch_versions[camera]
+        for camera in watches:
+            if self.watch_sets.get(camera) != watches[camera]:  # a watch added or changed: evaluate at once
+                self.watch_sets[camera] = watches[camera]
+                self.watch_versions.pop(camera, None)
+            version = self.core.encoded_version(camera)
+            end = self.core.context_end(camera)
+            if version is not None and end is not None and self.watch_versions.get(camera) != version:
+                due.append((camera, version, end))
+        if not due:
+            return
+        bind(camera=None, request=None)
+        t0 = time.perf_counter()
+        try:
+            if self.watch_eval is None:
+                self.watch_eval = WatchEvaluator(self.core.lm)
+            names = [(camera, name) for camera, _, _ in due for name in watches[camera]]
+            queries = [self.core.watch_query(camera, watches[camera][name]) for camera, name in names]
+            probabilities = self.watch_eval.probabilities(queries)
+        except Exception as exc:  # a model failure or a bug: these versions go unevaluated, the engine goes on
+            log.error("engine.watch_failed", cameras=len(due), error=f"{type(exc).__name__}")
+            for camera, version, _ in due:
+                self.watch_versions[camera] = version
+            return
+        ms = (time.perf_counter() - t0) * 1e3
+        info = {camera: (version, end) for camera, version, end in due}
+        for (camera, name), p in zip(names, probabilities):
+            version, (frame_id, frame_time) = info[camera]
+            result.watches.append(WatchResult(camera, name, p, frame_id, frame_time, version, ms))
+        for camera, version, _ in due:
+            self.watch_versions[camera] = version
 
     def _admit(self, job: AskJob) -> Outcome | None:
         bind(camera=job.camera, request=job.id)
@@ -103,21 +155,27 @@ class EngineLoop:
             log.exception("engine.step_crashed")
             return self.batch.cancel_all(EngineError(INTERNAL))
 
-    def _encode(self, camera: str) -> EncodeOutcome:
-        bind(camera=camera, request=None)
-        if not self.core.needs_encode(camera):
-            return EncodeOutcome(camera)
+    def _encode(self, cameras: dict[str, float], result: StepResult) -> None:
+        """Encode the planned cameras together, up to the step's token budget (the rest is handed back)."""
+        bind(camera=None, request=None)
         try:
-            report = self.core.encode(camera)
-        except RecoverableError as exc:
-            log.error("engine.encode_failed", error=str(exc))
-            return EncodeOutcome(camera, error=exc)
-        except Exception:
-            log.exception("engine.encode_crashed")
-            return EncodeOutcome(camera, error=EngineError(INTERNAL))
-        log.info("engine.encoded", kind=report.kind.value, encode_ms=round(report.encode_ms, 1),
-                 pairs_encoded=report.pairs_encoded, prefill_tokens=report.prefill_tokens)
-        return EncodeOutcome(camera, report=report)
+            batch = self.core.encode_many(list(cameras), self.encode_tokens)
+        except Exception:  # a bug must not kill the thread that serves every camera
+            log.exception("engine.encode_crashed", cameras=len(cameras))
+            result.encodes.extend(EncodeOutcome(c, error=EngineError(INTERNAL)) for c in cameras)
+            return
+        result.deferred.extend((c, cameras[c]) for c in batch.deferred)
+        for camera, error in batch.failed:
+            log.error("engine.encode_failed", camera=camera, error=str(error))
+            result.encodes.append(EncodeOutcome(camera, error=error))
+        for camera, report in batch.reports:
+            result.encodes.append(EncodeOutcome(camera, report=report))
+        if batch.reports:  # one line per batch; the figures of each camera are in status and /metrics
+            reports = [r for _, r in batch.reports]
+            log.info("engine.encoded", cameras=len(reports), encode_ms=round(reports[0].encode_ms, 1),
+                     vision_ms=round(reports[0].vision_ms, 1), pairs_encoded=sum(r.pairs_encoded for r in reports),
+                     prefill_tokens=sum(r.prefill_tokens for r in reports), deferred=len(batch.deferred),
+                     kinds=sorted({r.kind.value for r in reports}), max_lag_s=round(max(r.lag_s for r in reports), 3))
 
 
 def answer_now(loop: EngineLoop, camera: str, question: str, params: SamplingParams,

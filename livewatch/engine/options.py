@@ -15,3 +15,8 @@ class EngineOptions:
     cuda_graphs: bool = True  # capture the decode path on a GPU
     fused_kernels: bool = True  # Triton kernels in the GPU decode step (checked at start-up)
     warm_up: bool = True  # a synthetic camera through every path before the daemon reports ready
+    encode_batch: int = 16  # cameras' prefix updates run together in one encode step (eager mode)
+    encode_gather_s: float = 0.25  # eager encodes wait this long for other cameras' to run in the same step
+    encode_step_tokens: int = 4096  # new prefix tokens one encode step computes at most (questions wait behind it)
+    encode_graphs: bool = True  # capture the vision tower per frame grid on a GPU (checked against transformers')
+    lag_warning_s: float = 10.0  # log engine.encode_lagging when a camera's prefix is this far behind its frames

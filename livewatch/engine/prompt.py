@@ -43,6 +43,14 @@ def question_text(question: str, first: float, last: float, n_frames: int, tz: t
     )
 
 
+def watch_question(condition: str) -> str:
+    """The fixed yes/no question of a watch (its answer is read from the first answer position's logits)."""
+    return (
+        f'Look at the most recent frames. Is the following true right now: "{condition}"? '
+        f"Answer with one word, yes or no."
+    )
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """The chat template split around the video: ``head`` ends with <|vision_start|>, ``tail`` starts with

@@ -8,9 +8,19 @@ Three kinds of work reach the engine:
 - questions, in a queue bounded by ``max_queued`` (when it is full, ``push_ask`` raises RequestError(BUSY) instead
   of letting the queue grow), admitted into free decode slots round-robin across clients (a client's own
   questions in order), so one busy client cannot starve the others.
-- background encodes (eager mode), at most one pending per camera. Questions outrank them: an encode runs when no
-  question waits or decodes. So that answers streaming back to back cannot starve a camera's context, an encode
-  that has waited ``max_encode_wait`` decode steps runs between two of them anyway.
+- background encodes (eager mode), at most one pending per camera, kept in the order their prefixes went stale
+  (oldest lag first). Each step that encodes takes up to ``encode_batch`` of them, which the engine runs together
+  (one vision call, one prefill forward) within a token budget and hands back the ones that did not fit
+  (``requeue``: they keep their place at the front), so no camera starves and lag grows evenly across cameras
+  when the GPU falls behind, instead of work piling up: a camera has one pending encode, of its newest context.
+  Cameras publish at their own moments, so an engine that encoded each as it arrived would run one camera per
+  step, each step paying the model's fixed cost (launches, host work); instead an encode is due once the oldest
+  pending one has waited ``encode_gather_s`` (or ``encode_batch`` are pending), and the step takes every camera
+  that went stale meanwhile: lag grows by at most that wait, the work per camera shrinks several-fold.
+  Questions outrank encodes: an encode runs when no question waits or decodes, and so that answers streaming back
+  to back cannot starve the contexts, encodes that have waited ``max_encode_wait`` decode steps run between two
+  of them anyway. A question whose camera's prefix is stale does not wait for its turn: its admission encodes
+  that camera first (it jumps the queue).
 
 ``plan`` turns the queues into one step's ``Plan`` (what ``EngineLoop.step`` runs); ``route`` says whether an
 admitted question fits a decode slot or takes the unbatched path.
@@ -18,6 +28,7 @@ admitted question fits a decode slot or takes the unbatched path.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -57,15 +68,18 @@ class AskJob:
 class ContextUpdate:
     pairs: tuple[FramePair, ...]
     version: int
+    published_at: float = 0.0  # time.monotonic() when the memory published it: encode lag counts from here
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One engine step: contexts to apply (None: drop the camera), questions to admit, a camera to encode."""
+    """One engine step: contexts to apply (None: drop the camera), questions to admit, cameras to encode (oldest
+    lag first; applied contexts first, so an encode sees the newest frames)."""
 
     contexts: dict[str, ContextUpdate | None] = field(default_factory=dict)
     admit: tuple[AskJob, ...] = ()
-    encode: str | None = None
+    encode: tuple[tuple[str, float], ...] = ()  # (camera, stale since)
+    watches: dict[str, dict[str, str]] = field(default_factory=dict)  # camera -> {watch: condition} (read-only)
 
 
 class Route(Enum):
@@ -81,10 +95,13 @@ def route(prefix_tokens: int, question_tokens: int, max_new_tokens: int, slot_to
 class Scheduler:
     max_queued: int = 32
     max_encode_wait: int = 64  # decode steps a pending encode waits behind answers before it runs between two
+    encode_batch: int = 16  # cameras offered to one encode step
+    encode_gather_s: float = 0.0  # an encode is due once the oldest pending one waited this long (or a batch is full)
     by_client: OrderedDict[str, deque[AskJob]] = field(default_factory=OrderedDict)
     queued: int = 0
     contexts: dict[str, ContextUpdate | None] = field(default_factory=dict)
-    encodes: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    encodes: OrderedDict[str, float] = field(default_factory=OrderedDict)  # camera -> stale since, oldest first
+    watched: dict[str, dict[str, str]] = field(default_factory=dict)  # camera -> {watch: condition}; encoded eagerly
     encode_waited: int = 0  # decode steps since the oldest pending encode could have run
 
     # -- intake -------------------------------------------------------------------------------------------------
@@ -95,17 +112,46 @@ class Scheduler:
         self.by_client.setdefault(job.client or job.camera, deque()).append(job)
         self.queued += 1
 
-    def push_context(self, camera: str, pairs: Sequence[FramePair], version: int, eager: bool) -> None:
-        self.contexts[camera] = ContextUpdate(tuple(pairs), version)
-        if eager:
-            self.encodes[camera] = None
+    def push_context(self, camera: str, pairs: Sequence[FramePair], version: int, eager: bool,
+                     now: float = 0.0) -> None:
+        """A new context (``now``: time.monotonic()); a pending encode of the camera keeps its place and age."""
+        self.contexts[camera] = ContextUpdate(tuple(pairs), version, now)
+        if eager or camera in self.watched:
+            self.encodes.setdefault(camera, now)
+
+    def requeue(self, cameras: Sequence[tuple[str, float]]) -> None:
+        """Encodes a step took but did not run (over its budget), with their stale times: back to the front, in
+        their order (older than anything queued since), unless the camera was removed meanwhile."""
+        for camera, since in reversed(cameras):
+            if camera in self.contexts and self.contexts[camera] is None:
+                continue  # removed since
+            self.encodes.pop(camera, None)
+            self.encodes[camera] = since
+            self.encodes.move_to_end(camera, last=False)
+
+    def set_watches(self, camera: str, watches: dict[str, str]) -> None:
+        """The watches of a camera (name -> condition); none: the camera follows the encode mode again."""
+        watched = {c: w for c, w in self.watched.items() if c != camera}  # replaced, never mutated: plans hold it
+        if watches:
+            watched[camera] = dict(watches)
+        self.watched = watched
 
     def push_remove(self, camera: str) -> None:
         self.contexts[camera] = None
         self.encodes.pop(camera, None)
 
-    def has_work(self) -> bool:
-        return bool(self.queued or self.contexts or self.encodes)
+    def has_work(self, now: float = math.inf) -> bool:
+        """Whether a step has something to do at ``now`` (time.monotonic(); default: any pending encode)."""
+        due = self.encode_due(now)
+        return bool(self.queued or self.contexts) or (due is not None and due <= now)
+
+    def encode_due(self, now: float) -> float | None:
+        """When the pending encodes are due (<= now: due), None without any."""
+        if not self.encodes:
+            return None
+        if len(self.encodes) >= self.encode_batch:
+            return -math.inf
+        return next(iter(self.encodes.values())) + self.encode_gather_s
 
     def drain_asks(self) -> list[AskJob]:
         jobs = [job for q in self.by_client.values() for job in q]
@@ -115,20 +161,22 @@ class Scheduler:
 
     # -- planning -----------------------------------------------------------------------------------------------
 
-    def plan(self, free_slots: int, decoding: bool) -> Plan:
-        """The next step, given the free decode slots and whether answers are being decoded."""
+    def plan(self, free_slots: int, decoding: bool, now: float = math.inf) -> Plan:
+        """The next step, given the free decode slots, whether answers are being decoded, and the time
+        (time.monotonic(); default: every pending encode is due)."""
         contexts, self.contexts = self.contexts, {}
         admit: list[AskJob] = []
         while len(admit) < free_slots and (job := self._next_ask()) is not None:
             admit.append(job)
         busy = bool(admit) or decoding
-        encode = None
-        if self.encodes and not contexts:  # a camera whose context just changed is encoded from the new one
+        encode: tuple[tuple[str, float], ...] = ()  # (camera, stale since)
+        due = self.encode_due(now)
+        if due is not None and due <= now:
             if not busy or self.encode_waited >= self.max_encode_wait:
-                encode = self._next_encode()
+                encode = self._next_encodes()
             elif decoding:
                 self.encode_waited += 1
-        return Plan(contexts, tuple(admit), encode)
+        return Plan(contexts, tuple(admit), encode, self.watched)
 
     def _next_ask(self) -> AskJob | None:
         """The oldest question of the client served longest ago (round-robin over clients)."""
@@ -142,7 +190,9 @@ class Scheduler:
         self.queued -= 1
         return job
 
-    def _next_encode(self) -> str:
-        camera, _ = self.encodes.popitem(last=False)
+    def _next_encodes(self) -> tuple[tuple[str, float], ...]:
+        taken: list[tuple[str, float]] = []
+        while self.encodes and len(taken) < self.encode_batch:
+            taken.append(self.encodes.popitem(last=False))
         self.encode_waited = 0
-        return camera
+        return tuple(taken)

@@ -5,7 +5,8 @@ allocator growth): measured on an H100, a cold daemon took 4.3 s to encode its f
 the next batch, against ~80 ms warm. So the worker runs, at start-up, a camera of synthetic 16:9 frames (the
 shape of 720p and 1080p cameras after the pixel cap; from ``engine.synthetic``, as the tests' and the bench's)
 through a full prefix build, an in-place extension, a partial rebuild (the window sliding), a batched answer and
-an unbatched one, then forgets it. The camera's name cannot be a user camera's (names have no spaces).
+an unbatched one, then forgets it. Before that, the vision tower checks and captures its graphs for that frame
+grid at every batch size (other grids are checked and captured when a camera of that size first arrives). The camera's name cannot be a user camera's (names have no spaces).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loop import EngineLoop, answer_now
+from livewatch.engine.preprocess import target_size
 from livewatch.engine.synthetic import pairs as synthetic_pairs
 
 CAMERA = "warm up"
@@ -46,6 +48,10 @@ def warm_up(core: EngineCore, batch: BatchDecoder, tokens: int = 4) -> dict[str,
     def batched_answer() -> None:
         answer_now(loop, CAMERA, "What happens?", params)
 
+    spec = core.lm.spec
+    h, w = target_size(*FRAME_SIZE, spec)
+    # the vision tower's check and CUDA graphs for the grid of 720p/1080p cameras, every batch size
+    timed("vision_graphs", lambda: core.encoder.tower.prepare((1, h // spec.patch_size, w // spec.patch_size)))
     try:
         core.set_context(CAMERA, pairs[:3], 1)
         timed("build", encode)

@@ -21,6 +21,7 @@ ones, and calls ``on_death`` so the daemon exits non-zero and systemd restarts i
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loop import EngineLoop, StepResult
 from livewatch.engine.options import EngineOptions
 from livewatch.engine.scheduler import AskJob, Scheduler
+from livewatch.engine.watcheval import WatchResult
 from livewatch.errors import CancelledRequest, EngineError, LivewatchError
 from livewatch.frames import FramePair
 from livewatch.log import bind, get_logger
@@ -49,16 +51,22 @@ class EngineWorker:
         *,
         on_encode: Callable[[EncodeReport], None] | None = None,
         on_death: Callable[[str], None] | None = None,
+        on_watches: Callable[[list[WatchResult]], None] | None = None,
     ) -> None:
         self.core = core
         self._on_death = on_death
         self.died: str | None = None
         self._on_encode = on_encode
+        self._on_watches = on_watches  # called on the engine thread with each step's watch results
         self.eager = options.encode_mode == "eager"
         self.batch = BatchDecoder(core, options.slots, options.max_len, options.cuda_graphs,
                                   fused_kernels=options.fused_kernels)
-        self._sched = Scheduler(max_queued=options.max_queued)
-        self.loop = EngineLoop(core, self.batch, self._sched, stopping=lambda: self._stopping)
+        self._sched = Scheduler(max_queued=options.max_queued, encode_batch=options.encode_batch,
+                                encode_gather_s=options.encode_gather_s)
+        self.loop = EngineLoop(core, self.batch, self._sched, stopping=lambda: self._stopping,
+                               encode_tokens=options.encode_step_tokens)
+        self.lag_warning_s = options.lag_warning_s
+        self._lag_warned: dict[str, float] = {}  # camera -> when its lag was last logged
         self._cond = threading.Condition()
         self._stopping = False
         self._ready = threading.Event()
@@ -67,6 +75,9 @@ class EngineWorker:
         self._decoder_stats: dict[str, Any] = self.batch.stats()
         self._stats_at = 0.0
         self._busy_since: float | None = None
+        self.busy_total_s = 0.0  # seconds the thread spent running steps (the GPU's share of wall time)
+        self._in_step: dict[str, float] = {}  # cameras the running step encodes or updates -> stale since
+        self._stale: dict[str, float] = {}  # the core's stale prefixes after the last step -> since when
         self.jobs_done = 0
         self.jobs_failed = 0
         self.capture_error: str | None = None
@@ -100,7 +111,14 @@ class EngineWorker:
     def publish(self, camera: str, pairs: Sequence[FramePair], version: int) -> None:
         """A new context for ``camera``; supersedes a pending one. Eager mode also queues its encode."""
         with self._cond:
-            self._sched.push_context(camera, pairs, version, eager=self.eager)
+            self._sched.push_context(camera, pairs, version, eager=self.eager, now=time.monotonic())
+            self._cond.notify()
+
+    def set_watches(self, camera: str, watches: dict[str, str]) -> None:
+        """The watches of ``camera`` (name -> condition), evaluated on each new prefix version; the camera is
+        encoded eagerly while it has any."""
+        with self._cond:
+            self._sched.set_watches(camera, watches)
             self._cond.notify()
 
     def remove_camera(self, camera: str) -> None:
@@ -156,15 +174,31 @@ class EngineWorker:
         with self._cond:
             queued = self._sched.queued
             pending_encodes = len(self._sched.encodes)
+            # stale since: the core's after the last step, contexts published but not applied yet, encodes
+            # waiting, the cameras of the step running now
+            stale = dict(self._stale)
+            for camera, since in self._in_step.items():
+                stale[camera] = min(stale.get(camera, math.inf), since)
+            for camera, update in self._sched.contexts.items():
+                if update is not None:
+                    stale[camera] = min(stale.get(camera, math.inf), update.published_at)
+            for camera, since in self._sched.encodes.items():
+                stale[camera] = min(stale.get(camera, math.inf), since)
         busy = self._busy_since
+        figures = self._stats
+        now = time.monotonic()
+        cameras = {name: {**f, "encode_lag_s": round(now - stale.get(name, now), 3)}
+                   for name, f in figures.get("cameras", {}).items()}
         return {
-            **self._stats,
+            **figures,
+            "cameras": cameras,
             "alive": self.alive,
             "died": self.died,
             "encode_mode": "eager" if self.eager else "lazy",
             "queued_questions": queued,
             "pending_encodes": pending_encodes,
             "busy_s": round(time.monotonic() - busy, 3) if busy is not None else 0.0,
+            "busy_total_s": round(self.busy_total_s, 3),
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
             "decoder": {**self._decoder_stats, "capture_error": self.capture_error},
@@ -228,19 +262,30 @@ class EngineWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self.loop.has_work():
-                    self._cond.wait()
+                while not self._stopping and not self.loop.has_work(now := time.monotonic()):
+                    due = self._sched.encode_due(now)  # encodes gathering: wake when they are due
+                    self._cond.wait(None if due is None else max(due - now, 0.001))
                 if self._stopping:
                     return
-                plan = self.loop.plan()
-            self._busy_since = time.monotonic()
+                plan = self.loop.plan(time.monotonic())
+                self._in_step = {c: u.published_at for c, u in plan.contexts.items() if u is not None}
+                self._in_step.update((c, min(since, self._in_step.get(c, math.inf))) for c, since in plan.encode)
+            started = self._busy_since = time.monotonic()
             try:
                 self._finish(self.loop.run(plan))
             finally:
                 self._busy_since = None
-                self._refresh_stats(force=not self.batch.active)
+                self.busy_total_s += time.monotonic() - started
+                # a snapshot at most every 0.25 s while work goes on (with many cameras it costs), and when idle
+                self._refresh_stats(force=not self.batch.active and not self.loop.has_work(time.monotonic()))
+                stale = self.core.stale_times()  # cheap: kept exact after every step
+                with self._cond:
+                    self._stale, self._in_step = stale, {}
 
     def _finish(self, result: StepResult) -> None:
+        if result.deferred:
+            with self._cond:
+                self._sched.requeue(result.deferred)
         for outcome in result.answers:
             self._resolve(outcome)
         for enc in result.encodes:
@@ -248,8 +293,21 @@ class EngineWorker:
                 self.jobs_failed += 1
             elif enc.report is not None:
                 self.jobs_done += 1
+                self._check_lag(enc.camera, enc.report.lag_s)
                 if self._on_encode is not None:
                     self._on_encode(enc.report)
+        if result.watches and self._on_watches is not None:
+            self._on_watches(result.watches)
+
+    def _check_lag(self, camera: str, lag_s: float) -> None:
+        """An operator's signal that the GPU falls behind: at most one line per camera a minute."""
+        if not self.eager or lag_s < self.lag_warning_s:
+            return
+        now = time.monotonic()
+        if now - self._lag_warned.get(camera, -math.inf) >= 60.0:
+            self._lag_warned[camera] = now
+            log.warning("engine.encode_lagging", camera=camera, lag_s=round(lag_s, 2), bound_s=self.lag_warning_s,
+                        pending_encodes=len(self._sched.encodes))
 
     def _resolve(self, outcome: Outcome) -> None:
         job = outcome.key

@@ -4,8 +4,13 @@ Frames arrive one by one (``add_frame``); every two make a pair. Each frame is f
 limit (the model never sees more) and round-tripped through JPEG, so the pixels held in RAM are exactly the
 pixels a restart restores from disk. A new pair is scored by the camera's ``ImportanceModel`` (a background
 model that sees every frame in order; ``memory/importance.py``), offered to the star memory, pushed into the
-stream window (the oldest window pair leaves when it is full, and leaves memory unless it is a star), and the
-byte bound evicts the oldest window pairs first. Every change of the set star U window bumps ``version``.
+stream window (when it is full the oldest pairs leave, and leave memory unless they are stars), and the byte
+bound evicts the oldest window pairs first. Every change of the set star U window bumps ``version``.
+
+The window keeps ``window_pairs`` pairs and may grow ``window_slack`` more; when it passes that, it drops back
+to ``window_pairs`` at once. A pair leaving the front moves every later pair's place in the engine's prefix, so
+each departure costs a re-prefill of the whole window, while an arrival alone costs one pair's tokens (an
+extension): with slack, k + 1 arrivals cost one re-prefill instead of k + 1 (README Performance has the figures).
 
 A restart seeds the background model from the restored window's frames (oldest first) and measures every
 restored pair's signature against it. A restart that restores a window longer than its capacity (an index
@@ -43,6 +48,7 @@ log = get_logger("livewatch.memory")
 class MemoryParams:
     star_pairs: int = 10
     window_pairs: int = 10
+    window_slack: int = 0  # the window may grow this many pairs past window_pairs; then it drops back at once
     threshold: float = 0.6
     star_half_life_s: float = 600.0
     jpeg_quality: int = 90
@@ -235,8 +241,9 @@ class CameraMemory:
         self._slots[pid] = _Stored(pair, record, sig, saved=False)
         self._offer_star(pid)
         self.window.append(pid)
-        while len(self.window) > self.params.window_pairs:
-            self._leave_window(self.window.popleft())
+        if len(self.window) > self.params.window_pairs + self.params.window_slack:
+            while len(self.window) > self.params.window_pairs:  # with slack, several leave at once
+                self._leave_window(self.window.popleft())
         self._enforce_bytes()
         self.version += 1
         self._persist()

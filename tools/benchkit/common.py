@@ -46,10 +46,19 @@ class Plan:
     scaling_cameras: tuple[int, ...]
     ingest_seconds: float
     repeats: int
+    capacity_cameras: tuple[int, ...] = (32, 64, 96, 128)  # the capacity section's camera counts
+    capacity_slack: int = 3  # window slack (pairs) of its runs, as the default config.toml
+    capacity_no_slack: tuple[int, ...] = (64,)  # camera counts run again without slack, for its effect
+    capacity_seconds: float = 12.0  # real-time feeding per camera count
+    capacity_ask_every_s: float = 0.5  # a question this often on average during the feeding
+    capacity_prototype: tuple[int, ...] = (8, 16)  # camera counts of the prototype's method
+    watch_counts: tuple[int, ...] = (1, 16, 64, 256)  # watches evaluated at once (watches section)
+    watch_cameras: tuple[int, ...] = (16, 32, 64, 96)  # watched cameras at 1 fps, 2 watches each
 
 
 FULL = Plan(48, (1092, 1932), 256, 10, 10, (1080, 1920), (20, 40, 80, 160), (1, 4, 16), 10.0, 5)
-TINY = Plan(8, (336, 588), 32, 3, 3, (1080, 1920), (8, 16), (1, 2), 2.0, 2)
+TINY = Plan(8, (336, 588), 32, 3, 3, (1080, 1920), (8, 16), (1, 2), 2.0, 2, (1, 2), 1, (2,), 4.0, 1.0, (1,), (1, 4),
+            (1, 2))
 
 
 # -- timing and memory ------------------------------------------------------------------------------------------

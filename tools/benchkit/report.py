@@ -122,6 +122,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {row['cameras']} | {row['encode_all_ms']} ms | {row['followup_ttft_ms']} ms | "
             f"{row['kv_bytes_per_camera'] / 2**20:.1f} MiB | {row['peak_gib']} GiB |"
         )
+    lines += capacity_table(r.get("capacity"))
     if "skipped" in ing:
         lines += ["", f"Ingest: skipped ({ing['skipped']})."]
     else:
@@ -134,3 +135,29 @@ def markdown(r: dict[str, Any]) -> str:
             f"({ing['store_frame_size']}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def capacity_table(cap: dict[str, Any] | None) -> list[str]:
+    """The capacity section: cameras fed in real time at 1 fps against the prototype's full re-encode."""
+    if not cap:
+        return []
+    lines = [
+        "",
+        f"Capacity (cameras at 1 fps, eager mode, the daemon's engine thread): {cap['cameras_kept_fresh']} cameras "
+        f"kept fresh (p95 encode lag <= {cap['fresh_bound_p95_s']} s; tested up to {cap['tested_up_to']}); the "
+        f"prototype's method (full re-encode per batch, one camera at a time, same harness; tested up to "
+        f"{cap['prototype_tested_up_to']}) keeps {cap['prototype_cameras_kept_fresh']} "
+        f"({ratio(cap['cameras_kept_fresh'], cap['prototype_cameras_kept_fresh'])}).",
+        "",
+        "| cameras | window slack | step budget | encode lag p50 / p95 / max | lag sampled p95 | busy (encode, vision) | encode step | question TTFT p50 / p95 | peak memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in cap["runs"] + [{**r, "cameras": f"{r['cameras']} (prototype)"} for r in cap["prototype_runs"]]:
+        lines.append(
+            f"| {row['cameras']} | {row['window_slack_pairs']} pairs | {row['encode_step_tokens']} | {row['lag_p50_s']} / "
+            f"{row['lag_p95_s']} / {row['lag_max_s']} s | {row['lag_sampled_p95_s']} s | {row['busy_fraction']:.0%} "
+            f"({row['encode_busy_fraction']:.0%}, {row['vision_busy_fraction']:.0%}) | {row['cameras_per_step']} cameras, "
+            f"{row['tokens_per_step']} tokens, {row['encode_ms_per_step']} ms | {row['ttft_p50_ms']} / "
+            f"{row['ttft_p95_ms']} ms ({row['questions']} asked, {row['question_errors']} failed) | {row['peak_gib']} GiB |"
+        )
+    return lines
