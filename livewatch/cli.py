@@ -55,6 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
     rm_p = cam_sub.add_parser("rm", help="detach a camera and delete its frames")
     rm_p.add_argument("name")
 
+    watch = sub.add_parser("watch", help="list, add or remove watches (standing yes/no questions on a camera)")
+    _add_client_args(watch)
+    watch_sub = watch.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls_w = watch_sub.add_parser("ls", help="list watches with their state")
+    ls_w.add_argument("--json", action="store_true", help="print the watch.list message as JSON")
+    add_w = watch_sub.add_parser("add", help="add or replace a watch (kept across restarts)")
+    add_w.add_argument("camera")
+    add_w.add_argument("name")
+    add_w.add_argument("condition", help='what to watch for, e.g. "a person is standing at the door"')
+    add_w.add_argument("--on", type=float, default=0.7, help="P(yes) at or above which it holds (default 0.7)")
+    add_w.add_argument("--off", type=float, default=0.4, help="P(yes) at or below which it ends (default 0.4)")
+    add_w.add_argument("--confirm", type=int, default=2, help="consecutive evaluations that confirm (default 2)")
+    add_w.add_argument("--cooldown", type=float, default=60.0, help="seconds between two starts (default 60)")
+    add_w.add_argument("--hours", metavar="FROM-TO", help="active local hours, e.g. 22-6 (default: always)")
+    add_w.add_argument("--describe", action="store_true", help="follow each start with a short description")
+    rm_w = watch_sub.add_parser("rm", help="remove a watch")
+    rm_w.add_argument("name")
+
+    events = sub.add_parser("events", help="follow watch events until Ctrl-C")
+    _add_client_args(events)
+    events.add_argument("--watch", action="append", help="only this watch (repeatable; default: all)")
+    events.add_argument("--json", action="store_true", help="one JSON event per line")
+
     check = sub.add_parser("check-config", help="validate a config file and print the resolved settings")
     _add_config_args(check)
     return parser
@@ -168,6 +191,54 @@ def _cmd_cameras(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hours(text: str | None) -> tuple[int, int] | None:
+    from livewatch.client import EXIT_USAGE, ClientError
+
+    if text is None:
+        return None
+    try:
+        start, end = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise ClientError(f"--hours {text!r}: expected FROM-TO, two hours 0-23 such as 22-6", EXIT_USAGE) from None
+    return start, end
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from livewatch import client
+    from livewatch.server import watchproto as wp
+
+    message: wp.WatchRequest
+    if args.action == "ls":
+        message = wp.WatchList(id=client.new_id())
+    elif args.action == "add":
+        message = wp.WatchAdd(client.new_id(), args.name, args.camera, args.condition, args.on, args.off, args.confirm,
+                              args.cooldown, _hours(args.hours), args.describe)
+    else:
+        message = wp.WatchRemove(id=client.new_id(), name=args.name)
+    reply = asyncio.run(client.request(args.url, _token(args), message))
+    if reply.get("type") == "error":
+        raise client.ClientError(f"{reply.get('code')}: {reply.get('message')}", client.EXIT_REQUEST_FAILED)
+    if args.action == "ls":
+        if args.json:
+            print(json.dumps(reply))
+        for w in reply.get("watches", []):
+            if not args.json:
+                print(f"{w['name']}\t{w['camera']}\t{w['state']}\tp={w['last_probability']}\t"
+                      f"events={w['events']}\t{w['condition']}")
+    elif args.action == "add":
+        print(f"watch.added: {reply['watch']['name']} on {reply['watch']['camera']}")
+    else:
+        print(f"watch.removed: {reply['name']}")
+    return 0
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from livewatch import client
+
+    watches = tuple(args.watch) if args.watch else None
+    return asyncio.run(client.follow_events(args.url, _token(args), watches, args.json))
+
+
 def main(argv: list[str] | None = None) -> int:
     from livewatch.client import ClientError
 
@@ -181,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         "ask": _cmd_ask,
         "status": _cmd_status,
         "cameras": _cmd_cameras,
+        "watch": _cmd_watch,
+        "events": _cmd_events,
         "check-config": _cmd_check_config,
     }
     try:

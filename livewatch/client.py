@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import time
 import sys
 from typing import Any, TextIO
 
@@ -159,3 +160,36 @@ def format_status(reply: dict[str, Any]) -> str:
             + (f"  last error: {cam['last_error']}" if cam.get("last_error") else "")
         )
     return "\n".join(lines)
+
+
+async def follow_events(url: str, token: str | None, watches: tuple[str, ...] | None, as_json: bool,
+                        out: TextIO = sys.stdout) -> int:
+    """Subscribe to watch events and print each until Ctrl-C (exit 0) or the daemon goes away (exit 1)."""
+    from livewatch.server.watchproto import WatchSubscribe
+
+    msg = WatchSubscribe(id=new_id(), watches=watches)
+    async with await _open(url, token) as ws:
+        await ws.send(p.encode_request(msg))
+        try:
+            async for raw in ws:
+                event = _reply(raw)
+                if event["type"] == "error":
+                    raise ClientError(f"{event.get('code')}: {event.get('message')}", EXIT_REQUEST_FAILED)
+                if event["type"] != "event":
+                    continue
+                if as_json:
+                    print(json.dumps(event), file=out, flush=True)
+                else:
+                    print(format_event(event), file=out, flush=True)
+        except ConnectionClosed:
+            pass
+    raise ClientError("the daemon closed the connection", EXIT_REQUEST_FAILED)
+
+
+def format_event(event: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(float(event.get("frame_time") or 0)))
+    text = (f"{when}  {event.get('camera')}/{event.get('watch')}  {event.get('kind')}  "
+            f"p={event.get('probability')}  latency={event.get('latency_s')} s  frame {event.get('frame_url')}")
+    if event.get("description"):
+        text += f"\n    {event['description']}"
+    return text

@@ -53,6 +53,8 @@ from livewatch.server.handler import Connection, InflightCounter
 from livewatch.server.http import guarded_connection, make_process_request
 from livewatch.server.protocol import Answered, Ask
 from livewatch.statelock import StateDirLock
+from livewatch.watches.manager import WatchManager
+from livewatch.watches.wiring import WatchService, start_watches
 
 # Descriptors kept back from connections: the frame store, each camera's socket and files, the model's files,
 # Triton and CUDA. Connections get what the limit leaves (server.max_connections at most).
@@ -61,7 +63,7 @@ _FD_RESERVE = 256
 log = get_logger("livewatch.daemon")
 
 
-class Daemon:
+class Daemon(WatchService):
     def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.notifier = notifier or Notifier()
@@ -88,30 +90,23 @@ class Daemon:
         self._watchdog: asyncio.Task[None] | None = None
         self._camera_lock = asyncio.Lock()
         self.bound_port: int | None = None
+        self.watches: WatchManager | None = None
 
     # -- phase 1: startup ---------------------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        srv = self.settings.server
-        if not srv.tls_cert:
-            return None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            ctx.load_cert_chain(srv.tls_cert, srv.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{self.settings.source}: server.tls_cert/tls_key: cannot load: {exc}") from exc
-        return ctx
-
     async def startup(self) -> None:
         s = self.settings
-        tls = self._ssl_context()
+        tls = s.ssl_context()
         for warning in s.warnings:
             log.warning("config.warning", message=warning)
         self._open_state_dir()
         specs, errors = self._camera_specs()
         await self._start_engine()
+        self.watches = start_watches(self.settings, self.worker, self.camera_names, self.store, self._describe,
+                                     self.metrics)
         for name, spec in specs.items():
             await self._start_camera(name, spec, untrusted=name in self.registry.added, error=errors.get(name))
+        self.watches.warn_missing()
         await self._bind(tls)
         if self.notifier.watchdog_interval_s:
             self._watchdog = asyncio.create_task(self._ping_watchdog(self.notifier.watchdog_interval_s))
@@ -162,10 +157,10 @@ class Daemon:
                 message="TINY RANDOM-WEIGHT MODEL: answers are noise; use it to try the pipeline, not to watch cameras",
             )
         core = EngineCore(self.lm, max_gap_s=m.max_gap_s, timezone=m.timezone,
-                          max_new_tokens_limit=m.max_new_tokens_limit)
+                          max_new_tokens_limit=m.max_new_tokens_limit, encode_graphs=m.cuda_graphs == "auto")
         self.notifier.status("preparing the decode path")
         self.worker = EngineWorker(core, self.settings.engine_options(), on_encode=self._observe_encode,
-                                   on_death=self._engine_died)
+                                   on_death=self._engine_died, on_watches=self._watch_results)
         await asyncio.to_thread(self.worker.start)
 
     async def _bind(self, tls: ssl.SSLContext | None) -> None:
@@ -175,7 +170,8 @@ class Daemon:
             self._handle,
             srv.host,
             srv.port,
-            process_request=make_process_request(self.settings.token, self.health, self.metrics.render),
+            process_request=make_process_request(self.settings.token, self.health, self.metrics.render,
+                                                 self._evidence),
             origins=[None, *(Origin(o) for o in srv.allowed_origins)],
             max_size=4 * srv.max_message_bytes,
             compression=None,
@@ -249,7 +245,7 @@ class Daemon:
         self, name: str, spec: SourceSpec | None, *, untrusted: bool = False, error: str | None = None
     ) -> None:
         frame_size = self._frame_size()  # capture converts to it, memory stores at it: the model's pixel cap
-        params = self._memory_params(frame_size)
+        params = self.settings.memory_params(frame_size)
         assert self.worker is not None
         memory = CameraMemory(name, params, self.store)
         await asyncio.to_thread(memory.restore)  # a store it cannot read leaves it running from RAM (logged)
@@ -261,15 +257,6 @@ class Daemon:
         self.cameras[name] = runtime
         runtime.start()
         log.info("camera.attached", camera=name, source=spec.redacted if spec else None, failed=spec is None)
-
-    def _memory_params(self, frame_size: Callable[[int, int], tuple[int, int]]) -> MemoryParams:
-        m = self.settings.memory
-        return MemoryParams(
-            star_pairs=m.star_frames // 2, window_pairs=m.window_frames // 2, threshold=m.importance_threshold,
-            star_half_life_s=m.star_half_life_s, jpeg_quality=m.jpeg_quality, max_bytes=m.max_bytes_per_camera,
-            frame_size=frame_size, min_change_area=m.min_change_area, lightning_area=m.lightning_area,
-            stationary_s=m.stationary_s,
-        )
 
     def _engine_died(self, error: str) -> None:
         """Called on the dead engine thread: stop the daemon with a non-zero exit (systemd restarts it)."""
@@ -285,6 +272,7 @@ class Daemon:
 
     def _observe_encode(self, report: EncodeReport) -> None:
         self.metrics.encode.observe(report.encode_ms / 1e3)
+        self.metrics.encode_lag.observe(report.lag_s)
 
     async def _ping_watchdog(self, interval: float) -> None:
         while True:
@@ -346,6 +334,8 @@ class Daemon:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
         await asyncio.gather(*(cam.stop() for cam in self.cameras.values()), return_exceptions=True)
+        if self.watches is not None:
+            await self.watches.stop()
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop, 5.0)
         self._release_gpu()
@@ -403,6 +393,7 @@ class Daemon:
             "cameras": {name: rt.reader_stats() for name, rt in self.cameras.items()},
             "engine": engine,
             "memory": memory,
+            "watches": self.watches.stats() if self.watches is not None else {},
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -438,6 +429,8 @@ class Daemon:
                                       "does not resolve") from None
             await asyncio.to_thread(self.registry.add, name, url)
             await self._start_camera(name, spec, untrusted=True)
+            if self.watches is not None:
+                self.watches.camera_changed(name)
         return spec.redacted
 
     async def remove_camera(self, name: str) -> None:
@@ -449,6 +442,8 @@ class Daemon:
             await asyncio.to_thread(runtime.memory.delete_all)
             if self.worker is not None:
                 self.worker.remove_camera(name)
+            if self.watches is not None:
+                self.watches.camera_changed(name)
             configured = any(c.name == name for c in self.settings.cameras)
             await asyncio.to_thread(self.registry.remove, name, configured)
         log.info("camera.removed", camera=name)

@@ -31,6 +31,7 @@ class ErrorCode(str, Enum):
     TOO_LARGE = "too_large"  # the message or the question is over its limit
     UNAUTHORIZED = "unauthorized"  # (HTTP 401 before the upgrade; never sent on an open connection)
     UNKNOWN_CAMERA = "unknown_camera"
+    UNKNOWN_WATCH = "unknown_watch"  # watch.remove of a name that is not a watch
     UNKNOWN_REQUEST = "unknown_request"  # cancel of an id with nothing in flight
     DUPLICATE_ID = "duplicate_id"  # an ask whose id is still in flight on this connection
     CAMERA_EXISTS = "camera_exists"
@@ -123,3 +124,22 @@ def error_code(exc: BaseException, *, shutting_down: bool = False) -> ErrorCode:
     if isinstance(exc, CancelledRequest):
         return ErrorCode.SHUTTING_DOWN if shutting_down else ErrorCode.CANCELLED
     return ErrorCode.INTERNAL
+
+
+class DeliveryError(RecoverableError):
+    """One attempt to deliver an item failed.
+
+    ``reason`` is generic text safe to log and to show in stats ("timeout", "HTTP 503"): never a URL, a body or a
+    secret. ``error`` is the class of what failed ("ConnectError", "HTTPStatus"). ``retryable`` False fails the
+    item at once (an HTTP 404); ``offline`` marks the destination as down as a whole, so the attempt does not
+    count against the item's ``max_attempts``. ``retry_after_s`` is the destination's own hint (HTTP 429).
+    """
+
+    def __init__(self, reason: str, *, error: str, retryable: bool = True, offline: bool = False,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+        self.retryable = retryable
+        self.offline = offline
+        self.retry_after_s = retry_after_s

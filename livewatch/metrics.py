@@ -27,13 +27,19 @@ class _SnapshotCollector:
         mem = snap.get("memory", {})
         eng = snap.get("engine", {})
 
-        def per_camera(kind, name, doc, source, key):
-            family = kind(name, doc, labels=["camera"])
-            for cam, figures in source.items():
+        def per_key(label, kind, name, doc, source, key):
+            family = kind(name, doc, labels=[label])
+            for item, figures in source.items():
                 value = figures.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    family.add_metric([cam], value)
+                    family.add_metric([item], value)
             return family
+
+        def per_camera(*args):
+            return per_key("camera", *args)
+
+        def per_watch(*args):
+            return per_key("watch", *args)
 
         yield per_camera(CounterMetricFamily, "livewatch_frames_sampled", "Frames sampled.", cams, "frames_sampled")
         yield per_camera(CounterMetricFamily, "livewatch_frames_dropped", "Sampled frames dropped at the hand-off.",
@@ -56,6 +62,29 @@ class _SnapshotCollector:
         yield per_camera(GaugeMetricFamily, "livewatch_kv_bytes", "Bytes of the camera's shared prefix KV cache.",
                          engine_cams, "kv_bytes")
         yield per_camera(CounterMetricFamily, "livewatch_encodes", "Prefix encodes.", engine_cams, "encode_count")
+        yield per_camera(GaugeMetricFamily, "livewatch_encode_lag_current_seconds",
+                         "How long the camera's prefix has not held its newest frames (0: up to date).",
+                         engine_cams, "encode_lag_s")
+        watches = snap.get("watches", {}).get("watches", {})
+        yield per_watch(CounterMetricFamily, "livewatch_watch_evaluations", "Watch evaluations.", watches,
+                        "evaluations")
+        yield per_watch(CounterMetricFamily, "livewatch_watch_events", "Watch events (started and ended).", watches,
+                        "events")
+        yield per_watch(GaugeMetricFamily, "livewatch_watch_probability", "The last evaluation's P(yes).", watches,
+                        "last_probability")
+        yield per_watch(GaugeMetricFamily, "livewatch_watch_eval_milliseconds",
+                        "The last evaluation step's time (all watches evaluated with it).", watches, "eval_ms")
+        on = GaugeMetricFamily("livewatch_watch_on", "1 while the watch's condition holds.", labels=["watch"])
+        for name, figures in watches.items():
+            on.add_metric([name], 1.0 if figures.get("state") == "on" else 0.0)
+        yield on
+        for sink, figures in snap.get("watches", {}).get("sinks", {}).items():
+            for key in ("sent", "failed", "dropped", "retries"):
+                if isinstance(figures.get(key), int):
+                    family = CounterMetricFamily(f"livewatch_sink_{key}", f"Events {key} by the sink.",
+                                                 labels=["sink"])
+                    family.add_metric([sink], figures[key])
+                    yield family
         queue = GaugeMetricFamily("livewatch_engine_queue_depth", "Questions waiting for the engine.")
         queue.add_metric([], eng.get("queued_questions", 0))
         yield queue
@@ -79,6 +108,16 @@ class Metrics:
         self.encode = Histogram(
             "livewatch_encode_seconds", "Time to bring a camera's prefix up to date.", registry=self.registry,
             buckets=_LATENCY_BUCKETS,
+        )
+        self.encode_lag = Histogram(
+            "livewatch_encode_lag_seconds",
+            "Per camera encode: how long its prefix had not held the newest frames when the encode ended.",
+            registry=self.registry, buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
+        )
+        self.event_latency = Histogram(
+            "livewatch_event_latency_seconds",
+            "Watch events: from the capture of the newest frame that decided the event to leaving each sink.",
+            ["sink"], registry=self.registry, buckets=(0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 30.0),
         )
         self.cache = Counter(
             "livewatch_prefix_cache", "Questions answered on a reused (hit) or new (miss) prefix.",

@@ -11,10 +11,9 @@ A file that cannot be read is moved aside by the daemon (``move_aside``): saved 
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
+from livewatch.atomicfile import move_aside, read_json_object, write_private
 from livewatch.config import Camera
 from livewatch.errors import StorageError
 from livewatch.names import is_camera_name
@@ -27,14 +26,9 @@ class CameraRegistry:
         self.removed: set[str] = set()
 
     def load(self) -> None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        data = read_json_object(self.path, "runtime cameras")
+        if data is None:
             return
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"{self.path}: cannot read runtime cameras: {exc}") from exc
-        if not isinstance(data, dict):
-            raise StorageError(f"{self.path}: not a JSON object")
         added = data.get("added", {})
         removed = data.get("removed", [])
         if not isinstance(added, dict) or not all(isinstance(v, str) for v in added.values()):
@@ -63,26 +57,13 @@ class CameraRegistry:
         self._save()
 
     def move_aside(self) -> Path | None:
-        """Rename an unreadable file to ``cameras.json.corrupt-<UTC time>`` and start empty; the path, or None."""
+        """Rename an unreadable file aside (atomicfile.move_aside) and start empty; the new path, or None."""
         self.added, self.removed = {}, set()
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        try:
-            os.replace(self.path, aside)
-        except OSError:
-            return None
-        return aside
+        return move_aside(self.path)
 
     def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         payload = json.dumps({"added": self.added, "removed": sorted(self.removed)}, indent=2)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.unlink(missing_ok=True)  # a planted file or link of that name: O_EXCL below creates our own
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            write_private(self.path, payload)
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot save runtime cameras: {exc.strerror or exc}") from exc

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from livewatch.config.sections import WatchSection
 from livewatch.config import DEFAULT_MODEL_ID, FileConfig, load_settings, with_credentials
 from livewatch.errors import ConfigError
 
@@ -38,7 +39,7 @@ def test_shipped_config_documents_and_sets_every_key() -> None:
     data = tomllib.loads(text)
     defaults = FileConfig().model_dump()
     for section, fields in defaults.items():
-        if section == "cameras":
+        if section in ("cameras", "watches"):  # tables of named entries: their keys are listed in comments
             continue
         assert set(data[section]) == set(fields), f"[{section}] keys differ from the schema"
         for key, value in fields.items():
@@ -48,6 +49,8 @@ def test_shipped_config_documents_and_sets_every_key() -> None:
             assert m, f"{section}.{key} has no comment above it"
     for key in ("url", "username", "password_env", "password_file"):
         assert re.search(rf"^#\s+{key}\s+\S", text, re.M), f"camera key {key} is not documented"
+    for key in WatchSection.model_fields:
+        assert re.search(rf"^#\s+{key}\s+\S", text, re.M), f"watch key {key} is not documented"
 
 
 def test_unknown_key_names_key_file_and_allowed(tmp_path: Path) -> None:
@@ -182,3 +185,21 @@ def test_camera_names_must_match_whole(tmp_path: Path) -> None:
     assert is_camera_name("door-1.cam_2") and not is_camera_name("demo\n") and not is_camera_name("a" * 65)
     with pytest.raises(ConfigError, match="camera names are"):
         load_settings(ROOT / "config.toml", cameras=["demo\n=testsrc://"], environ={})
+
+
+def test_watches_and_event_sinks_from_the_config(tmp_path: Path) -> None:
+    ok = write(tmp_path, '[watches.door]\ncamera = "demo"\ncondition = "a person at the door"\n'
+                         'active_hours = [22, 6]\ndescribe = true\n'
+                         '[events]\nwebhook_url = "https://hooks.example/lw"\nwebhook_secret_env = "HOOK"\n')
+    settings = load_settings(ok, environ={"HOOK": "s3cret"})
+    spec = settings.watches["door"]
+    assert (spec.camera, spec.active_hours, spec.describe, spec.on, spec.off) == ("demo", (22, 6), True, 0.7, 0.4)
+    assert settings.webhook_secret == "s3cret" and "s3cret" not in repr(settings)
+    for bad, message in (
+        ('[watches.door]\ncamera = "demo"\ncondition = "x"\non = 0.3\noff = 0.5\n', r"off \(0.5\) must be below on"),
+        ('[watches.door]\ncamera = "demo"\ncondition = "x\\u0007"\n', "control character"),
+        ('[watches."bad name"]\ncamera = "demo"\ncondition = "x"\n', "watches"),
+        ('[events]\nwebhook_url = "https://h.example/"\n', "signing secret is required"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(write(tmp_path, bad), environ={})

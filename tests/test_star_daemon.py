@@ -20,7 +20,7 @@ def config(clip: Path) -> str:
     # 2 frames a second so the clip is short; a window of 2 pairs (2 s) that the events leave long before the end
     return (
         "[capture]\nfps = 2.0\n"
-        "[memory]\nstar_frames = 10\nwindow_frames = 4\n"
+        "[memory]\nstar_frames = 10\nwindow_frames = 4\nwindow_slack_frames = 0\n"
         f'[cameras.gate]\nurl = "{clip}#loop=0"\n'
     )
 

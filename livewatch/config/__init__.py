@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from livewatch.config.sections import (
     DEMO_CAMERA_URL,
     CameraSection,
     CaptureSection,
+    EventsSection,
     FileConfig,
     LogSection,
     MemorySection,
@@ -32,6 +35,9 @@ from livewatch.config.sections import (
     StateSection,
 )
 from livewatch.engine.options import EngineOptions
+from livewatch.memory.camera import MemoryParams
+from livewatch.watches.events import WatchSpec
+from livewatch.watches.store import spec_from_json
 from livewatch.errors import ConfigError
 from livewatch.names import CAMERA_NAME_RULE, is_camera_name
 from livewatch.server.limits import ServerLimits
@@ -65,7 +71,11 @@ class Settings:
     state_dir: Path
     cameras: tuple[Camera, ...]
     token: str | None = field(default=None, repr=False)
-    warnings: tuple[str, ...] = ()  # logged by the daemon once logging is set up (e.g. a world-readable token file)
+    warnings: tuple[str, ...] = ()
+    events: EventsSection = EventsSection()
+    watches: dict[str, WatchSpec] = field(default_factory=dict)
+    webhook_secret: str | None = field(default=None, repr=False)
+    mqtt_password: str | None = field(default=None, repr=False)  # logged by the daemon once logging is set up (e.g. a world-readable token file)
 
     # The typed parameters each part takes, so the daemon passes objects, not keyword lists.
 
@@ -82,12 +92,35 @@ class Settings:
             total=srv.max_inflight_total, outbound_bytes=srv.max_outbound_bytes,
         )
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of server.tls_cert/tls_key (None without TLS); ConfigError when they cannot load."""
+        srv = self.server
+        if not srv.tls_cert:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(srv.tls_cert, srv.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{self.source}: server.tls_cert/tls_key: cannot load: {exc}") from exc
+        return ctx
+
+    def memory_params(self, frame_size: Callable[[int, int], tuple[int, int]]) -> MemoryParams:
+        m = self.memory
+        return MemoryParams(
+            star_pairs=m.star_frames // 2, window_pairs=m.window_frames // 2, window_slack=m.window_slack_frames // 2,
+            threshold=m.importance_threshold, star_half_life_s=m.star_half_life_s, jpeg_quality=m.jpeg_quality,
+            max_bytes=m.max_bytes_per_camera, frame_size=frame_size, min_change_area=m.min_change_area,
+            lightning_area=m.lightning_area, stationary_s=m.stationary_s,
+        )
+
     def engine_options(self) -> EngineOptions:
         m = self.model
         return EngineOptions(
             encode_mode=m.encode_mode, max_queued=self.server.max_inflight_total, slots=m.batch_size,
             max_len=m.max_kv_tokens, cuda_graphs=m.cuda_graphs == "auto", fused_kernels=m.fused_kernels == "auto",
-            warm_up=m.warm_up,
+            warm_up=m.warm_up, encode_batch=m.encode_batch, encode_step_tokens=m.encode_step_tokens,
+            encode_gather_s=m.encode_gather_s,
+            encode_graphs=m.cuda_graphs == "auto", lag_warning_s=m.encode_lag_warning_s,
         )
 
 
@@ -273,6 +306,20 @@ def load_settings(
             f"required: set the environment variable {cfg.server.token_env} or server.token_file"
         )
     resolved = tuple(resolve_camera(source, name, cam, env) for name, cam in cfg.cameras.items())
+    watches = {}
+    for name, section in cfg.watches.items():
+        try:
+            watches[name] = spec_from_json(name, section.model_dump())
+        except ValueError as exc:
+            raise ConfigError(f"{source}: watches.{name}: {exc}") from None
+    ev = cfg.events
+    webhook_secret = _read_secret(source, "events.webhook_secret", ev.webhook_secret_env, ev.webhook_secret_file,
+                                  env, warnings)
+    if ev.webhook_url and not webhook_secret:
+        raise ConfigError(f"{source}: events.webhook_url is set, so a signing secret is required: set "
+                          f"{ev.webhook_secret_env} or events.webhook_secret_file")
+    mqtt_password = _read_secret(source, "events.mqtt_password", ev.mqtt_password_env, ev.mqtt_password_file, env,
+                                 warnings)
     state = Path(os.path.expanduser(cfg.state.dir)) if cfg.state.dir else default_state_dir(env)
     return Settings(
         source=source,
@@ -286,4 +333,8 @@ def load_settings(
         cameras=resolved,
         token=token,
         warnings=tuple(warnings),
+        events=cfg.events,
+        watches=watches,
+        webhook_secret=webhook_secret,
+        mqtt_password=mqtt_password,
     )

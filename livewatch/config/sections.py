@@ -7,6 +7,7 @@ section is a model validator, so ``check-config`` reports it like any other valu
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -34,6 +35,18 @@ class ModelSection(_Section):
     min_pixels: int = Field(3136, ge=784, le=16777216, description="Pixel floor per frame after resizing.")
     encode_mode: Literal["lazy", "eager"] = Field(
         "lazy", description="lazy: encode when a question needs it; eager: encode as each frame batch lands."
+    )
+    encode_batch: int = Field(
+        16, ge=1, le=256, description="Eager mode: cameras whose prefixes one encode step updates together."
+    )
+    encode_gather_s: float = Field(
+        0.25, ge=0, le=10, description="Eager mode: an encode waits this long for other cameras' to share its step."
+    )
+    encode_step_tokens: int = Field(
+        4096, ge=256, le=65536, description="New prefix tokens one encode step computes at most (questions wait)."
+    )
+    encode_lag_warning_s: float = Field(
+        10.0, gt=0, le=86400, description="Eager mode: log a warning when a camera's prefix falls this far behind."
     )
     max_gap_s: float = Field(60.0, gt=0, le=86400, description="Longer gaps between frame pairs are shortened to this.")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Answer length when a question does not ask.")
@@ -88,6 +101,10 @@ class CaptureSection(_Section):
 class MemorySection(_Section):
     star_frames: int = Field(20, ge=0, le=512, description="Capacity of the star memory in frames (pairs x 2).")
     window_frames: int = Field(20, ge=2, le=512, description="Length of the rolling stream window in frames.")
+    window_slack_frames: int = Field(
+        6, ge=0, le=512,
+        description="The window may grow this many frames past its length before its oldest pairs leave at once.",
+    )
     importance_threshold: float = Field(0.6, ge=0, le=1, description="Score above which a pair may become a star.")
     star_half_life_s: float = Field(
         600.0, gt=0, le=31536000, description="Age at which a star's importance counts half when competing."
@@ -106,7 +123,7 @@ class MemorySection(_Section):
         60.0, gt=0, le=86400, description="Seconds after which an object that stays put becomes background."
     )
 
-    @field_validator("star_frames", "window_frames")
+    @field_validator("star_frames", "window_frames", "window_slack_frames")
     @classmethod
     def _even(cls, value: int, info: ValidationInfo) -> int:
         if value % 2:
@@ -209,6 +226,68 @@ class CameraSection(_Section):
     password_file: str = Field("", description="File holding the camera password.")
 
 
+class WatchSection(_Section):
+    camera: str = Field(..., pattern=CAMERA_NAME_RE, description="The camera the watch looks at.")
+    condition: str = Field(..., min_length=1, max_length=300, description="What to watch for, in plain words.")
+    on: float = Field(0.7, ge=0, le=1, description="P(yes) at or above which the condition holds.")
+    off: float = Field(0.4, ge=0, le=1, description="P(yes) at or below which it no longer holds.")
+    confirm: int = Field(2, ge=1, le=20, description="Consecutive evaluations that confirm a change.")
+    cooldown_s: float = Field(60.0, ge=0, le=86400, description="Seconds between two 'started' events at least.")
+    active_hours: list[int] | None = Field(None, description="[from, to] local hours (to exclusive); none: always.")
+    describe: bool = Field(False, description="Follow each 'started' event with a short generated description.")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> WatchSection:
+        if self.off >= self.on:
+            raise ValueError(f"off ({self.off}) must be below on ({self.on})")
+        if self.active_hours is not None and (len(self.active_hours) != 2 or self.active_hours[0] == self.active_hours[1]
+                                              or not all(0 <= h <= 23 for h in self.active_hours)):
+            raise ValueError("active_hours must be [from, to]: two different hours in 0-23")
+        return self
+
+
+class EventsSection(_Section):
+    queue_size: int = Field(256, ge=1, le=100000, description="Events a sink holds while it cannot deliver.")
+    describe_tokens: int = Field(48, ge=1, le=512, description="Length of a 'describe' watch's description.")
+    max_watches: int = Field(256, ge=1, le=4096, description="Watches at once (config and API).")
+    webhook_url: str = Field("", description="POST every event as JSON here (http:// or https://); empty: off.")
+    webhook_secret_env: str = Field(
+        "LIVEWATCH_WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the HMAC-SHA256 signing secret.",
+    )
+    webhook_secret_file: str = Field("", description="File holding the signing secret (when the variable is unset).")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=120, description="Seconds a webhook request may take.")
+    mqtt_url: str = Field("", description="MQTT broker, mqtt://host:1883 or mqtts://host:8883; empty: off.")
+    mqtt_username: str = Field("", description="MQTT user name.")
+    mqtt_password_env: str = Field(
+        "LIVEWATCH_MQTT_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the MQTT password.",
+    )
+    mqtt_password_file: str = Field("", description="File holding the MQTT password (when the variable is unset).")
+    mqtt_topic_prefix: str = Field("livewatch", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Topic prefix.")
+    mqtt_discovery_prefix: str = Field(
+        "homeassistant", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Home Assistant discovery prefix."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("webhook_url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        if value:
+            from livewatch.watches.mqtt import Broker
+
+            Broker.parse(value)  # ValueError: mqtt://host[:port] or mqtts://, no credentials, no path
+        return value
+
+
 class FileConfig(_Section):
     model: ModelSection = ModelSection()
     capture: CaptureSection = CaptureSection()
@@ -220,4 +299,8 @@ class FileConfig(_Section):
     cameras: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], CameraSection] = Field(
         default_factory=lambda: {"demo": CameraSection(url=DEMO_CAMERA_URL)},
         description="Cameras by name; without a [cameras] table, the built-in test-pattern camera 'demo'.",
+    )
+    events: EventsSection = EventsSection()
+    watches: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], WatchSection] = Field(
+        default_factory=dict, description="Watches by name: standing yes/no questions delivered as events."
     )

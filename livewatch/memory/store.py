@@ -235,6 +235,20 @@ class FrameStore:
             raise ValueError(f"invalid camera name for the frame store: {camera!r}")
         return self.root / camera
 
+    def read_frame(self, camera: str, pair_id: int, max_bytes: int = 16 << 20) -> bytes | None:
+        """The JPEG of pair ``pair_id``'s newest frame (None when it is not stored: left memory, or never saved).
+        Links are not followed; a file over ``max_bytes`` is not read."""
+        d = self._dir(camera)
+        for name in (f"{pair_id}-1.jpg", f"{pair_id}-0.jpg"):
+            try:
+                fd = os.open(d / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+            return data if len(data) <= max_bytes else None
+        return None
+
     def _files(self, camera: str, record: PairRecord) -> list[Path]:
         d = self._dir(camera)
         return [d / f"{record.id}-{i}.jpg" for i in range(1 if record.single else 2)]

@@ -26,6 +26,7 @@ from livewatch.errors import ErrorCode, error_code
 from livewatch.log import bind, get_logger
 from livewatch.metrics import Metrics
 from livewatch.server import protocol as p
+from livewatch.server import watchproto as wp
 from livewatch.server.limits import ServerLimits
 
 log = get_logger("livewatch.server")
@@ -48,6 +49,18 @@ class Service(Protocol):
 
     async def remove_camera(self, name: str) -> None: ...
 
+    async def add_watch(self, request: wp.WatchAdd) -> dict[str, Any]:
+        """Add or replace a watch; returns it as stored."""
+
+    async def remove_watch(self, name: str) -> None: ...
+
+    def list_watches(self) -> list[dict[str, Any]]: ...
+
+    def subscribe(self, client: str, watches: tuple[str, ...] | None, send: Callable[[str], None]) -> None:
+        """Send ``client`` the events of ``watches`` (None: all) through ``send`` until ``unsubscribe``."""
+
+    def unsubscribe(self, client: str) -> None: ...
+
 
 class CancelReason(str, Enum):
     """Why a connection cancelled one of its ask tasks (the message of ``Task.cancel``)."""
@@ -56,7 +69,7 @@ class CancelReason(str, Enum):
     SHUTDOWN = "shutdown"  # the daemon is stopping
 
 
-_MAX_CAMERA_OPS = 4  # camera.add / camera.remove in flight per connection
+_MAX_CAMERA_OPS = 4  # camera.add / camera.remove / watch.add / watch.remove in flight per connection
 _INTERNAL = "internal error; see the daemon's log"
 
 
@@ -105,6 +118,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
+            self.service.unsubscribe(self.id)
             for task in [*self._asks.values(), *self._others]:
                 task.cancel()
             await asyncio.gather(*self._asks.values(), *self._others, return_exceptions=True)
@@ -188,14 +202,25 @@ class Connection:
                 task.cancel(msg=CancelReason.CLIENT)
         elif isinstance(req, p.Status):
             status = self.service.status()
-            self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"]))
-        elif isinstance(req, (p.CameraAdd, p.CameraRemove)):
+            self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"],
+                                       status.get("watches")))
+        elif isinstance(req, (p.CameraAdd, p.CameraRemove, wp.WatchAdd, wp.WatchRemove)):
             if len(self._others) >= _MAX_CAMERA_OPS:
-                self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera operations in flight")
+                self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera or watch operations in flight")
             elif isinstance(req, p.CameraAdd):
                 self._spawn(self._camera_add(req))
-            else:
+            elif isinstance(req, p.CameraRemove):
                 self._spawn(self._camera_remove(req))
+            else:
+                self._spawn(self._watch_op(req))
+        elif isinstance(req, wp.WatchList):
+            self.send(wp.reply("watch.list", req.id, watches=self.service.list_watches()))
+        elif isinstance(req, wp.WatchSubscribe):
+            self.service.subscribe(self.id, req.watches, self.send)
+            self.send(wp.reply("watch.subscribed", req.id, watches=list(req.watches) if req.watches else None))
+        elif isinstance(req, wp.WatchUnsubscribe):
+            self.service.unsubscribe(self.id)
+            self.send(wp.reply("watch.unsubscribed", req.id))
 
     def _start_ask(self, req: p.Ask) -> None:
         if self.service.shutting_down:
@@ -262,6 +287,17 @@ class Connection:
             self._request_failed(req.id, exc, "conn.camera_remove_failed")
         else:
             self.send(p.camera_removed_message(req.id, req.name))
+
+    async def _watch_op(self, req: wp.WatchAdd | wp.WatchRemove) -> None:
+        try:
+            if isinstance(req, wp.WatchAdd):
+                stored = await self.service.add_watch(req)
+                self.send(wp.reply("watch.added", req.id, watch=stored))
+            else:
+                await self.service.remove_watch(req.name)
+                self.send(wp.reply("watch.removed", req.id, name=req.name))
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.watch_op_failed")
 
     def _request_failed(self, rid: p.RequestId, exc: Exception, event: str) -> None:
         """One error reply; requests' own errors say what went wrong, anything else is ``internal``, logged."""

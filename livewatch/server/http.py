@@ -4,6 +4,8 @@
                    a JSON body either way. Never needs the token (for probes); without it the body holds only
                    the status, with it also the engine and the cameras' states.
     GET /metrics   Prometheus text format. Needs the token when one is configured.
+    GET /frames/CAMERA/ID.jpg
+                   a watch event's evidence frame (image/jpeg; 404 when it is not kept). Needs the token.
     anything else  needs the token when one is configured (401 before the upgrade), then the WebSocket
                    handshake (/ or /ws) or 404.
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from livewatch.log import get_logger
@@ -42,10 +46,14 @@ def _reply(conn: ServerConnection, status: int, body: str, content_type: str) ->
     return response
 
 
+_FRAME_PATH = re.compile(r"^/frames/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([0-9]{1,15})\.jpg$")
+
+
 def make_process_request(
     token: str | None,
     health: Callable[[], tuple[bool, dict[str, Any]]],
     metrics: Callable[[], bytes],
+    frame: Callable[[str, int], bytes | None] = lambda camera, frame_id: None,
 ) -> Callable[[ServerConnection, Request], Response | None]:
     unauthorized = [0, float("-inf")]  # attempts since the last warning, when it was logged
 
@@ -68,6 +76,14 @@ def make_process_request(
             return response
         if path == "/metrics":
             return _reply(conn, 200, metrics().decode(), CONTENT_TYPE)
+        match = _FRAME_PATH.match(path)
+        if match is not None:
+            data = frame(match.group(1), int(match.group(2)))
+            if data is None:
+                return _reply(conn, 404, "no such frame\n", "text/plain")
+            headers = Headers([("Content-Type", "image/jpeg"), ("Content-Length", str(len(data))),
+                               ("Cache-Control", "private, max-age=3600"), ("X-Content-Type-Options", "nosniff")])
+            return Response(200, "OK", headers, data)
         if path not in WS_PATHS:
             return _reply(conn, 404, "not found\n", "text/plain")
         return None

@@ -15,6 +15,7 @@ from typing import Any
 
 from livewatch.errors import ErrorCode
 from livewatch.names import CAMERA_NAME_RULE, is_camera_name
+from livewatch.server import watchproto as wp
 
 
 class ProtocolError(Exception):
@@ -70,7 +71,7 @@ class CameraRemove:
     name: str
 
 
-Request = Ask | Cancel | Status | CameraAdd | CameraRemove
+Request = Ask | Cancel | Status | CameraAdd | CameraRemove | wp.WatchRequest
 
 
 @dataclass(frozen=True)
@@ -197,21 +198,30 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
         name = _camera_name(f, "name", required=True)
         assert name is not None
         return CameraRemove(id=rid, name=name)
+    if kind in wp.KINDS:
+        try:
+            return wp.parse_watch_request(kind, obj, rid)
+        except wp.WatchProtocolError as exc:
+            raise ProtocolError(exc.code, str(exc), rid) from None
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
-        f"unknown message type {kind[:64]!r} (known: ask, cancel, status, camera.add, camera.remove)",
+        f"unknown message type {kind[:64]!r} (known: ask, cancel, status, camera.add, camera.remove, "
+        f"{', '.join(wp.KINDS)})",
         rid,
     )
 
 
 _TYPES: dict[type, str] = {Ask: "ask", Cancel: "cancel", Status: "status", CameraAdd: "camera.add",
-                           CameraRemove: "camera.remove"}
+                           CameraRemove: "camera.remove", wp.WatchAdd: "watch.add", wp.WatchRemove: "watch.remove",
+                           wp.WatchList: "watch.list", wp.WatchSubscribe: "watch.subscribe",
+                           wp.WatchUnsubscribe: "watch.unsubscribe"}
 _DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
 
 
 def encode_request(request: Request) -> str:
     """A typed request as the client sends it (the inverse of ``parse_request``; defaults and None left out)."""
-    fields = {k: v for k, v in vars(request).items() if v is not None and _DEFAULTS.get(k, object()) != v}
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(request).items()
+              if v is not None and _DEFAULTS.get(k, object()) != v}
     return _dump({"type": _TYPES[type(request)], **fields})
 
 
@@ -253,9 +263,11 @@ def error_message(request_id: RequestId | None, code: ErrorCode, message: str) -
 
 
 def status_message(
-    request_id: RequestId, cameras: dict[str, Any], engine: dict[str, Any], memory: dict[str, Any]
+    request_id: RequestId, cameras: dict[str, Any], engine: dict[str, Any], memory: dict[str, Any],
+    watches: dict[str, Any] | None = None,
 ) -> str:
-    return _dump({"type": "status", "id": request_id, "cameras": cameras, "engine": engine, "memory": memory})
+    return _dump({"type": "status", "id": request_id, "cameras": cameras, "engine": engine, "memory": memory,
+                  "watches": watches or {}})
 
 
 def camera_added_message(request_id: RequestId, name: str, url: str) -> str:

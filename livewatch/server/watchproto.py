@@ -1,0 +1,168 @@
+"""The watch messages of the WebSocket protocol: typed requests, their validation, the replies. Pure.
+
+    watch.add          {name, camera, condition, on?, off?, confirm?, cooldown_s?, active_hours?, describe?}
+    watch.remove       {name}
+    watch.list         {}
+    watch.subscribe    {watches?: [name, ...]}   (absent: every watch, including ones added later)
+    watch.unsubscribe  {}
+
+Replies: ``watch.added`` (the watch as stored), ``watch.removed``, ``watch.list`` (every watch with its state),
+``watch.subscribed``, ``watch.unsubscribed``; while subscribed, ``event`` messages arrive without an id
+(README.md, "WebSocket protocol", has the fields).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from livewatch.errors import ErrorCode
+from livewatch.names import CAMERA_NAME_RULE, is_camera_name
+
+NAME_RULE = CAMERA_NAME_RULE.replace("camera names", "names")
+MAX_CONDITION_CHARS = 300
+MAX_SUBSCRIBED = 256
+
+
+class WatchProtocolError(Exception):
+    def __init__(self, code: ErrorCode, message: str, request_id: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class WatchAdd:
+    id: Any
+    name: str
+    camera: str
+    condition: str
+    on: float = 0.7
+    off: float = 0.4
+    confirm: int = 2
+    cooldown_s: float = 60.0
+    active_hours: tuple[int, int] | None = None
+    describe: bool = False
+
+
+@dataclass(frozen=True)
+class WatchRemove:
+    id: Any
+    name: str
+
+
+@dataclass(frozen=True)
+class WatchList:
+    id: Any
+
+
+@dataclass(frozen=True)
+class WatchSubscribe:
+    id: Any
+    watches: tuple[str, ...] | None = None  # None: all
+
+
+@dataclass(frozen=True)
+class WatchUnsubscribe:
+    id: Any
+
+
+WatchRequest = WatchAdd | WatchRemove | WatchList | WatchSubscribe | WatchUnsubscribe
+KINDS = ("watch.add", "watch.remove", "watch.list", "watch.subscribe", "watch.unsubscribe")
+_FIELDS = {
+    "watch.add": {"name", "camera", "condition", "on", "off", "confirm", "cooldown_s", "active_hours", "describe"},
+    "watch.remove": {"name"}, "watch.list": set(), "watch.subscribe": {"watches"}, "watch.unsubscribe": set(),
+}
+
+
+def _bad(rid: Any, message: str) -> WatchProtocolError:
+    return WatchProtocolError(ErrorCode.BAD_REQUEST, message, rid)
+
+
+def _name(obj: dict[str, Any], field: str, rid: Any) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str):
+        raise _bad(rid, f"missing field {field!r} (a string)")
+    if not is_camera_name(value):
+        raise _bad(rid, f"field {field!r}: {NAME_RULE}")
+    return value
+
+
+def _number(obj: dict[str, Any], field: str, lo: float, hi: float, default: float, rid: Any) -> float:
+    value = obj.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise _bad(rid, f"field {field!r} must be a number in [{lo}, {hi}]")
+    return float(value)
+
+
+def check_condition(text: str) -> str | None:
+    """Why a watch's condition is not acceptable, or None."""
+    if not text.strip():
+        return "the condition is empty"
+    if len(text) > MAX_CONDITION_CHARS:
+        return f"the condition is over {MAX_CONDITION_CHARS} characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return "the condition holds a control character"
+    return None
+
+
+def parse_watch_request(kind: str, obj: dict[str, Any], rid: Any) -> WatchRequest:
+    """A ``watch.*`` message (``kind`` one of KINDS) to its typed request; WatchProtocolError otherwise."""
+    extra = set(obj) - _FIELDS[kind] - {"type", "id"}
+    if extra:
+        raise _bad(rid, f"unknown field(s): {', '.join(sorted(extra))}")
+    if kind == "watch.remove":
+        return WatchRemove(rid, _name(obj, "name", rid))
+    if kind == "watch.list":
+        return WatchList(rid)
+    if kind == "watch.unsubscribe":
+        return WatchUnsubscribe(rid)
+    if kind == "watch.subscribe":
+        names = obj.get("watches")
+        if names is None:
+            return WatchSubscribe(rid)
+        if not isinstance(names, list) or not 1 <= len(names) <= MAX_SUBSCRIBED:
+            raise _bad(rid, f"field 'watches' must be a list of 1-{MAX_SUBSCRIBED} watch names")
+        if not all(isinstance(n, str) and is_camera_name(n) for n in names):
+            raise _bad(rid, f"field 'watches': {NAME_RULE}")
+        return WatchSubscribe(rid, tuple(dict.fromkeys(names)))
+    condition = obj.get("condition")
+    if not isinstance(condition, str):
+        raise _bad(rid, "missing field 'condition' (a string)")
+    why = check_condition(condition)
+    if why is not None:
+        raise _bad(rid, f"field 'condition': {why}")
+    on = _number(obj, "on", 0.0, 1.0, 0.7, rid)
+    off = _number(obj, "off", 0.0, 1.0, 0.4, rid)
+    if off >= on:
+        raise _bad(rid, f"field 'off' ({off}) must be below 'on' ({on})")
+    confirm = obj.get("confirm", 2)
+    if isinstance(confirm, bool) or not isinstance(confirm, int) or not 1 <= confirm <= 20:
+        raise _bad(rid, "field 'confirm' must be an integer in [1, 20]")
+    hours = obj.get("active_hours")
+    if hours is not None:
+        if (not isinstance(hours, list) or len(hours) != 2
+                or not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h <= 23 for h in hours)
+                or hours[0] == hours[1]):
+            raise _bad(rid, "field 'active_hours' must be [from, to]: two different hours in 0-23 (to exclusive)")
+    describe = obj.get("describe", False)
+    if not isinstance(describe, bool):
+        raise _bad(rid, "field 'describe' must be true or false")
+    return WatchAdd(
+        rid, _name(obj, "name", rid), _name(obj, "camera", rid), condition, on, off, confirm,
+        _number(obj, "cooldown_s", 0.0, 86400.0, 60.0, rid), (hours[0], hours[1]) if hours else None, describe,
+    )
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def reply(kind: str, request_id: Any, **fields: Any) -> str:
+    """A reply to a watch request: ``watch.added``, ``watch.removed``, ``watch.list``, ``watch.subscribed``..."""
+    return _dump({"type": kind, "id": request_id, **fields})
+
+
+def event_message(event: dict[str, Any]) -> str:
+    return _dump(event)

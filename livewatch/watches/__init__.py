@@ -1,0 +1,1 @@
+"""Watches: standing yes/no questions on a camera, evaluated on each new prefix, delivered as events."""

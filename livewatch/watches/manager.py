@@ -1,0 +1,272 @@
+"""The daemon's watches: their specs, their triggers, and their events to every sink. The event loop's thread only.
+
+The engine evaluates every watch of a camera on each new prefix version (engine/watcheval.py) and hands the results
+over (``on_results``, scheduled onto the loop by the daemon). Each result goes through the watch's ``Trigger``
+(policy.py, pure); a transition becomes a ``WatchEvent`` that goes out at once to the WebSocket subscribers and to
+every configured sink (webhook, MQTT: each with its own bounded queue, so none waits for another). A watch with
+``describe`` then asks the engine an ordinary question about the camera and sends the answer as an update of the
+same event (kind ``described``): the notification itself never waits for generation.
+
+The evidence frame of an event (the newest pair of the context that decided it) is read from the frame store when
+the event is made and kept for the last ``EVIDENCE_KEPT`` events, so its URL keeps working after the pair leaves
+the camera's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, tzinfo
+from typing import Any, Protocol
+
+from livewatch.engine.watcheval import WatchResult
+from livewatch.errors import ErrorCode, RequestError
+from livewatch.log import get_logger
+from livewatch.server.watchproto import event_message
+from livewatch.watches.events import WatchEvent, WatchSpec
+from livewatch.watches.policy import Trigger
+from livewatch.watches.store import WatchStore
+
+log = get_logger("livewatch.watches")
+EVIDENCE_KEPT = 256
+DESCRIBE_QUESTION = "Describe in one or two sentences what is happening now, for a notification."
+
+
+class EventSink(Protocol):
+    """A delivery channel (webhook, MQTT) as the manager uses it."""
+
+    name: str
+
+    def publish_event(self, event: WatchEvent) -> None: ...
+
+    def watch_changed(self, spec: WatchSpec, present: bool) -> None: ...
+
+    def watch_state(self, spec: WatchSpec, on: bool) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def stop(self, timeout_s: float | None = None) -> None: ...
+
+
+class _Watch:
+    def __init__(self, spec: WatchSpec) -> None:
+        self.spec = spec
+        self.trigger = Trigger(spec)
+        self.eval_ms = 0.0
+        self.last_event: dict[str, Any] | None = None
+        self.last_latency_s: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        p = self.trigger.last_probability
+        return {**self.spec.to_json(), "state": self.trigger.state, "evaluations": self.trigger.evaluations,
+                "events": self.trigger.events, "last_probability": round(p, 4) if p is not None else None,
+                "eval_ms": round(self.eval_ms, 2), "last_event": self.last_event,
+                "last_event_latency_s": self.last_latency_s}
+
+
+class WatchManager:
+    def __init__(
+        self,
+        store: WatchStore,
+        configured: dict[str, WatchSpec],
+        engine_set: Callable[[str, dict[str, str]], None],
+        camera_names: Callable[[], Sequence[str]],
+        read_frame: Callable[[str, int], bytes | None],
+        describe: Callable[[str, str, int], Awaitable[str]],
+        sinks: Sequence[EventSink] = (),
+        tz: tzinfo | None = None,
+        max_watches: int = 256,
+        describe_tokens: int = 48,
+        on_latency: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.configured = dict(configured)
+        self._engine_set = engine_set
+        self._camera_names = camera_names
+        self._read_frame = read_frame
+        self._describe = describe
+        self.sinks = list(sinks)
+        self.tz = tz
+        self.max_watches = max_watches
+        self.describe_tokens = describe_tokens
+        self._on_latency = on_latency
+        self.watches: dict[str, _Watch] = {}
+        self._subscribers: dict[str, tuple[frozenset[str] | None, Callable[[str], None]]] = {}
+        self._evidence: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.events_sent = 0
+
+    # -- the set of watches -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Every configured and saved watch, registered with the engine and the sinks."""
+        for spec in self.store.effective(self.configured).values():
+            self._install(spec)
+
+    def _end_if_on(self, watch: _Watch) -> None:
+        """A watch that goes away (removed, replaced) while its condition holds ends: no subscriber, webhook or
+        Home Assistant sensor stays "on" for a watch that no longer exists."""
+        if watch.trigger.state != "on" or watch.last_event is None:
+            return
+        p = watch.trigger.last_probability or 0.0
+        last = watch.last_event
+        event = WatchEvent(watch.spec.name, watch.spec.camera, "ended", p, last["frame_time"], last["frame_id"])
+        self._publish(watch, event)
+        for sink in self.sinks:
+            sink.watch_state(watch.spec, on=False)
+
+    def _install(self, spec: WatchSpec) -> None:
+        old = self.watches.get(spec.name)
+        if old is not None:
+            self._end_if_on(old)
+        self.watches[spec.name] = _Watch(spec)
+        if old is not None and old.spec.camera != spec.camera:
+            self._sync_engine(old.spec.camera)
+        self._sync_engine(spec.camera)
+        for sink in self.sinks:
+            sink.watch_changed(spec, present=True)
+
+    def _sync_engine(self, camera: str) -> None:
+        self._engine_set(camera, {w.spec.name: w.spec.condition for w in self.watches.values()
+                                  if w.spec.camera == camera})
+
+    def warn_missing(self) -> None:
+        """Log the watches whose camera does not exist (they wait for it)."""
+        cameras = set(self._camera_names())
+        for spec in (w.spec for w in self.watches.values()):
+            if spec.camera not in cameras:
+                log.warning("watch.camera_missing", watch=spec.name, camera=spec.camera)
+
+    async def add(self, spec: WatchSpec) -> dict[str, Any]:
+        if spec.camera not in self._camera_names():
+            raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {spec.camera!r}")
+        if spec.name not in self.watches and len(self.watches) >= self.max_watches:
+            raise RequestError(ErrorCode.BUSY, f"at most {self.max_watches} watches")
+        await asyncio.to_thread(self.store.add, spec)
+        self._install(spec)
+        log.info("watch.added", watch=spec.name, camera=spec.camera)
+        return self.watches[spec.name].describe()
+
+    async def remove(self, name: str) -> None:
+        watch = self.watches.get(name)
+        if watch is None:
+            raise RequestError(ErrorCode.UNKNOWN_WATCH, f"no watch named {name!r}")
+        await asyncio.to_thread(self.store.remove, name, name in self.configured)
+        del self.watches[name]
+        self._sync_engine(watch.spec.camera)
+        self._end_if_on(watch)
+        for sink in self.sinks:
+            sink.watch_changed(watch.spec, present=False)
+        log.info("watch.removed", watch=name)
+
+    def camera_changed(self, camera: str) -> None:
+        """A camera was added or removed: its watches stay defined, evaluated while the camera exists."""
+        if camera in self._camera_names():
+            self._sync_engine(camera)
+        else:
+            self._engine_set(camera, {})
+
+    def list(self) -> list[dict[str, Any]]:
+        return [w.describe() for w in self.watches.values()]
+
+    # -- subscribers --------------------------------------------------------------------------------------------
+
+    def subscribe(self, client: str, watches: tuple[str, ...] | None, send: Callable[[str], None]) -> None:
+        self._subscribers[client] = (frozenset(watches) if watches else None, send)
+
+    def unsubscribe(self, client: str) -> None:
+        self._subscribers.pop(client, None)
+
+    # -- evaluations to events ----------------------------------------------------------------------------------
+
+    def on_results(self, results: Sequence[WatchResult]) -> None:
+        for result in results:
+            watch = self.watches.get(result.watch)
+            if watch is None or watch.spec.camera != result.camera:
+                continue  # removed or moved while the engine evaluated it
+            watch.eval_ms = result.eval_ms
+            now = time.time()
+            hour = (datetime.fromtimestamp(now, self.tz) if self.tz else datetime.fromtimestamp(now)).hour
+            transition = watch.trigger.update(now, result.probability, hour)
+            if transition is None:
+                continue
+            event = WatchEvent(watch.spec.name, result.camera, transition.kind, result.probability,
+                               result.frame_time, result.frame_id)
+            self._keep_evidence(result.camera, result.frame_id)
+            self._publish(watch, event)
+            for sink in self.sinks:
+                sink.watch_state(watch.spec, on=transition.kind == "started")
+            if transition.kind == "started" and watch.spec.describe:
+                self._spawn(self._follow_with_description(watch, event))
+
+    def _publish(self, watch: _Watch, event: WatchEvent) -> None:
+        message = event.to_message()
+        watch.last_event = {k: message[k] for k in ("id", "kind", "probability", "frame_time", "frame_id",
+                                                    "decided_at")}
+        watch.last_latency_s = message["latency_s"]
+        log.info("watch.event", watch=event.watch, camera=event.camera, kind=event.kind,
+                 probability=message["probability"], latency_s=message["latency_s"], event_id=event.id)
+        text = event_message(message)
+        sent = False
+        for names, send in list(self._subscribers.values()):
+            if names is None or event.watch in names:
+                send(text)
+                sent = True
+        if sent and self._on_latency is not None:
+            self._on_latency("websocket", message["latency_s"])
+        for sink in self.sinks:
+            sink.publish_event(event)
+        self.events_sent += 1
+
+    async def _follow_with_description(self, watch: _Watch, event: WatchEvent) -> None:
+        try:
+            text = await self._describe(event.camera, DESCRIBE_QUESTION, self.describe_tokens)
+        except Exception as exc:  # the event went out already; the description is a bonus
+            log.warning("watch.describe_failed", watch=event.watch, error=type(exc).__name__)
+            return
+        if watch.spec.name in self.watches:
+            self._publish(watch, event.described(text.strip()))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Cancel descriptions in progress; let every sink deliver what it can within its drain timeout."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(sink.stop() for sink in self.sinks), return_exceptions=True)
+
+    # -- evidence frames ----------------------------------------------------------------------------------------
+
+    def _keep_evidence(self, camera: str, frame_id: int) -> None:
+        key = (camera, frame_id)
+        if key in self._evidence:
+            self._evidence.move_to_end(key)
+            return
+        try:
+            data = self._read_frame(camera, frame_id)
+        except (OSError, ValueError):
+            data = None
+        if data is not None:
+            self._evidence[key] = data
+            while len(self._evidence) > EVIDENCE_KEPT:
+                self._evidence.popitem(last=False)
+
+    def evidence(self, camera: str, frame_id: int) -> bytes | None:
+        """An event's evidence frame, else any stored frame of the camera's memory."""
+        data = self._evidence.get((camera, frame_id))
+        if data is not None:
+            return data
+        try:
+            return self._read_frame(camera, frame_id)
+        except (OSError, ValueError):
+            return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"watches": {n: w.describe() for n, w in self.watches.items()}, "events_sent": self.events_sent,
+                "subscribers": len(self._subscribers), "sinks": {s.name: s.stats() for s in self.sinks}}

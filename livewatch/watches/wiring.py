@@ -1,0 +1,132 @@
+"""The watches in the daemon: building the manager and its sinks from the settings, and the daemon's watch API.
+
+``start_watches`` loads the saved watches (a file it cannot read is moved aside, like the runtime cameras), builds
+the configured sinks (webhook, MQTT), registers every watch with the engine and starts the sinks' delivery
+tasks. ``WatchService`` is the part of the daemon's ``Service`` (server/handler.py) that concerns watches, kept here
+so the daemon stays the lifecycle; it runs on the daemon (``self`` is the Daemon).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+
+from livewatch.config import Settings
+from livewatch.engine.generate import SamplingParams
+from livewatch.engine.prompt import resolve_tz
+from livewatch.engine.watcheval import WatchResult
+from livewatch.engine.worker import EngineWorker
+from livewatch.errors import ErrorCode, RequestError, StorageError
+from livewatch.log import get_logger
+from livewatch.memory.store import FrameStore
+from livewatch.metrics import Metrics
+from livewatch.server.watchproto import WatchAdd
+from livewatch.watches.manager import WatchManager
+from livewatch.watches.sinks import Sink, SinkOptions
+from livewatch.watches.webhook import WebhookSink
+from livewatch.watches.store import WatchStore, spec_of
+
+log = get_logger("livewatch.watches")
+
+
+def build_sinks(settings: Settings, on_sent: Callable[[str, float], None]) -> list[Sink]:
+    """The configured delivery sinks (none configured: none), not started yet."""
+    ev = settings.events
+    options = SinkOptions(max_queue=ev.queue_size)
+    sinks: list[Sink] = []
+    if ev.webhook_url:
+        assert settings.webhook_secret is not None  # load_settings requires it with a URL
+        sinks.append(WebhookSink(ev.webhook_url, settings.webhook_secret.encode(), timeout_s=ev.webhook_timeout_s,
+                                 options=options, on_sent=partial(on_sent, "webhook")))
+    if ev.mqtt_url:
+        from livewatch.watches.mqtt import MqttSink
+
+        sinks.append(MqttSink(ev.mqtt_url, username=ev.mqtt_username or None, password=settings.mqtt_password,
+                              topic_prefix=ev.mqtt_topic_prefix, discovery_prefix=ev.mqtt_discovery_prefix,
+                              options=options, on_sent=partial(on_sent, "mqtt")))
+    return sinks
+
+
+def start_watches(
+    settings: Settings,
+    worker: EngineWorker | None,
+    camera_names: Callable[[], Sequence[str]],
+    frames: FrameStore | None,
+    describe: Callable[[str, str, int], Awaitable[str]],
+    metrics: Metrics,
+) -> WatchManager:
+    assert worker is not None
+    store = WatchStore(settings.state_dir)
+    try:
+        store.load()
+    except StorageError as exc:  # saved watches never stop a start
+        aside = store.move_aside()
+        log.error("watches.unreadable", error=str(exc), moved_to=str(aside) if aside else None)
+
+    def read_frame(camera: str, frame_id: int) -> bytes | None:
+        return frames.read_frame(camera, frame_id) if frames is not None else None
+
+    def observe(sink: str, latency_s: float) -> None:
+        metrics.event_latency.labels(sink).observe(latency_s)
+
+    ev = settings.events
+    sinks = build_sinks(settings, observe)
+    manager = WatchManager(
+        store, settings.watches, worker.set_watches, camera_names, read_frame, describe,
+        sinks=sinks, tz=resolve_tz(settings.model.timezone), max_watches=ev.max_watches,
+        describe_tokens=ev.describe_tokens, on_latency=observe,
+    )
+    for sink in sinks:
+        sink.start()
+        log.info("watches.sink_started", sink=sink.name)
+    manager.start()
+    return manager
+
+
+class WatchService:
+    """The watch requests of the daemon's Service, and the engine's hand-over of watch results."""
+
+    watches: WatchManager | None
+    worker: EngineWorker | None
+    cameras: dict[str, Any]
+    _loop: Any
+
+    def _watch_results(self, results: list[WatchResult]) -> None:
+        """Called on the engine thread: the triggers and the sinks run on the event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and self.watches is not None:
+            # a fresh context: not the engine thread's log bindings
+            loop.call_soon_threadsafe(self.watches.on_results, results, context=contextvars.Context())
+
+    async def _describe(self, camera: str, question: str, tokens: int) -> str:
+        assert self.worker is not None
+        answer = await self.worker.ask(camera, question, SamplingParams(max_new_tokens=tokens), None, "", "watches")
+        return answer.text
+
+    def _evidence(self, camera: str, frame_id: int) -> bytes | None:
+        return self.watches.evidence(camera, frame_id) if self.watches is not None and camera in self.cameras else None
+
+    def _watch_manager(self) -> WatchManager:
+        if self.watches is None:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, "watches are not available")
+        return self.watches
+
+    async def add_watch(self, request: WatchAdd) -> dict[str, Any]:
+        return await self._watch_manager().add(spec_of(request))
+
+    async def remove_watch(self, name: str) -> None:
+        await self._watch_manager().remove(name)
+
+    def list_watches(self) -> list[dict[str, Any]]:
+        return self._watch_manager().list()
+
+    def subscribe(self, client: str, watches: tuple[str, ...] | None, send: Callable[[str], None]) -> None:
+        self._watch_manager().subscribe(client, watches, send)
+
+    def unsubscribe(self, client: str) -> None:
+        if self.watches is not None:
+            self.watches.unsubscribe(client)
+
+
