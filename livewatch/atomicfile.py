@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,16 +15,19 @@ from livewatch.errors import StorageError
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file, fsync, rename) with mode 0600. Raises OSError.
 
-    A planted file or link at the temporary name is removed first and O_EXCL | O_NOFOLLOW creates our own."""
-    tmp = path.with_name(path.name + ".tmp")
+    The temporary file has a fresh random name (mkstemp: O_EXCL, mode 0600): two writers never share one, and
+    nothing planted in the directory can be written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def move_aside(path: Path) -> Path | None:

@@ -78,13 +78,10 @@ class _SnapshotCollector:
         for name, figures in watches.items():
             on.add_metric([name], 1.0 if figures.get("state") == "on" else 0.0)
         yield on
-        for sink, figures in snap.get("watches", {}).get("sinks", {}).items():
-            for key in ("sent", "failed", "dropped", "retries"):
-                if isinstance(figures.get(key), int):
-                    family = CounterMetricFamily(f"livewatch_sink_{key}", f"Events {key} by the sink.",
-                                                 labels=["sink"])
-                    family.add_metric([sink], figures[key])
-                    yield family
+        sinks = snap.get("watches", {}).get("sinks", {})
+        for key in ("sent", "failed", "dropped", "retries"):  # one family per figure, a sample per sink
+            yield per_key("sink", CounterMetricFamily, f"livewatch_sink_{key}",
+                          f"Items (events, and MQTT's states and discovery configs) {key} by the sink.", sinks, key)
         queue = GaugeMetricFamily("livewatch_engine_queue_depth", "Questions waiting for the engine.")
         queue.add_metric([], eng.get("queued_questions", 0))
         yield queue

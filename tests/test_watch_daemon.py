@@ -160,4 +160,9 @@ def test_events_reach_a_signed_webhook_and_mqtt_with_home_assistant_discovery(ma
         assert SECRET.decode() not in d.log.read_text()
         sinks = status_json(d)["watches"]["sinks"]
         assert sinks["webhook"]["sent"] == 2 and sinks["mqtt"]["connected"] is True and sinks["mqtt"]["failed"] == 0
+        assert sinks["webhook"]["target"] == "http://127.0.0.1:" + hook.url.split(":")[2].split("/")[0]  # no path
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = [f.name for f in text_string_to_metric_families(get(f"http://127.0.0.1:{d.port}/metrics")[1].decode())]
+        assert len(families) == len(set(families)) and "livewatch_sink_sent" in families  # one family, two sinks
         assert d.terminate() == 0

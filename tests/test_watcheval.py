@@ -54,10 +54,12 @@ def test_watches_batched_over_cameras_equal_each_alone(setup) -> None:
     queries = [core.watch_query(camera, c) for c in CONDITIONS for camera in contexts]  # interleaved cameras
     queries.append(core.watch_query("door", "x"))  # a much shorter suffix: padding
     alone = [evaluator.probabilities([q])[0] for q in queries]
+    forwards = evaluator.forwards
     together = evaluator.probabilities(queries)
+    assert evaluator.forwards == forwards + 1  # both cameras' watches in one forward
     assert max(abs(a - b) for a, b in zip(alone, together)) < 1e-5
     assert len({round(a, 6) for a in alone}) > 2, "the conditions must change the answer, or this proves little"
-    split = WatchEvaluator(core.lm, max_rows=1)  # one watch per forward
+    split = WatchEvaluator(core.lm, max_cells=1)  # one watch per forward
     assert max(abs(a - b) for a, b in zip(alone, split.probabilities(queries))) < 1e-5
     assert split.forwards == len(queries)
 

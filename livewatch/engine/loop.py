@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.answer import Answer
 from livewatch.engine.core import EncodeReport, EngineCore
@@ -59,6 +61,8 @@ class EngineLoop:
         self.watch_eval: WatchEvaluator | None = None  # built at the first watch
         self.watch_versions: dict[str, int] = {}  # camera -> the context version its watches last saw
         self.watch_sets: dict[str, dict[str, str]] = {}  # camera -> the watches evaluated last
+        self.watch_failures = 0  # evaluation steps that failed (out of memory, a model error)
+        self._watch_failure_logged = -math.inf
 
     def has_work(self, now: float = math.inf) -> bool:
         return self.scheduler.has_work(now) or bool(self.batch.active)
@@ -116,7 +120,15 @@ class EngineLoop:
             queries = [self.core.watch_query(camera, watches[camera][name]) for camera, name in names]
             probabilities = self.watch_eval.probabilities(queries)
         except Exception as exc:  # a model failure or a bug: these versions go unevaluated, the engine goes on
-            log.error("engine.watch_failed", cameras=len(due), error=f"{type(exc).__name__}")
+            self.watch_failures += 1
+            oom = isinstance(exc, torch.OutOfMemoryError)
+            if oom and self.core.lm.device.type == "cuda":
+                torch.cuda.empty_cache()
+            now = time.monotonic()
+            if now - self._watch_failure_logged >= 60.0:  # one line a minute, with the count
+                self._watch_failure_logged = now
+                log.error("engine.watch_failed", cameras=len(due), error=type(exc).__name__, out_of_memory=oom,
+                          failures=self.watch_failures, exc_info=not oom and not isinstance(exc, RuntimeError))
             for camera, version, _ in due:
                 self.watch_versions[camera] = version
             return

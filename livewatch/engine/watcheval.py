@@ -16,11 +16,13 @@ then attends in two parts that are joined in one softmax:
 The two score blocks are concatenated along the keys, one softmax (float32) gives the exact attention over
 prefix + suffix, and the two value products are summed. The layer's own weights, rotary tables and norms are used
 (fastpath.fuse_projections / fused_weights), so the arithmetic is the model's; the tests check it against a
-from-scratch forward of the same prompt. A ``max_rows`` bound splits a large set of watches into several forwards.
+from-scratch forward of the same prompt. A ``max_cells`` bound on the padded attention
+splits a large set of watches into several forwards.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +70,7 @@ def single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 
 
 class WatchEvaluator:
-    def __init__(self, lm: LoadedModel, max_rows: int = 16 * 1024) -> None:
+    def __init__(self, lm: LoadedModel, max_cells: int = 1 << 26) -> None:
         text = lm.text_model
         fuse_projections(text)
         self.lm = lm
@@ -79,7 +81,9 @@ class WatchEvaluator:
         shape = lm.attention
         self.n_heads, self.kv_heads, self.head_dim = shape.heads, shape.kv_heads, shape.head_dim
         self.n_rep, self.scaling = shape.n_rep, shape.scaling
-        self.max_rows = max_rows  # query rows (watches x n_rep x suffix tokens) of one forward
+        # attention scores of one forward and layer: cameras x W_max x n_rep x S x P_max (padding included), which
+        # bounds the float32 score, softmax and probability tensors (~12 bytes a cell at the peak)
+        self.max_cells = max_cells
         self.yes_ids = single_token_ids(lm.tokenizer, YES_WORDS)
         self.no_ids = single_token_ids(lm.tokenizer, NO_WORDS)
         if not self.yes_ids or not self.no_ids:
@@ -91,21 +95,44 @@ class WatchEvaluator:
 
     @torch.inference_mode()
     def probabilities(self, queries: Sequence[WatchQuery]) -> list[float]:
-        """P(yes) of each query, in order."""
-        out: list[float] = []
-        chunk: list[WatchQuery] = []
-        rows = 0
-        for q in queries:
-            need = self.n_rep * len(q.suffix)
-            if chunk and rows + need > self.max_rows:
-                out += self._forward(chunk)
-                chunk, rows = [], 0
-            chunk.append(q)
-            rows += need
-        if chunk:
-            out += self._forward(chunk)
+        """P(yes) of each query, in order. Watches are grouped by camera and cut into forwards whose padded
+        attention stays within ``max_cells``."""
+        out: list[float | None] = [None] * len(queries)
+        for chunk in self._chunks(queries):
+            for index, p in zip(chunk, self._forward([queries[i] for i in chunk])):
+                out[index] = p
         self.evaluations += len(queries)
-        return out
+        return [p if p is not None else math.nan for p in out]
+
+    def _chunks(self, queries: Sequence[WatchQuery]) -> list[list[int]]:
+        by_camera: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_camera.setdefault(q.camera, []).append(i)
+        chunks: list[list[int]] = []
+        current: list[list[int]] = []  # the current chunk's watches, per camera
+
+        def cells(groups: list[list[int]]) -> int:
+            members = [i for g in groups for i in g]
+            w_max = max(len(g) for g in groups)
+            s = max(len(queries[i].suffix) for i in members)
+            p = max(int(queries[i].prefix[0].shape[2]) for i in members)
+            return len(groups) * w_max * self.n_rep * s * p
+
+        for indices in by_camera.values():
+            for start in range(0, len(indices), 1):
+                group = indices[start : start + 1]
+                if current and current[-1] and queries[current[-1][0]].camera == queries[group[0]].camera:
+                    trial = [*current[:-1], current[-1] + group]
+                else:
+                    trial = [*current, group]
+                if current and cells(trial) > self.max_cells:
+                    chunks.append([i for g in current for i in g])
+                    current = [group]
+                else:
+                    current = trial
+        if current:
+            chunks.append([i for g in current for i in g])
+        return chunks
 
     def _forward(self, queries: Sequence[WatchQuery]) -> list[float]:
         self.forwards += 1
@@ -122,16 +149,13 @@ class WatchEvaluator:
         h = self.embed(tokens)  # [W, S, H]
         cos, sin = self.rotary(h, positions[None].expand(3, -1, -1))  # [W, S, D]
         cos, sin = cos[:, None], sin[:, None]  # [W, 1, S, D]
-        # the cameras' prefixes, padded: [layers, C, kv_heads, P_max, D]
-        first = {c: next(q for q in queries if q.camera == c).prefix for c in cameras}
-        p_lens = [first[c][0].shape[2] for c in cameras]
+        # the cameras' prefixes, padded, one layer at a time into one buffer: [C, kv_heads, P_max, D]
+        first = [next(q for q in queries if q.camera == c).prefix for c in cameras]
+        p_lens = [int(k.shape[2]) for k, _ in first]
         p_max = max(p_lens)
-        shape = (len(self.layers), c_n, self.kv_heads, p_max, self.head_dim)
+        shape = (c_n, self.kv_heads, p_max, self.head_dim)
         k_pre = torch.zeros(shape, dtype=h.dtype, device=dev)
         v_pre = torch.zeros(shape, dtype=h.dtype, device=dev)
-        for ci, c in enumerate(cameras):
-            k_pre[:, ci, :, : p_lens[ci]].copy_(first[c][0])
-            v_pre[:, ci, :, : p_lens[ci]].copy_(first[c][1])
         # slot of each watch in the [C, W_max] grid, and the masks
         slot = torch.empty(w, dtype=torch.long)
         for ci, m in enumerate(members):
@@ -145,7 +169,10 @@ class WatchEvaluator:
         suf_mask = torch.where(causal[None, :] <= causal[:, None], 0.0, neg)  # [S, S]
         masks = (pre_mask[:, None, None, :], suf_mask)
         for i, layer in enumerate(self.layers):
-            h = self._layer(layer, h, cos, sin, k_pre[i], v_pre[i], slot, c_n, w_max, masks)
+            for ci, (k, v) in enumerate(first):
+                k_pre[ci, :, : p_lens[ci]].copy_(k[i])
+                v_pre[ci, :, : p_lens[ci]].copy_(v[i])
+            h = self._layer(layer, h, cos, sin, k_pre, v_pre, slot, c_n, w_max, masks)
         last = torch.tensor([n - 1 for n in lengths], device=dev)
         final = kernels.ref_rms_norm(h[torch.arange(w, device=dev), last], self.norm.weight,
                                      self.norm.variance_epsilon)

@@ -199,6 +199,7 @@ class EngineWorker:
             "pending_encodes": pending_encodes,
             "busy_s": round(time.monotonic() - busy, 3) if busy is not None else 0.0,
             "busy_total_s": round(self.busy_total_s, 3),
+            "watch_eval_failures": self.loop.watch_failures,
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
             "decoder": {**self._decoder_stats, "capture_error": self.capture_error},

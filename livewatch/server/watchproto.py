@@ -104,6 +104,8 @@ def check_condition(text: str) -> str | None:
         return f"the condition is over {MAX_CONDITION_CHARS} characters"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         return "the condition holds a control character"
+    if "<|" in text or "|>" in text:
+        return "the condition holds '<|' or '|>' (the model's special-token markers)"
     return None
 
 

@@ -15,6 +15,7 @@ the camera's memory.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +32,7 @@ from livewatch.watches.store import WatchStore
 
 log = get_logger("livewatch.watches")
 EVIDENCE_KEPT = 256
+MAX_DESCRIBES = 2  # describe follow-ups at once: a flapping watch cannot fill the engine's question queue
 DESCRIBE_QUESTION = "Describe in one or two sentences what is happening now, for a notification."
 
 
@@ -96,13 +98,21 @@ class WatchManager:
         self._subscribers: dict[str, tuple[frozenset[str] | None, Callable[[str], None]]] = {}
         self._evidence: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()  # watch.add / watch.remove one at a time: the store and the set stay in step
+        self._stopped = False
         self.events_sent = 0
+        self.describes_skipped = 0  # describe follow-ups not started: MAX_DESCRIBES were running
+        self.results_dropped = 0  # evaluations not applied: not finite, or a bug (logged)
 
     # -- the set of watches -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Every configured and saved watch, registered with the engine and the sinks."""
-        for spec in self.store.effective(self.configured).values():
+        """Every configured and saved watch (at most max_watches), registered with the engine and the sinks."""
+        specs = list(self.store.effective(self.configured).values())
+        if len(specs) > self.max_watches:
+            log.error("watches.too_many", watches=len(specs), max_watches=self.max_watches,
+                      ignored=[s.name for s in specs[self.max_watches:]][:20])
+        for spec in specs[: self.max_watches]:
             self._install(spec)
 
     def _end_if_on(self, watch: _Watch) -> None:
@@ -110,20 +120,26 @@ class WatchManager:
         Home Assistant sensor stays "on" for a watch that no longer exists."""
         if watch.trigger.state != "on" or watch.last_event is None:
             return
-        p = watch.trigger.last_probability or 0.0
+        p = watch.trigger.last_probability
         last = watch.last_event
-        event = WatchEvent(watch.spec.name, watch.spec.camera, "ended", p, last["frame_time"], last["frame_id"])
-        self._publish(watch, event)
+        event = WatchEvent(watch.spec.name, watch.spec.camera, "ended", p if p is not None and math.isfinite(p) else 0.0,
+                           last["frame_time"], last["frame_id"])
+        self._publish(watch, event, observed=False)  # not decided by a frame: no latency figure
+        watch.trigger.reset()
         for sink in self.sinks:
             sink.watch_state(watch.spec, on=False)
 
     def _install(self, spec: WatchSpec) -> None:
         old = self.watches.get(spec.name)
+        if old is not None and old.spec == spec:
+            return  # the same watch again (a script re-adding it): its state and cooldown stay
         if old is not None:
             self._end_if_on(old)
         self.watches[spec.name] = _Watch(spec)
         if old is not None and old.spec.camera != spec.camera:
             self._sync_engine(old.spec.camera)
+            for sink in self.sinks:
+                sink.watch_changed(old.spec, present=False)  # no orphan sensor under the old camera
         self._sync_engine(spec.camera)
         for sink in self.sinks:
             sink.watch_changed(spec, present=True)
@@ -140,33 +156,42 @@ class WatchManager:
                 log.warning("watch.camera_missing", watch=spec.name, camera=spec.camera)
 
     async def add(self, spec: WatchSpec) -> dict[str, Any]:
-        if spec.camera not in self._camera_names():
-            raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {spec.camera!r}")
-        if spec.name not in self.watches and len(self.watches) >= self.max_watches:
-            raise RequestError(ErrorCode.BUSY, f"at most {self.max_watches} watches")
-        await asyncio.to_thread(self.store.add, spec)
-        self._install(spec)
-        log.info("watch.added", watch=spec.name, camera=spec.camera)
-        return self.watches[spec.name].describe()
+        async with self._lock:
+            if spec.camera not in self._camera_names():
+                raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {spec.camera!r}")
+            if spec.name not in self.watches and len(self.watches) >= self.max_watches:
+                raise RequestError(ErrorCode.BUSY, f"at most {self.max_watches} watches (events.max_watches)")
+            await asyncio.to_thread(self.store.add, spec)
+            self._install(spec)
+            log.info("watch.added", watch=spec.name, camera=spec.camera)
+            return self.watches[spec.name].describe()
 
     async def remove(self, name: str) -> None:
-        watch = self.watches.get(name)
-        if watch is None:
-            raise RequestError(ErrorCode.UNKNOWN_WATCH, f"no watch named {name!r}")
-        await asyncio.to_thread(self.store.remove, name, name in self.configured)
-        del self.watches[name]
-        self._sync_engine(watch.spec.camera)
-        self._end_if_on(watch)
-        for sink in self.sinks:
-            sink.watch_changed(watch.spec, present=False)
-        log.info("watch.removed", watch=name)
+        async with self._lock:
+            watch = self.watches.get(name)
+            if watch is None:
+                raise RequestError(ErrorCode.UNKNOWN_WATCH, f"no watch named {name!r}")
+            await asyncio.to_thread(self.store.remove, name, name in self.configured)
+            del self.watches[name]
+            self._sync_engine(watch.spec.camera)
+            self._end_if_on(watch)
+            for sink in self.sinks:
+                sink.watch_changed(watch.spec, present=False)
+            log.info("watch.removed", watch=name)
 
     def camera_changed(self, camera: str) -> None:
-        """A camera was added or removed: its watches stay defined, evaluated while the camera exists."""
+        """A camera was added or removed: its watches stay defined, evaluated while the camera exists. A removed
+        camera's watches end (if on) and start afresh with the camera; its evidence frames are forgotten (a camera
+        added again under that name numbers its frames from 0)."""
         if camera in self._camera_names():
             self._sync_engine(camera)
-        else:
-            self._engine_set(camera, {})
+            return
+        self._engine_set(camera, {})
+        for watch in [w for w in self.watches.values() if w.spec.camera == camera]:
+            self._end_if_on(watch)
+            watch.trigger.reset()
+        for key in [k for k in self._evidence if k[0] == camera]:
+            del self._evidence[key]
 
     def list(self) -> list[dict[str, Any]]:
         return [w.describe() for w in self.watches.values()]
@@ -182,26 +207,42 @@ class WatchManager:
     # -- evaluations to events ----------------------------------------------------------------------------------
 
     def on_results(self, results: Sequence[WatchResult]) -> None:
+        if self._stopped:
+            return
+        cameras = set(self._camera_names())
         for result in results:
-            watch = self.watches.get(result.watch)
-            if watch is None or watch.spec.camera != result.camera:
-                continue  # removed or moved while the engine evaluated it
-            watch.eval_ms = result.eval_ms
-            now = time.time()
-            hour = (datetime.fromtimestamp(now, self.tz) if self.tz else datetime.fromtimestamp(now)).hour
-            transition = watch.trigger.update(now, result.probability, hour)
-            if transition is None:
-                continue
-            event = WatchEvent(watch.spec.name, result.camera, transition.kind, result.probability,
-                               result.frame_time, result.frame_id)
-            self._keep_evidence(result.camera, result.frame_id)
-            self._publish(watch, event)
-            for sink in self.sinks:
-                sink.watch_state(watch.spec, on=transition.kind == "started")
-            if transition.kind == "started" and watch.spec.describe:
-                self._spawn(self._follow_with_description(watch, event))
+            try:
+                self._apply(result, cameras)
+            except Exception:  # one bad result must not lose the others
+                self.results_dropped += 1
+                log.exception("watch.result_failed", watch=result.watch, camera=result.camera)
 
-    def _publish(self, watch: _Watch, event: WatchEvent) -> None:
+    def _apply(self, result: WatchResult, cameras: set[str]) -> None:
+        if not math.isfinite(result.probability):
+            self.results_dropped += 1
+            return
+        watch = self.watches.get(result.watch)
+        if watch is None or watch.spec.camera != result.camera or result.camera not in cameras:
+            return  # removed or moved while the engine evaluated it
+        watch.eval_ms = result.eval_ms
+        now = time.time()
+        hour = (datetime.fromtimestamp(now, self.tz) if self.tz else datetime.fromtimestamp(now)).hour
+        transition = watch.trigger.update(now, result.probability, hour)
+        if transition is None:
+            return
+        event = WatchEvent(watch.spec.name, result.camera, transition.kind, result.probability,
+                           result.frame_time, result.frame_id)
+        self._keep_evidence(result.camera, result.frame_id)
+        self._publish(watch, event)
+        for sink in self.sinks:
+            sink.watch_state(watch.spec, on=transition.kind == "started")
+        if transition.kind == "started" and watch.spec.describe:
+            if len(self._tasks) < MAX_DESCRIBES:
+                self._spawn(self._follow_with_description(watch, event))
+            else:
+                self.describes_skipped += 1
+
+    def _publish(self, watch: _Watch, event: WatchEvent, observed: bool = True) -> None:
         message = event.to_message()
         watch.last_event = {k: message[k] for k in ("id", "kind", "probability", "frame_time", "frame_id",
                                                     "decided_at")}
@@ -214,7 +255,7 @@ class WatchManager:
             if names is None or event.watch in names:
                 send(text)
                 sent = True
-        if sent and self._on_latency is not None:
+        if sent and observed and self._on_latency is not None:
             self._on_latency("websocket", message["latency_s"])
         for sink in self.sinks:
             sink.publish_event(event)
@@ -226,8 +267,8 @@ class WatchManager:
         except Exception as exc:  # the event went out already; the description is a bonus
             log.warning("watch.describe_failed", watch=event.watch, error=type(exc).__name__)
             return
-        if watch.spec.name in self.watches:
-            self._publish(watch, event.described(text.strip()))
+        if self.watches.get(watch.spec.name) is watch and not self._stopped:
+            self._publish(watch, event.described(_printable(text.strip())), observed=False)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -235,7 +276,11 @@ class WatchManager:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        """Cancel descriptions in progress; let every sink deliver what it can within its drain timeout."""
+        """No more results are applied; descriptions in progress are cancelled; every sink delivers what it can
+        within its drain timeout."""
+        self._stopped = True
+        for camera in {w.spec.camera for w in self.watches.values()}:
+            self._engine_set(camera, {})
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -269,4 +314,10 @@ class WatchManager:
 
     def stats(self) -> dict[str, Any]:
         return {"watches": {n: w.describe() for n, w in self.watches.items()}, "events_sent": self.events_sent,
-                "subscribers": len(self._subscribers), "sinks": {s.name: s.stats() for s in self.sinks}}
+                "subscribers": len(self._subscribers), "describes_skipped": self.describes_skipped,
+                "results_dropped": self.results_dropped, "sinks": {s.name: s.stats() for s in self.sinks}}
+
+
+def _printable(text: str) -> str:
+    """A model's text as sinks and terminals may show it: no control characters (escape sequences included)."""
+    return "".join(ch if ch.isprintable() or ch in "\n" else " " for ch in text)

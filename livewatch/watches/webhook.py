@@ -71,7 +71,8 @@ class WebhookSink(Sink):
         if timeout_s <= 0:
             raise ValueError(f"webhook {name}: timeout_s must be positive")
         self.url = url
-        self.target = redact_url(url)
+        parts = urlsplit(url)  # where, not the path: webhook URLs often carry their credential in it
+        self.target = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         self.timeout_s = timeout_s
         self._secret = bytes(secret)
         self._tls = ssl.create_default_context(cafile=ca_file)  # system CAs (or the given CA file)
