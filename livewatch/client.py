@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -82,21 +83,48 @@ async def ask(
     max_tokens: int | None,
     as_json: bool,
     out: TextIO = sys.stdout,
+    evidence_dir: Path | None = None,
 ) -> int:
     rid = new_id()
     msg = p.Ask(id=rid, camera=camera or None, question=question, max_tokens=max_tokens or None)
     loop = asyncio.get_running_loop()
+    answer: dict[str, Any] = {}
     async with await _open(url, token) as ws:
         interrupted = asyncio.Event()
         loop.add_signal_handler(signal.SIGINT, interrupted.set)
         try:
             await ws.send(p.encode_request(msg))
-            return await _stream(ws, rid, interrupted, as_json, out)
+            code = await _stream(ws, rid, interrupted, as_json, out, answer)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
+    if code == 0 and evidence_dir is not None:
+        await save_evidence(url, token, answer, evidence_dir)
+    return code
 
 
-async def _stream(ws: ClientConnection, rid: str, interrupted: asyncio.Event, as_json: bool, out: TextIO) -> int:
+async def save_evidence(url: str, token: str | None, answer: dict[str, Any], folder: Path) -> None:
+    """The answer (answer.json) and its evidence frames (RANK-ID.jpg, most relied on first) into ``folder``."""
+    import httpx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "answer.json").write_text(json.dumps(answer, indent=2) + "\n", encoding="utf-8")
+    base = "http" + url.removeprefix("ws").split("/", 3)[0] + "//" + url.split("/", 3)[2]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10, trust_env=False) as http:
+        for rank, item in enumerate(answer.get("evidence", []), start=1):
+            frame_id = item.get("frame_id")
+            if not isinstance(frame_id, int):
+                continue
+            r = await http.get(f"/frames/{answer.get('camera')}/{frame_id}.jpg")
+            if r.status_code == 200:
+                (folder / f"{rank:02d}-{frame_id}.jpg").write_bytes(r.content)
+            else:
+                print(f"livewatch: frame {frame_id}: HTTP {r.status_code} (it may have left the camera's memory)",
+                      file=sys.stderr)
+
+
+async def _stream(ws: ClientConnection, rid: str, interrupted: asyncio.Event, as_json: bool, out: TextIO,
+                  answer: dict[str, Any] | None = None) -> int:
     cancel_sent = False
     receive = asyncio.ensure_future(ws.recv())
     stop = asyncio.ensure_future(interrupted.wait())
@@ -121,6 +149,8 @@ async def _stream(ws: ClientConnection, rid: str, interrupted: asyncio.Event, as
                     out.write(reply["text"])
                     out.flush()
             elif kind == "answer":
+                if answer is not None:
+                    answer.update(reply)
                 if as_json:
                     out.write(json.dumps(reply) + "\n")
                 else:

@@ -157,7 +157,8 @@ class Daemon(WatchService):
                 message="TINY RANDOM-WEIGHT MODEL: answers are noise; use it to try the pipeline, not to watch cameras",
             )
         core = EngineCore(self.lm, max_gap_s=m.max_gap_s, timezone=m.timezone,
-                          max_new_tokens_limit=m.max_new_tokens_limit, encode_graphs=m.cuda_graphs == "auto")
+                          max_new_tokens_limit=m.max_new_tokens_limit, encode_graphs=m.cuda_graphs == "auto",
+                          evidence_ranking=m.evidence_ranking)
         self.notifier.status("preparing the decode path")
         self.worker = EngineWorker(core, self.settings.engine_options(), on_encode=self._observe_encode,
                                    on_death=self._engine_died, on_watches=self._watch_results)
@@ -377,7 +378,7 @@ class Daemon(WatchService):
             seed=request.seed,
         )
         answer = await self.worker.ask(camera, request.question, params, on_text, str(request.id), client)
-        return Answered(answer.text, answer.metrics)
+        return Answered(answer.text, answer.metrics, answer.evidence)
 
     def status(self) -> dict[str, Any]:
         engine: dict[str, Any] = self.worker.stats() if self.worker is not None else {"alive": False, "cameras": {}}

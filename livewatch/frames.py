@@ -35,6 +35,7 @@ class FramePair:
     first: Frame
     second: Frame
     importance: float = 0.0
+    star: bool = False  # in the star memory (set by the memory when it publishes its context)
 
     @property
     def time(self) -> float:

@@ -72,8 +72,8 @@ def reference_first_logits(core, camera: str, pairs: list[FramePair], question: 
     return next(_reference_steps(core, camera, pairs, question, 1))
 
 
-def _reference_steps(core, camera: str, pairs: list[FramePair], question: str, n_tokens: int):
-    """Each step's last logits, the step's greedy token appended to the prompt before the next one."""
+def reference_inputs(core, camera: str, pairs: list[FramePair], question: str):
+    """(HF processor inputs, token ids, (3, S) positions) of the whole prompt, built from scratch."""
     lm = core.lm
     spec = lm.spec
     size = target_size(*pairs[0].first.size, spec)
@@ -95,6 +95,13 @@ def _reference_steps(core, camera: str, pairs: list[FramePair], question: str, n
     offsets = temporal_positions([p.time for p in pairs], lm.tokens_per_second, core.max_gap_s)
     vision_start = lm.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     pos = rope_index_reference(ids, lm.video_token_id, vision_start, grid, offsets)
+    return inputs, ids, pos
+
+
+def _reference_steps(core, camera: str, pairs: list[FramePair], question: str, n_tokens: int):
+    """Each step's last logits, the step's greedy token appended to the prompt before the next one."""
+    lm = core.lm
+    inputs, ids, pos = reference_inputs(core, camera, pairs, question)
     for _ in range(n_tokens):
         logits = lm.model(
             input_ids=torch.tensor([ids]),

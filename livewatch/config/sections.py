@@ -62,6 +62,9 @@ class ModelSection(_Section):
     warm_up: bool = Field(
         True, description="Run a synthetic camera through every engine path at start-up (first-use costs)."
     )
+    evidence_ranking: bool = Field(
+        True, description="Rank each answer's frames by the attention its tokens put on them (one extra prefill)."
+    )
     fused_kernels: Literal["auto", "off"] = Field(
         "auto", description="auto: fused Triton kernels in the GPU decode step (checked at start-up); off: PyTorch."
     )

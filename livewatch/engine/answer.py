@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +30,10 @@ class Prepared:
     reused: bool  # the prefix was ready when the question came
     encode_ms: float
     t_start: float
+    # what the answer sees, kept for its evidence even if the camera's prefix moves on meanwhile
+    pairs: tuple[FramePair, ...] = ()
+    layout: Any = None  # PrefixLayout
+    prefix: Any = field(default=None, repr=False)  # the stacked (k, v) prefix
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Answer:
     token_ids: tuple[int, ...]
     finish_reason: str  # "stop" (end-of-turn token) or "length"
     metrics: dict[str, Any]
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # the frames in context, relied-on first
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
@@ -86,7 +91,8 @@ class AnswerStream:
         return "".join(self._pieces)
 
 
-def finish_answer(prepared: Prepared, stream: AnswerStream, pairs: Sequence[FramePair], visual_tokens: int) -> Answer:
+def finish_answer(prepared: Prepared, stream: AnswerStream, pairs: Sequence[FramePair], visual_tokens: int,
+                  evidence: list[dict[str, Any]] | None = None) -> Answer:
     """Close ``stream`` and build the answer with its metrics (README "WebSocket protocol" lists them)."""
     stream.close()
     t_end = time.perf_counter()
@@ -107,4 +113,5 @@ def finish_answer(prepared: Prepared, stream: AnswerStream, pairs: Sequence[Fram
         "cache_reused": prepared.reused,
         "finish_reason": stream.finish_reason,
     }
-    return Answer(text=stream.text, token_ids=tuple(ids), finish_reason=stream.finish_reason, metrics=metrics)
+    return Answer(text=stream.text, token_ids=tuple(ids), finish_reason=stream.finish_reason, metrics=metrics,
+                  evidence=evidence or [])

@@ -36,10 +36,10 @@ from livewatch.engine.generate import (
     position_tensor,
 )
 from livewatch.engine.encoder import EncodeJob, Encoder, EncodeTimes
-from livewatch.engine.layout import PairSlot, PrefixLayout, UpdateKind, plan_update
+from livewatch.engine.evidence import EvidenceRanker, evidence_list
+from livewatch.engine.layout import PrefixLayout, UpdateKind, pair_layout, plan_update
 from livewatch.engine.loading import LoadedModel
-from livewatch.engine.positions import temporal_positions, text_positions
-from livewatch.engine.preprocess import target_size
+from livewatch.engine.positions import text_positions
 from livewatch.engine.prompt import PromptTemplate, question_text, resolve_tz, system_text, watch_question
 from livewatch.engine.vision import VisionCache
 from livewatch.engine.watcheval import WatchQuery
@@ -103,6 +103,7 @@ class EngineCore:
         vision_batch: int = 32,
         encode_graphs: bool = True,
         fused_kernels: bool = False,
+        evidence_ranking: bool = True,
     ) -> None:
         self.lm = lm
         self.max_gap_s = max_gap_s
@@ -110,6 +111,8 @@ class EngineCore:
         self.max_new_tokens_limit = max_new_tokens_limit
         self.encoder = Encoder(lm, use_graphs=encode_graphs and lm.device.type == "cuda", vision_batch=vision_batch,
                                fused=fused_kernels and lm.device.type == "cuda")
+        self.evidence_ranking = evidence_ranking  # rank each answer's frames by attention (one extra prefill)
+        self.ranker = EvidenceRanker(lm)
         self.template = PromptTemplate.from_processor(lm.processor, "<|video_pad|>")
         self._cameras: dict[str, _CameraState] = {}
         self._generation = 0
@@ -137,12 +140,10 @@ class EngineCore:
         """The cameras whose prefix does not hold their newest context, with since when (time.monotonic())."""
         return {name: st.stale_since for name, st in self._cameras.items() if st.stale_since is not None}
 
-    def encode_lag_s(self, camera: str, now: float | None = None) -> float:
+    def encode_lag_s(self, camera: str) -> float:
         """How long the camera's prefix has not held its newest context (0 when it does)."""
-        state = self._state(camera)
-        if state.stale_since is None:
-            return 0.0
-        return max((time.monotonic() if now is None else now) - state.stale_since, 0.0)
+        since = self._state(camera).stale_since
+        return 0.0 if since is None else max(time.monotonic() - since, 0.0)
 
     def drop_camera(self, camera: str) -> None:
         self._cameras.pop(camera, None)
@@ -168,16 +169,9 @@ class EngineCore:
 
     def layout_for(self, camera: str, pairs: Sequence[FramePair]) -> PrefixLayout:
         """The prefix layout of ``pairs`` (time-ordered) for ``camera``."""
-        spec = self.lm.spec
-        times = [p.time for p in pairs]
-        t_pos = temporal_positions(times, self.lm.tokens_per_second, self.max_gap_s)
-        slots = []
-        for pair, t in zip(pairs, t_pos):
-            h, w = target_size(*pair.first.size, spec)
-            slots.append(PairSlot(pair.id, t, h // spec.factor, w // spec.factor))
-        head_text = self.template.head(system_text(camera, times[0], self.tz))
+        head_text = self.template.head(system_text(camera, pairs[0].time, self.tz))
         head = tuple(self.lm.tokenizer(head_text, add_special_tokens=False)["input_ids"])
-        return PrefixLayout(head=head, slots=tuple(slots))
+        return pair_layout(head, pairs, self.lm.spec, self.lm.tokens_per_second, self.max_gap_s)
 
     # -- encoding -----------------------------------------------------------------------------------------------
 
@@ -321,6 +315,9 @@ class EngineCore:
             reused=reused,
             encode_ms=0.0 if reused else report.encode_ms,
             t_start=t_start,
+            pairs=state.pairs,
+            layout=state.layout,
+            prefix=self.stacked_prefix(camera) if self.evidence_ranking else None,
         )
 
     def watch_query(self, camera: str, condition: str) -> WatchQuery:
@@ -417,13 +414,19 @@ class EngineCore:
         return self.finish(prepared, stream)
 
     def finish(self, prepared: Prepared, stream: AnswerStream) -> Answer:
-        """The answer and its metrics once ``stream`` ended."""
+        """The answer, its metrics and its evidence (the pairs it saw, ranked by attention) once it ended."""
         state = self._cameras.get(prepared.camera)  # None when the camera was removed during the answer
         if state is not None:
             state.questions += 1
-        pairs = state.pairs if state is not None else ()
-        layout = state.layout if state is not None else None
-        return finish_answer(prepared, stream, pairs, layout.n_visual if layout else 0)
+        shares = None
+        if prepared.prefix is not None and stream.ids:
+            try:
+                shares = self.ranker.shares(prepared.camera, prepared.prefix, prepared.layout, prepared.suffix,
+                                            stream.ids)
+            except RuntimeError as exc:  # out of memory, say: the answer stands, unranked
+                model_failure(exc, "ranking an answer's evidence")
+        return finish_answer(prepared, stream, prepared.pairs, prepared.layout.n_visual if prepared.layout else 0,
+                             evidence_list(prepared.camera, prepared.pairs, shares))
 
     # -- figures ------------------------------------------------------------------------------------------------
 
@@ -447,8 +450,7 @@ class EngineCore:
             "questions": state.questions,
         }
 
-    def prefix_kv(self, camera: str) -> KV | None:
-        """The camera's shared prefix tensors (read-only; for tests and benchmarks)."""
+    def prefix_kv(self, camera: str) -> KV | None:  # read-only; for tests and benchmarks
         return self._state(camera).kv
 
     def stats(self) -> dict[str, Any]:

@@ -13,12 +13,15 @@ change of the head or of the oldest pair (which moves every temporal position) k
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 
-from livewatch.engine.positions import pair_positions, text_positions
+from livewatch.engine.positions import pair_positions, temporal_positions, text_positions
+from livewatch.engine.preprocess import VisionSpec, target_size
+from livewatch.frames import FramePair
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,18 @@ class PrefixLayout:
         for slot in self.slots:
             top = max(top, self.video_start + max(slot.t_pos, slot.grid_h - 1, slot.grid_w - 1))
         return top + 1
+
+
+def pair_layout(head: tuple[int, ...], pairs: Sequence[FramePair], spec: VisionSpec, tokens_per_second: float,
+                max_gap_s: float) -> PrefixLayout:
+    """The layout of time-ordered ``pairs`` after the ``head`` tokens: each pair's temporal offset from the real
+    times (long gaps shortened to ``max_gap_s``) and its merged grid at the pixel cap."""
+    t_pos = temporal_positions([p.time for p in pairs], tokens_per_second, max_gap_s)
+    slots = []
+    for pair, t in zip(pairs, t_pos):
+        h, w = target_size(*pair.first.size, spec)
+        slots.append(PairSlot(pair.id, t, h // spec.factor, w // spec.factor))
+    return PrefixLayout(head=head, slots=tuple(slots))
 
 
 class UpdateKind(str, Enum):

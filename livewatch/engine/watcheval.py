@@ -134,7 +134,16 @@ class WatchEvaluator:
             chunks.append([i for g in current for i in g])
         return chunks
 
-    def _forward(self, queries: Sequence[WatchQuery]) -> list[float]:
+    @torch.inference_mode()
+    def prefix_attention(self, query: WatchQuery, rows_from: int) -> torch.Tensor:
+        """The attention mass the suffix positions ``rows_from``.. put on each prefix position, summed over
+        layers, heads and those rows: [P] float32 (evidence ranking: the suffix is question + answer)."""
+        mass = torch.zeros(int(query.prefix[0].shape[2]), dtype=torch.float32, device=self.lm.device)
+        self._forward([query], collect=(mass, rows_from))
+        return mass
+
+    def _forward(self, queries: Sequence[WatchQuery],
+                 collect: tuple[torch.Tensor, int] | None = None) -> list[float]:
         self.forwards += 1
         dev = self.lm.device
         cameras = list(dict.fromkeys(q.camera for q in queries))
@@ -172,7 +181,7 @@ class WatchEvaluator:
             for ci, (k, v) in enumerate(first):
                 k_pre[ci, :, : p_lens[ci]].copy_(k[i])
                 v_pre[ci, :, : p_lens[ci]].copy_(v[i])
-            h = self._layer(layer, h, cos, sin, k_pre, v_pre, slot, c_n, w_max, masks)
+            h = self._layer(layer, h, cos, sin, k_pre, v_pre, slot, c_n, w_max, masks, collect)
         last = torch.tensor([n - 1 for n in lengths], device=dev)
         final = kernels.ref_rms_norm(h[torch.arange(w, device=dev), last], self.norm.weight,
                                      self.norm.variance_epsilon)
@@ -183,7 +192,8 @@ class WatchEvaluator:
 
     def _layer(self, layer: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_pre: torch.Tensor,
                v_pre: torch.Tensor, slot: torch.Tensor, c_n: int, w_max: int,
-               masks: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+               masks: tuple[torch.Tensor, torch.Tensor],
+               collect: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
         w, s, _ = h.shape
         kvh, rep, d = self.kv_heads, self.n_rep, self.head_dim
         nq, nk = self.n_heads * d, kvh * d
@@ -204,7 +214,11 @@ class WatchEvaluator:
         grid_s = grid_s.view(c_n, w_max, kvh, rep, s, s) + masks[1]  # causal within each watch's suffix
         grid_s = grid_s.transpose(1, 2).reshape(c_n, kvh, w_max * rep * s, s)
         p_len = pre.shape[-1]
-        probs = torch.softmax(torch.cat([pre, grid_s], -1), -1).to(h.dtype)  # one softmax over prefix + suffix
+        probs = torch.softmax(torch.cat([pre, grid_s], -1), -1)  # one softmax over prefix + suffix, float32
+        if collect is not None:  # one query (C = W_max = 1): rows are (rep, s)
+            mass, rows_from = collect
+            mass += probs[0, :, :, :p_len].reshape(kvh, rep, s, p_len)[:, :, rows_from:].sum((0, 1, 2))
+        probs = probs.to(h.dtype)
         o_pre = torch.matmul(probs[..., :p_len], v_pre)  # [C, kvh, R, D]
         o_pre = o_pre.view(c_n, kvh, w_max, rep * s, d).transpose(1, 2).reshape(c_n * w_max, kvh, rep * s, d)
         p_suf = probs[..., p_len:].view(c_n, kvh, w_max, rep * s, s).transpose(1, 2).reshape(c_n * w_max, kvh,

@@ -272,16 +272,19 @@ class EngineWorker:
                 self._in_step = {c: u.published_at for c, u in plan.contexts.items() if u is not None}
                 self._in_step.update((c, min(since, self._in_step.get(c, math.inf))) for c, since in plan.encode)
             started = self._busy_since = time.monotonic()
+            result: StepResult | None = None
             try:
-                self._finish(self.loop.run(plan))
+                result = self.loop.run(plan)
             finally:
                 self._busy_since = None
                 self.busy_total_s += time.monotonic() - started
-                # a snapshot at most every 0.25 s while work goes on (with many cameras it costs), and when idle
+                # a snapshot at most every 0.25 s while work goes on (with many cameras it costs), and when idle;
+                # taken before the outcomes are handed over, so a caller that got its answer sees the step in it
                 self._refresh_stats(force=not self.batch.active and not self.loop.has_work(time.monotonic()))
                 stale = self.core.stale_times()  # cheap: kept exact after every step
                 with self._cond:
                     self._stale, self._in_step = stale, {}
+            self._finish(result)
 
     def _finish(self, result: StepResult) -> None:
         if result.deferred:

@@ -27,7 +27,7 @@ Not thread-safe: the daemon calls one camera's memory from one task at a time.
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -320,7 +320,8 @@ class CameraMemory:
 
     def context(self) -> tuple[list[FramePair], int]:
         """Star U window, ordered by time, with the version that changes exactly when the set changes."""
-        pairs = sorted((s.pair for s in self._slots.values()), key=lambda p: (p.time, p.id))
+        pairs = sorted((replace(s.pair, star=s.record.is_star) for s in self._slots.values()),
+                       key=lambda p: (p.time, p.id))
         return pairs, self.version
 
     def stats(self) -> dict[str, Any]:

@@ -203,3 +203,15 @@ def decode_jpeg(data: bytes) -> np.ndarray | None:
         return None
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def thumbnail(data: bytes, max_side: int, quality: int = 85) -> bytes | None:
+    """A JPEG scaled down to fit ``max_side`` (never up), without the store's metadata; None if not decodable."""
+    image = decode_jpeg(data)
+    if image is None:
+        return None
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return encode_jpeg(image, quality)

@@ -270,7 +270,7 @@ class Connection:
         else:
             if self.metrics is not None:
                 self.metrics.observe_answer(answer.metrics)
-            self.send(p.answer_message(req.id, camera, answer.text, answer.metrics))
+            self.send(p.answer_message(req.id, camera, answer.text, answer.metrics, answer.evidence))
 
     async def _camera_add(self, req: p.CameraAdd) -> None:
         try:

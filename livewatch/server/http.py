@@ -4,8 +4,9 @@
                    a JSON body either way. Never needs the token (for probes); without it the body holds only
                    the status, with it also the engine and the cameras' states.
     GET /metrics   Prometheus text format. Needs the token when one is configured.
-    GET /frames/CAMERA/ID.jpg
-                   a watch event's evidence frame (image/jpeg; 404 when it is not kept). Needs the token.
+    GET /frames/CAMERA/ID.jpg[?size=N]
+                   a frame of an answer's evidence or a watch event (image/jpeg; 404 when it is not kept);
+                   ``size`` (16-2048): scaled down to fit N pixels. Needs the token.
     anything else  needs the token when one is configured (401 before the upgrade), then the WebSocket
                    handshake (/ or /ws) or 404.
 """
@@ -16,6 +17,7 @@ import asyncio
 import hmac
 import json
 import re
+from urllib.parse import parse_qs
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +55,7 @@ def make_process_request(
     token: str | None,
     health: Callable[[], tuple[bool, dict[str, Any]]],
     metrics: Callable[[], bytes],
-    frame: Callable[[str, int], bytes | None] = lambda camera, frame_id: None,
+    frame: Callable[[str, int, int | None], bytes | None] = lambda camera, frame_id, size: None,
 ) -> Callable[[ServerConnection, Request], Response | None]:
     unauthorized = [0, float("-inf")]  # attempts since the last warning, when it was logged
 
@@ -78,7 +80,11 @@ def make_process_request(
             return _reply(conn, 200, metrics().decode(), CONTENT_TYPE)
         match = _FRAME_PATH.match(path)
         if match is not None:
-            data = frame(match.group(1), int(match.group(2)))
+            query = parse_qs(request.path.partition("?")[2])
+            size = query.get("size", [""])[0]
+            if set(query) - {"size"} or (size and (not size.isdigit() or not 16 <= int(size) <= 2048)):
+                return _reply(conn, 400, "the only query is size=16..2048\n", "text/plain")
+            data = frame(match.group(1), int(match.group(2)), int(size) if size else None)
             if data is None:
                 return _reply(conn, 404, "no such frame\n", "text/plain")
             headers = Headers([("Content-Type", "image/jpeg"), ("Content-Length", str(len(data))),

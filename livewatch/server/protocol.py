@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from livewatch.errors import ErrorCode
@@ -46,6 +46,7 @@ class Answered:
 
     text: str
     metrics: dict[str, Any]
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -254,8 +255,10 @@ def token_message(request_id: RequestId, text: str) -> str:
     return _dump({"type": "token", "id": request_id, "text": text})
 
 
-def answer_message(request_id: RequestId, camera: str, text: str, metrics: dict[str, Any]) -> str:
-    return _dump({"type": "answer", "id": request_id, "camera": camera, "text": text, "metrics": metrics})
+def answer_message(request_id: RequestId, camera: str, text: str, metrics: dict[str, Any],
+                   evidence: list[dict[str, Any]] | None = None) -> str:
+    return _dump({"type": "answer", "id": request_id, "camera": camera, "text": text, "metrics": metrics,
+                  "evidence": evidence or []})
 
 
 def error_message(request_id: RequestId | None, code: ErrorCode, message: str) -> str:

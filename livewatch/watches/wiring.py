@@ -20,6 +20,7 @@ from livewatch.engine.watcheval import WatchResult
 from livewatch.engine.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, StorageError
 from livewatch.log import get_logger
+from livewatch.memory.jpegfile import thumbnail
 from livewatch.memory.store import FrameStore
 from livewatch.metrics import Metrics
 from livewatch.server.watchproto import WatchAdd
@@ -105,8 +106,13 @@ class WatchService:
         answer = await self.worker.ask(camera, question, SamplingParams(max_new_tokens=tokens), None, "", "watches")
         return answer.text
 
-    def _evidence(self, camera: str, frame_id: int) -> bytes | None:
-        return self.watches.evidence(camera, frame_id) if self.watches is not None and camera in self.cameras else None
+    def _evidence(self, camera: str, frame_id: int, size: int | None = None) -> bytes | None:
+        """A frame for GET /frames/CAMERA/ID.jpg: an event's evidence or a frame in the camera's memory;
+        ``size``: scaled to fit that many pixels (a thumbnail, without the store's metadata)."""
+        if self.watches is None or camera not in self.cameras:
+            return None
+        data = self.watches.evidence(camera, frame_id)
+        return thumbnail(data, size) if data is not None and size is not None else data
 
     def _watch_manager(self) -> WatchManager:
         if self.watches is None:
