@@ -54,7 +54,7 @@ from livewatch.server.http import guarded_connection, make_process_request
 from livewatch.server.protocol import Answered, Ask
 from livewatch.statelock import StateDirLock
 from livewatch.watches.manager import WatchManager
-from livewatch.watches.wiring import WatchService, start_watches
+from livewatch.watch_service import WatchService, start_watches
 
 # Descriptors kept back from connections: the frame store, each camera's socket and files, the model's files,
 # Triton and CUDA. Connections get what the limit leaves (server.max_connections at most).

@@ -79,7 +79,7 @@ class _SnapshotCollector:
             on.add_metric([name], 1.0 if figures.get("state") == "on" else 0.0)
         yield on
         sinks = snap.get("watches", {}).get("sinks", {})
-        for key in ("sent", "failed", "dropped", "retries"):  # one family per figure, a sample per sink
+        for key in ("sent", "failed", "dropped", "expired", "retries"):  # one family per figure, a sample per sink
             yield per_key("sink", CounterMetricFamily, f"livewatch_sink_{key}",
                           f"Items (events, and MQTT's states and discovery configs) {key} by the sink.", sinks, key)
         queue = GaugeMetricFamily("livewatch_engine_queue_depth", "Questions waiting for the engine.")

@@ -175,8 +175,9 @@ def test_webhook_posts_signed_events_in_order() -> None:
                 {k: v for k, v in ev.to_message().items() if k != "latency_s"}
             assert 1.5 <= body["latency_s"] < 3.0  # from the frame's capture to the send
         assert len(latencies) == 2 and all(1.5 <= s < 3.0 for s in latencies)
-        assert sink.stats() == {"name": "webhook", "queued": 0, "sent": 2, "failed": 0, "dropped": 0, "retries": 0,
-                                "last_error": None, "target": rx.url}
+        assert sink.stats() == {"name": "webhook", "queued": 0, "sent": 2, "failed": 0, "dropped": 0, "expired": 0,
+                                "retries": 0, "last_error": None,
+                                "target": rx.url.removesuffix("/hook")}  # the path may hold a credential
 
     asyncio.run(main())
 
@@ -198,16 +199,34 @@ def test_webhook_retries_5xx_and_429_then_loses_nothing() -> None:
     asyncio.run(main())
 
 
-def test_webhook_queue_bound_refuses_and_counts() -> None:
+def test_webhook_queue_bound_keeps_the_newest_events_and_counts() -> None:
     async def main() -> None:
         with Receiver() as rx:
             sink = WebhookSink(rx.url, SECRET, options=SinkOptions(max_queue=3, retry=FAST.retry))
             taken = [sink.offer(event(watch=f"w{i}")) for i in range(5)]
-            assert taken == [True, True, True, False, False] and sink.dropped == 2
+            assert taken == [True] * 5 and sink.dropped == 2  # the two oldest made room for the newest
             sink.start()
             await until(lambda: sink.sent == 3)
             await sink.stop()
-        assert len(rx.requests) == 3
+        assert [r["body"]["watch"] for r in rx.requests] == ["w2", "w3", "w4"]
+
+    asyncio.run(main())
+
+
+def test_stale_events_expire_instead_of_arriving_late() -> None:
+    async def main() -> None:
+        with Receiver([500]) as rx:
+            options = SinkOptions(max_queue=8, retry=RetryPolicy(base_s=0.3, cap_s=0.3, max_attempts=8),
+                                  max_event_age_s=2.0)
+            sink = WebhookSink(rx.url, SECRET, options=options)
+            sink.offer(event(watch="old", age_s=5.0))  # already too old: never sent
+            sink.offer(event(watch="aging", age_s=1.8))  # fails once: after 0.3 s of backoff it is too old
+            sink.offer(event(watch="fresh", age_s=0.1))
+            sink.start()
+            await until(lambda: sink.sent == 1 and sink.expired == 2)
+            await sink.stop()
+        assert [r["body"]["watch"] for r in rx.requests] == ["aging", "fresh"]
+        assert sink.stats()["expired"] == 2
 
     asyncio.run(main())
 

@@ -24,16 +24,8 @@ import torch
 
 from livewatch.engine.answer import Answer, AnswerStream, Prepared, finish_answer, make_generator
 from livewatch.engine.generate import (
-    KV,
-    SamplingParams,
-    cache_from_kv,
-    model_failure,
+    KV, SamplingParams, cache_from_kv, forward, kv_length, kv_nbytes, model_failure, pick_token, position_tensor,
     stack_prefix,
-    forward,
-    kv_length,
-    kv_nbytes,
-    pick_token,
-    position_tensor,
 )
 from livewatch.engine.encoder import EncodeJob, Encoder, EncodeTimes
 from livewatch.engine.evidence import EvidenceRanker, evidence_list

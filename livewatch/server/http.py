@@ -19,7 +19,7 @@ import json
 import re
 from urllib.parse import parse_qs
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -55,11 +55,19 @@ def make_process_request(
     token: str | None,
     health: Callable[[], tuple[bool, dict[str, Any]]],
     metrics: Callable[[], bytes],
-    frame: Callable[[str, int, int | None], bytes | None] = lambda camera, frame_id, size: None,
-) -> Callable[[ServerConnection, Request], Response | None]:
+    frame: Callable[[str, int, int | None], Awaitable[bytes | None]] | None = None,
+) -> Callable[[ServerConnection, Request], Response | Awaitable[Response] | None]:
     unauthorized = [0, float("-inf")]  # attempts since the last warning, when it was logged
 
-    def process_request(conn: ServerConnection, request: Request) -> Response | None:
+    async def frame_response(conn: ServerConnection, camera: str, frame_id: int, size: int | None) -> Response:
+        data = await frame(camera, frame_id, size) if frame is not None else None
+        if data is None:
+            return _reply(conn, 404, "no such frame\n", "text/plain")
+        headers = Headers([("Content-Type", "image/jpeg"), ("Content-Length", str(len(data))),
+                           ("Cache-Control", "private, max-age=3600"), ("X-Content-Type-Options", "nosniff")])
+        return Response(200, "OK", headers, data)
+
+    def process_request(conn: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
         path = request.path.split("?", 1)[0]
         authorized = token is None or check_bearer(request.headers.get("Authorization"), token)
         if path == "/healthz":
@@ -84,12 +92,8 @@ def make_process_request(
             size = query.get("size", [""])[0]
             if set(query) - {"size"} or (size and (not size.isdigit() or not 16 <= int(size) <= 2048)):
                 return _reply(conn, 400, "the only query is size=16..2048\n", "text/plain")
-            data = frame(match.group(1), int(match.group(2)), int(size) if size else None)
-            if data is None:
-                return _reply(conn, 404, "no such frame\n", "text/plain")
-            headers = Headers([("Content-Type", "image/jpeg"), ("Content-Length", str(len(data))),
-                               ("Cache-Control", "private, max-age=3600"), ("X-Content-Type-Options", "nosniff")])
-            return Response(200, "OK", headers, data)
+            # the file read and any scaling run on a thread: the event loop serves everyone else meanwhile
+            return frame_response(conn, match.group(1), int(match.group(2)), int(size) if size else None)
         if path not in WS_PATHS:
             return _reply(conn, 404, "not found\n", "text/plain")
         return None

@@ -302,9 +302,13 @@ class WatchManager:
             while len(self._evidence) > EVIDENCE_KEPT:
                 self._evidence.popitem(last=False)
 
+    def kept_evidence(self, camera: str, frame_id: int) -> bytes | None:
+        """A watch event's evidence frame, kept in memory (None: not one of the last events')."""
+        return self._evidence.get((camera, frame_id))
+
     def evidence(self, camera: str, frame_id: int) -> bytes | None:
-        """An event's evidence frame, else any stored frame of the camera's memory."""
-        data = self._evidence.get((camera, frame_id))
+        """An event's evidence frame, else any stored frame of the camera's memory (reads a file)."""
+        data = self.kept_evidence(camera, frame_id)
         if data is not None:
             return data
         try:

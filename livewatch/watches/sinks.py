@@ -6,10 +6,12 @@ never blocks and never waits for a destination. What travels is a typed item, no
 turned into its wire form (``WatchEvent.to_message``) by the sink at each attempt, so ``latency_s`` is the one
 at send time; ``WatchState``, ``WatchAdded`` and ``WatchRemoved`` tell sinks that mirror state (MQTT) what to keep.
 
-Queue policy: at most ``max_queue`` items; when full, the new item is refused (``offer`` returns False and counts
-it in ``dropped``), so what is already queued keeps its place and order. An item with a coalescing key (a watch's
-retained state or discovery config) replaces the queued item with the same key instead of taking a new place:
-only its latest value matters.
+Queue policy: at most ``max_queue`` items. When full, a new event pushes out the oldest queued event (a fresh
+alert matters more than a stale one; counted in ``dropped``); any other item is refused (``offer`` returns False,
+counted). An item with a coalescing key (a watch's retained state or discovery config) replaces the queued item
+with the same key instead of taking a new place: only its latest value matters. An event older than
+``max_event_age_s`` (from the capture of the frame that decided it) is not sent any more, nor retried: it
+counts as ``expired``, so a destination that recovers gets today's alerts, not a backlog of stale ones.
 
 Delivery is one item at a time, in order. A failed attempt is retried after a capped exponential backoff with
 jitter (0.5 s doubling to 30 s by default); after ``max_attempts`` the item counts as ``failed``. A destination
@@ -86,6 +88,7 @@ class SinkOptions:
     max_queue: int = 256  # items waiting for delivery; beyond it offer() refuses (see the queue policy above)
     retry: RetryPolicy = RetryPolicy()
     drain_timeout_s: float = 2.0  # stop() delivers what it can within this, then cancels
+    max_event_age_s: float = 600.0  # events older than this are dropped as expired, not sent or retried
     log_every_s: float = 60.0  # the same failure is logged at most once per this
 
     def __post_init__(self) -> None:
@@ -139,6 +142,7 @@ class Sink(ABC):
         self.sent = 0
         self.failed = 0
         self.dropped = 0
+        self.expired = 0
         self.retries = 0
         self.last_error: str | None = None
         self._queue: deque[_Slot] = deque()
@@ -187,9 +191,12 @@ class Sink(ABC):
             slot.item = item
             return True
         if len(self._queue) >= self.options.max_queue:
+            oldest = next((s for s in self._queue if isinstance(s.item, WatchEvent)), None)
             self.dropped += 1
             self._report("sink.queue_full", "QueueFull", "queue full", dropped=self.dropped)
-            return False
+            if not isinstance(item, WatchEvent) or oldest is None:
+                return False
+            self._queue.remove(oldest)  # the newest alert in, the oldest queued one out
         slot = _Slot(item, key)
         self._queue.append(slot)
         if key is not None:
@@ -240,7 +247,14 @@ class Sink(ABC):
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, "queued": self.queued, "sent": self.sent, "failed": self.failed,
-                "dropped": self.dropped, "retries": self.retries, "last_error": self.last_error}
+                "dropped": self.dropped, "expired": self.expired, "retries": self.retries,
+                "last_error": self.last_error}
+
+    def _expired(self, item: Outgoing) -> bool:
+        if isinstance(item, WatchEvent) and time.time() - item.frame_time > self.options.max_event_age_s:
+            self.expired += 1
+            return True
+        return False
 
     # -- the delivery task ------------------------------------------------------------------------------------
 
@@ -277,6 +291,8 @@ class Sink(ABC):
         attempts = 0  # the ones that count against max_attempts
         failures = 0  # in a row, offline ones included: they set the backoff
         while True:
+            if self._expired(item):
+                return
             try:
                 await self.deliver(item)
             except asyncio.CancelledError:

@@ -1,4 +1,5 @@
-"""The watches in the daemon: building the manager and its sinks from the settings, and the daemon's watch API.
+"""The watches in the daemon (beside daemon.py, above the config and the watches package it joins): building the
+manager and its sinks from the settings, and the daemon's watch API.
 
 ``start_watches`` loads the saved watches (a file it cannot read is moved aside, like the runtime cameras), builds
 the configured sinks (webhook, MQTT), registers every watch with the engine and starts the sinks' delivery
@@ -8,6 +9,7 @@ so the daemon stays the lifecycle; it runs on the daemon (``self`` is the Daemon
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -106,13 +108,19 @@ class WatchService:
         answer = await self.worker.ask(camera, question, SamplingParams(max_new_tokens=tokens), None, "", "watches")
         return answer.text
 
-    def _evidence(self, camera: str, frame_id: int, size: int | None = None) -> bytes | None:
+    async def _evidence(self, camera: str, frame_id: int, size: int | None = None) -> bytes | None:
         """A frame for GET /frames/CAMERA/ID.jpg: an event's evidence or a frame in the camera's memory;
-        ``size``: scaled to fit that many pixels (a thumbnail, without the store's metadata)."""
-        if self.watches is None or camera not in self.cameras:
+        ``size``: scaled to fit that many pixels (a thumbnail, without the store's metadata). Files are read
+        and scaled on a thread."""
+        manager = self.watches
+        if manager is None or camera not in self.cameras:
             return None
-        data = self.watches.evidence(camera, frame_id)
-        return thumbnail(data, size) if data is not None and size is not None else data
+        data = manager.kept_evidence(camera, frame_id)
+        if data is None:
+            data = await asyncio.to_thread(manager.evidence, camera, frame_id)
+        if data is not None and size is not None:
+            data = await asyncio.to_thread(thumbnail, data, size)
+        return data
 
     def _watch_manager(self) -> WatchManager:
         if self.watches is None:
