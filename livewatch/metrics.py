@@ -58,6 +58,10 @@ class _SnapshotCollector:
                          mem, "write_errors")
         yield per_camera(GaugeMetricFamily, "livewatch_memory_bytes_on_disk", "Bytes of stored frames.",
                          mem, "bytes_on_disk")
+        yield per_camera(GaugeMetricFamily, "livewatch_history_bytes", "Bytes of the camera's history on disk.",
+                         mem, "history_bytes")
+        yield per_camera(GaugeMetricFamily, "livewatch_history_span_seconds",
+                         "From the history's oldest frame to its newest.", mem, "history_span_s")
         engine_cams = eng.get("cameras", {})
         yield per_camera(GaugeMetricFamily, "livewatch_kv_bytes", "Bytes of the camera's shared prefix KV cache.",
                          engine_cams, "kv_bytes")

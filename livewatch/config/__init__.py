@@ -110,7 +110,8 @@ class Settings:
             star_pairs=m.star_frames // 2, window_pairs=m.window_frames // 2, window_slack=m.window_slack_frames // 2,
             threshold=m.importance_threshold, star_half_life_s=m.star_half_life_s, jpeg_quality=m.jpeg_quality,
             max_bytes=m.max_bytes_per_camera, frame_size=frame_size, min_change_area=m.min_change_area,
-            lightning_area=m.lightning_area, stationary_s=m.stationary_s,
+            lightning_area=m.lightning_area, stationary_s=m.stationary_s, history_s=m.history_hours * 3600.0,
+            history_max_bytes=m.history_max_bytes,
         )
 
     def engine_options(self) -> EngineOptions:

@@ -104,6 +104,12 @@ class CaptureSection(_Section):
 class MemorySection(_Section):
     star_frames: int = Field(20, ge=0, le=512, description="Capacity of the star memory in frames (pairs x 2).")
     window_frames: int = Field(20, ge=2, le=512, description="Length of the rolling stream window in frames.")
+    history_hours: float = Field(
+        24.0, ge=0, le=24 * 365, description="Frames that leave memory stay on disk this long (0: deleted at once)."
+    )
+    history_max_bytes: int = Field(
+        2 * 1024**3, ge=0, le=1 << 44, description="Bound on one camera's history on disk, in bytes (oldest out)."
+    )
     window_slack_frames: int = Field(
         6, ge=0, le=512,
         description="The window may grow this many frames past its length before its oldest pairs leave at once.",

@@ -36,6 +36,7 @@ from livewatch.errors import StorageError
 from livewatch.frames import Frame, FramePair, resize
 from livewatch.log import get_logger
 from livewatch.memory.change import ChangeParams
+from livewatch.memory.history import History
 from livewatch.memory.importance import Importance, ImportanceModel, PairSignature, pair_signature
 from livewatch.memory.star import StarEntry, StarMemory
 from livewatch.memory.jpegfile import PairRecord, decode_jpeg, encode_jpeg
@@ -49,6 +50,8 @@ class MemoryParams:
     star_pairs: int = 10
     window_pairs: int = 10
     window_slack: int = 0  # the window may grow this many pairs past window_pairs; then it drops back at once
+    history_s: float = 0.0  # pairs that leave memory stay on disk this long (0: deleted at once)
+    history_max_bytes: int = 0  # and within this many bytes (0: no history)
     threshold: float = 0.6
     star_half_life_s: float = 600.0
     jpeg_quality: int = 90
@@ -92,6 +95,8 @@ class CameraMemory:
         self._last_time = float("-inf")
         self._next_id = 0
         self._removed: list[PairRecord] = []  # left memory, rows still to delete
+        self.history = History(params.history_s, params.history_max_bytes)
+        self._archived_now: list[PairRecord] = []  # left memory into the history: role updates still to commit
         self.version = 0
         self.total_frames_added = 0
         self.frames_out_of_order = 0
@@ -138,6 +143,9 @@ class CameraMemory:
             if slot.record.is_star:
                 stars.append(StarEntry(slot.record.id, slot.pair.time, slot.record.importance, slot.signature))
         self.stars.restore(stars)
+        for rec, nbytes in state.archived:
+            self.history.add(rec, nbytes)
+        self._removed.extend(self.history.trim())  # a shorter history configured, or time passed while stopped
         self._next_id = state.next_id
         self.total_frames_added = state.total_frames_added
         restored = len(self._slots)
@@ -147,7 +155,7 @@ class CameraMemory:
             self._leave_window_as_star_candidate(self.window.popleft())
         if state.pairs:
             self.version += 1
-        if trimmed > 0:
+        if trimmed > 0 or self._removed:
             self._persist()
         log.info(
             "memory.restored", camera=self.name, pairs=len(self._slots), window=len(self.window),
@@ -253,10 +261,15 @@ class CameraMemory:
         self._forget_if_unused(pid)
 
     def _forget_if_unused(self, pid: int) -> None:
+        """A pair in neither the window nor the star memory leaves memory: into the history when it is on and the
+        pair's files are on disk, else deleted."""
         slot = self._slots[pid]
         if not slot.record.in_window and not slot.record.is_star:
             del self._slots[pid]
-            if slot.saved:
+            if slot.saved and self.history.enabled:
+                self._archived_now.append(self.history.add(slot.record, slot.record.nbytes))
+                self._removed.extend(self.history.trim())
+            elif slot.saved:
                 self._removed.append(slot.record)
 
     def _enforce_bytes(self) -> None:
@@ -286,7 +299,7 @@ class CameraMemory:
                 self._write_failed(exc)
                 continue
             inserts.append(slot)
-        roles = [s.record for s in self._slots.values() if s.saved]
+        roles = [s.record for s in self._slots.values() if s.saved] + self._archived_now
         try:
             self.store.commit(
                 self.name, [s.record for s in inserts], roles, self._removed, self._next_id, self.total_frames_added
@@ -298,11 +311,19 @@ class CameraMemory:
         for slot in inserts:
             slot.saved = True
         self._removed = []
+        self._archived_now = []
         if self.last_write_error is not None and not any(not s.saved for s in self._slots.values()):
             log.info("memory.writes_resumed", camera=self.name)
             self.last_write_error = None
 
     def _write_failed(self, exc: StorageError) -> None:
+        """Count and log (once until writes resume); with a history, give up its oldest quarter at once: a full
+        disk becomes a shorter history, and the camera's new frames find room."""
+        if self.history and self.store is not None:
+            shed = self.history.shed(0.25)
+            self.store.unlink(self.name, shed)  # the space now; the rows go at the next commit (or the next load)
+            self._removed.extend(shed)
+            log.warning("memory.history_shed", camera=self.name, pairs=len(shed), left=len(self.history))
         self.write_errors += 1
         if self.last_write_error is None:
             log.error("memory.write_failed", camera=self.name, error=str(exc))
@@ -313,6 +334,7 @@ class CameraMemory:
         self._slots.clear()
         self.window.clear()
         self.stars.entries.clear()
+        self.history = History(self.params.history_s, self.params.history_max_bytes)
         if self.store is not None:
             self.store.remove_camera(self.name)
 
@@ -347,4 +369,5 @@ class CameraMemory:
             "stars_admitted": dict(self.stars_admitted),
             "stars_rejected": dict(self.stars_rejected),
             "star_times": [round(e.time, 3) for e in self.stars.entries],
+            **self.history.stats(),
         }

@@ -34,6 +34,9 @@ files). The rebuild is built in ``index.sqlite3.rebuild`` and renamed into place
 during a rebuild finds no index at the next start and rebuilds again: a half-built, valid-looking index can never
 make ``load`` delete frames as orphans.
 
+A row with no role (``in_window = is_star = 0``) is a pair of the camera's history (memory/history.py): its files
+are kept, and ``load`` returns it apart (``archived``), its files checked but not decoded.
+
 Every SQLite or file system error leaves the class as ``StorageError`` with its cause chained.
 """
 
@@ -46,7 +49,7 @@ import stat
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +95,12 @@ _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 @dataclass
 class LoadedCamera:
-    pairs: list[tuple[PairRecord, list[np.ndarray]]]  # with decoded RGB frames
+    pairs: list[tuple[PairRecord, list[np.ndarray]]]  # in memory (a role), with decoded RGB frames
     next_id: int
     total_frames_added: int
     removed_orphans: int
     dropped_rows: int
+    archived: list[tuple[PairRecord, int]] = field(default_factory=list)  # no role: (record, bytes), no pixels
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -115,6 +119,15 @@ def _row_ok(row: tuple[Any, ...]) -> bool:
     ints, reals = (row[0], row[1], row[2], row[7], row[9], row[10]), (row[3], row[4], row[5], row[6], row[8])
     return (all(isinstance(v, int) and not isinstance(v, bool) for v in ints) and row[0] >= 0
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in reals))
+
+
+def _is_frame_file(path: Path) -> bool:
+    """A regular file (not a link) of a plausible size, without reading it."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and 0 < st.st_size <= MAX_FRAME_FILE_BYTES
 
 
 def _read_frame_file(path: Path) -> bytes | None:
@@ -268,18 +281,25 @@ class FrameStore:
         """The camera's committed state; cleans orphans and drops rows whose files are missing or corrupt."""
         with self._reading(f"cannot read the frame index for camera {camera!r}") as db:
             rows = db.execute(
-                "SELECT id, seq0, seq1, wall0, wall1, mono0, mono1, single, importance, in_window, is_star "
+                "SELECT id, seq0, seq1, wall0, wall1, mono0, mono1, single, importance, in_window, is_star, bytes "
                 "FROM pairs WHERE camera = ? ORDER BY wall0, id",
                 (camera,),
             ).fetchall()
             meta = db.execute("SELECT next_id, total_frames_added FROM cameras WHERE camera = ?", (camera,)).fetchone()
         loaded: list[tuple[PairRecord, list[np.ndarray]]] = []
+        archived: list[tuple[PairRecord, int]] = []
         dropped: list[int] = []
         for r in rows:
-            if not _row_ok(r):  # a planted or damaged row: its id must never become a path
+            if not _row_ok(r) or not isinstance(r[11], int):  # a planted or damaged row: its id must never be a path
                 dropped.append(r[0])
                 continue
             rec = PairRecord(r[0], (r[1], r[2]), (r[3], r[4]), (r[5], r[6]), bool(r[7]), r[8], bool(r[9]), bool(r[10]))
+            if not rec.in_window and not rec.is_star:  # the history archive: files checked, not decoded
+                if all(_is_frame_file(path) for path in self._files(camera, rec)):
+                    archived.append((rec, r[11]))
+                else:
+                    dropped.append(rec.id)
+                continue
             images, blobs = [], []
             for path in self._files(camera, rec):
                 blob = _read_frame_file(path)
@@ -298,7 +318,7 @@ class FrameStore:
         if dropped:
             with self._transaction(f"cannot drop broken rows of camera {camera!r}"):
                 self._db.executemany("DELETE FROM pairs WHERE camera = ? AND id = ?", [(camera, i) for i in dropped])
-        keep = {p.name for rec, _ in loaded for p in self._files(camera, rec)}
+        keep = {p.name for rec, _ in [*loaded, *archived] for p in self._files(camera, rec)}
         orphans = 0
         try:
             names = list(self._dir(camera).iterdir())
@@ -315,9 +335,9 @@ class FrameStore:
             except OSError:
                 pass
         next_id = meta[0] if meta else 0
-        if loaded:
-            next_id = max(next_id, max(rec.id for rec, _ in loaded) + 1)
-        return LoadedCamera(loaded, next_id, meta[1] if meta else 0, orphans, len(dropped))
+        if loaded or archived:
+            next_id = max(next_id, max(rec.id for rec, _ in [*loaded, *archived]) + 1)
+        return LoadedCamera(loaded, next_id, meta[1] if meta else 0, orphans, len(dropped), archived)
 
     def cameras(self) -> list[str]:
         with self._reading("cannot list the cameras of the frame index") as db:
