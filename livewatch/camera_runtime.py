@@ -24,7 +24,7 @@ from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.reader import CameraReader
 from livewatch.capture.source import CaptureParams, SourceSpec
 from livewatch.capture.policy import CameraState
-from livewatch.frames import Frame
+from livewatch.frames import Frame, FramePair
 from livewatch.log import bind, get_logger
 from livewatch.memory.camera import CameraMemory
 
@@ -51,6 +51,7 @@ class CameraRuntime:
         self.start_error = start_error or ("the camera URL cannot be used" if spec is None else None)
         self._connect_check = connect_check
         self.memory = memory
+        self._memory_lock = asyncio.Lock()  # the memory is not thread-safe: one reader or writer at a time
         self._publish = publish
         self._capture = capture
         self._frame_size = frame_size
@@ -101,8 +102,14 @@ class CameraRuntime:
             log.exception("camera.pump_crashed")
             raise
 
+    async def range_pairs(self, since: float, until: float, max_pairs: int) -> list[FramePair]:
+        """Memory and history pairs of [since, until] (memory.range_pairs), between two of the pump's steps."""
+        async with self._memory_lock:
+            return await asyncio.to_thread(self.memory.range_pairs, since, until, max_pairs)
+
     async def _step(self, frame: Frame | None) -> None:
-        changed, pairs, version, stats = await asyncio.to_thread(self._feed, frame)
+        async with self._memory_lock:
+            changed, pairs, version, stats = await asyncio.to_thread(self._feed, frame)
         self.memory_stats = stats
         if changed:
             self._publish(self.name, pairs, version)

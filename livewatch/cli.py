@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask_p.add_argument("--camera", help="camera to ask about (optional when the daemon watches one camera)")
     ask_p.add_argument("--max-tokens", type=int, help="longest answer, in tokens")
     ask_p.add_argument("--json", action="store_true", help="print the final answer message as JSON")
+    ask_p.add_argument("--since", metavar="TIME", help="ask about the past from TIME (ISO 8601 or relative: -2h)")
+    ask_p.add_argument("--until", metavar="TIME", help="... to TIME (default: now; --since defaults to 1 h before)")
     ask_p.add_argument("--evidence", type=Path, metavar="DIR",
                        help="save the answer (answer.json) and its evidence frames (RANK-ID.jpg) into DIR")
     ask_p.add_argument("question", nargs="+", help="the question")
@@ -158,7 +160,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     question = " ".join(args.question)
     return asyncio.run(client.ask(args.url, _token(args), question, args.camera, args.max_tokens, args.json,
-                                  evidence_dir=args.evidence))
+                                  evidence_dir=args.evidence, since=args.since, until=args.until))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

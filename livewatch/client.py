@@ -84,9 +84,12 @@ async def ask(
     as_json: bool,
     out: TextIO = sys.stdout,
     evidence_dir: Path | None = None,
+    since: str | None = None,
+    until: str | None = None,
 ) -> int:
     rid = new_id()
-    msg = p.Ask(id=rid, camera=camera or None, question=question, max_tokens=max_tokens or None)
+    msg = p.Ask(id=rid, camera=camera or None, question=question, max_tokens=max_tokens or None, since=since,
+                until=until)
     loop = asyncio.get_running_loop()
     answer: dict[str, Any] = {}
     async with await _open(url, token) as ws:

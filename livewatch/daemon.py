@@ -54,6 +54,7 @@ from livewatch.server.http import guarded_connection, make_process_request
 from livewatch.server.protocol import Answered, Ask
 from livewatch.statelock import StateDirLock
 from livewatch.watches.manager import WatchManager
+from livewatch.history_questions import ask_history
 from livewatch.watch_service import WatchService, start_watches
 
 # Descriptors kept back from connections: the frame store, each camera's socket and files, the model's files,
@@ -377,6 +378,8 @@ class Daemon(WatchService):
             top_k=request.top_k,
             seed=request.seed,
         )
+        if request.since is not None or request.until is not None:
+            return await ask_history(self, request, camera, params, on_text, client)
         answer = await self.worker.ask(camera, request.question, params, on_text, str(request.id), client)
         return Answered(answer.text, answer.metrics, answer.evidence)
 

@@ -144,3 +144,44 @@ def test_a_daemon_keeps_its_history_through_kill_9_within_its_bound(tmp_path: Pa
         assert after["history_bytes"] <= 60_000 and after["history_span_s"] > 0
     finally:
         again.stop()
+
+
+def test_a_question_about_a_time_range_uses_that_range_only_and_leaves_the_live_prefix(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A real daemon with a history: `ask --since/--until` answers from the frames of that range (checked from the
+    evidence), and the camera's next live question still reuses its prefix."""
+    import json
+
+    from daemon_helpers import DaemonProcess
+    from media import wait_until
+
+    config = ("[capture]\nfps = 4.0\n[memory]\nstar_frames = 2\nwindow_frames = 4\nwindow_slack_frames = 0\n"
+              '[model]\nencode_mode = "eager"\n[cameras.demo]\nurl = "testsrc://?size=320x240&rate=8"\n')
+    d = DaemonProcess(tmp_path, tiny_model_dir, config).start()
+    try:
+        def status() -> dict:
+            out = d.cli("status", "--json")
+            return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+
+        wait_until(lambda: status().get("memory", {}).get("demo", {}).get("history_pairs", 0) >= 6, 60, 0.5)
+        oldest = status()["memory"]["demo"]["history_oldest_time"]
+        start, end = oldest - 0.5, oldest + 2.5  # the history's first few pairs: long gone from memory
+        import datetime
+
+        iso = [datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat() for t in (start, end)]
+        live = json.loads(d.cli("ask", "--json", "--max-tokens", "3", "Now?").stdout.strip().splitlines()[-1])
+        out = d.cli("ask", "--json", "--max-tokens", "3", "--since", iso[0], "--until", iso[1], "What happened?")
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout.strip().splitlines()[-1])
+        assert answer["metrics"]["range"]["pairs"] == len(answer["evidence"]) >= 1
+        assert all(e["end_time"] >= start and e["time"] <= end for e in answer["evidence"])
+        assert all(e["url"].startswith("/frames/demo/") for e in answer["evidence"])
+        assert d.cli("status", "--json").returncode == 0
+        again = json.loads(d.cli("ask", "--json", "--max-tokens", "3", "And now?").stdout.strip().splitlines()[-1])
+        assert live["metrics"]["frames_in_context"] > 0 and "range" not in again["metrics"]
+        bad = d.cli("ask", "--since", "yesterday", "x")
+        assert bad.returncode != 0 and "bad_request" in bad.stderr
+        empty = d.cli("ask", "--since", "2001-01-01", "--until", "2001-01-02", "x")
+        assert empty.returncode != 0 and "no_frames" in empty.stderr
+    finally:
+        d.stop()

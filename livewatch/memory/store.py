@@ -248,6 +248,17 @@ class FrameStore:
             raise ValueError(f"invalid camera name for the frame store: {camera!r}")
         return self.root / camera
 
+    def read_pair(self, camera: str, record: PairRecord) -> list[np.ndarray] | None:
+        """The decoded frames of a stored pair (a history question's), None when a file is missing or broken."""
+        images = []
+        for path in self._files(camera, record):
+            blob = _read_frame_file(path)
+            image = decode_jpeg(blob) if blob is not None else None
+            if image is None:
+                return None
+            images.append(image)
+        return images
+
     def read_frame(self, camera: str, pair_id: int, max_bytes: int = 16 << 20) -> bytes | None:
         """The JPEG of pair ``pair_id``'s newest frame (None when it is not stored: left memory, or never saved).
         Links are not followed; a file over ``max_bytes`` is not read."""

@@ -38,6 +38,8 @@ class Ask:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    since: str | None = None  # a question about the past: ISO 8601 or relative (-2h); see livewatch.timerange
+    until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,8 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", obj.get("id") if _id_ok(obj) else None)
     rid = _request_id(obj)
     if kind == "ask":
-        f = _Fields(obj, rid, {"camera", "question", "max_tokens", "temperature", "top_p", "top_k", "seed"})
+        f = _Fields(obj, rid, {"camera", "question", "max_tokens", "temperature", "top_p", "top_k", "seed", "since",
+                               "until"})
         camera = _camera_name(f, "camera", required=False)
         question = f.string("question", max_len=limits.max_question_chars)
         assert question is not None
@@ -181,6 +184,8 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
             top_p=f.number("top_p", 1e-6, 1.0, 1.0),
             top_k=f.integer("top_k", 0, 1000) or 0,
             seed=f.integer("seed", 0, 2**32 - 1),
+            since=f.string("since", required=False, max_len=40),
+            until=f.string("until", required=False, max_len=40),
         )
     if kind == "cancel":
         _Fields(obj, rid, set())

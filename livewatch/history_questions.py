@@ -1,0 +1,49 @@
+"""Questions about a time range of a camera's past (``ask`` with ``since``/``until``).
+
+The pairs of the range come from the camera's memory and its history on disk (memory.range_pairs: all of them if
+they fit the live context's size, else the most important half and the rest spread evenly), with their real
+timestamps (long gaps shortened as for live contexts). They become a temporary context of its own in the engine,
+under a name no camera can have, encoded and answered like a live one, then dropped: the camera's live prefix is
+never touched, so its next question still reuses it. The answer's metrics say which range and how many pairs;
+its evidence names the camera's own frame URLs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from livewatch.engine.generate import SamplingParams
+from livewatch.engine.prompt import resolve_tz
+from livewatch.errors import ErrorCode, RequestError
+from livewatch.server.protocol import Answered, Ask
+from livewatch.timerange import parse_range
+
+_ids = itertools.count(1)
+
+
+async def ask_history(daemon: Any, request: Ask, camera: str, params: SamplingParams,
+                      on_text: Callable[[str], None], client: str) -> Answered:
+    """``daemon`` is the Daemon (its cameras, worker and settings)."""
+    settings = daemon.settings
+    try:
+        since, until = parse_range(request.since, request.until, time.time(), resolve_tz(settings.model.timezone))
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    max_pairs = (settings.memory.star_frames + settings.memory.window_frames) // 2
+    pairs = await daemon.cameras[camera].range_pairs(since, until, max_pairs)
+    if not pairs:
+        raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no frames between those times")
+    temporary = f"{camera} (history {next(_ids)})"  # camera names have no spaces: never a camera's
+    worker = daemon.worker
+    worker.publish(temporary, pairs, 1)
+    try:
+        answer = await worker.ask(temporary, request.question, params, on_text, str(request.id), client)
+    finally:
+        worker.remove_camera(temporary)
+    metrics = {**answer.metrics, "range": {"since": since, "until": until, "pairs": len(pairs),
+                                           "first_frame_time": pairs[0].time, "last_frame_time": pairs[-1].end_time}}
+    evidence = [{**item, "url": f"/frames/{camera}/{item['frame_id']}.jpg"} for item in answer.evidence]
+    return Answered(answer.text, metrics, evidence)

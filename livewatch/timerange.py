@@ -1,0 +1,51 @@
+"""Times a client gives for a question about the past: ISO 8601 or relative to now. Pure: ``now`` is passed in.
+
+    2026-11-27T14:03:00+01:00   an instant (without an offset: the daemon's time zone, model.timezone)
+    2026-11-27                  midnight at the start of that day
+    -2h  -30m  -90s  -1d        that long before now (also +, for until)
+    now
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, tzinfo
+
+_RELATIVE = re.compile(r"^([+-])(\d{1,6}(?:\.\d{1,3})?)([smhd])$")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_CHARS = 40
+
+
+def parse_time(text: str, now: float, tz: tzinfo | None) -> float:
+    """Seconds since the epoch; ValueError with a message a client can act on."""
+    value = text.strip()
+    if not value or len(value) > MAX_CHARS:
+        raise ValueError(f"a time is 1-{MAX_CHARS} characters: ISO 8601 or relative like -2h")
+    if value == "now":
+        return now
+    match = _RELATIVE.match(value)
+    if match is not None:
+        sign, amount, unit = match.groups()
+        delta = float(amount) * _UNITS[unit]
+        return now - delta if sign == "-" else now + delta
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a time: use ISO 8601 (2026-11-27T14:03:00) or relative (-2h, -30m, "
+                         f"-90s, -1d)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz) if tz is not None else dt.astimezone()
+    stamp = dt.timestamp()
+    if not math.isfinite(stamp):
+        raise ValueError(f"{value!r} is out of range")
+    return stamp
+
+
+def parse_range(since: str | None, until: str | None, now: float, tz: tzinfo | None) -> tuple[float, float]:
+    """(since, until) of a question; until defaults to now, since to one hour before until."""
+    end = parse_time(until, now, tz) if until else now
+    start = parse_time(since, now, tz) if since else end - 3600.0
+    if start >= end:
+        raise ValueError("'since' must be before 'until'")
+    return start, end
