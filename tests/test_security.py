@@ -307,15 +307,17 @@ def test_the_engine_thread_dying_fails_questions_and_stops_the_daemon(make_daemo
     wait_frames(d)
     flag.touch()  # the next frame pair's context kills the engine thread
     replies: list[dict] = []
-    with sync_connect(d.url) as ws:  # keep questions in flight until the daemon goes: none may hang
+    with sync_connect(d.url) as ws:  # two questions in flight at every moment until the daemon goes: none may hang
         try:
-            for i in range(60):
+            for i in range(2):
                 ws.send(json.dumps({"type": "ask", "id": i, "question": "talk", "max_tokens": 1000}))
+            for i in range(2, 62):
                 while True:
                     reply = json.loads(ws.recv(timeout=30))
                     if reply["type"] != "token":
                         replies.append(reply)
                         break
+                ws.send(json.dumps({"type": "ask", "id": i, "question": "talk", "max_tokens": 1000}))
         except websockets.exceptions.ConnectionClosed:
             pass
     errors = [r for r in replies if r["type"] == "error"]

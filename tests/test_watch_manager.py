@@ -52,8 +52,8 @@ def manager(tmp_path: Path, cameras: list[str], describe=None) -> tuple[WatchMan
     return m, engine, sink
 
 
-def result(watch: str, p: float, camera: str = "door", frame: int = 7) -> WatchResult:
-    return WatchResult(camera, watch, p, frame, 1_780_000_000.0, 1, 2.0)
+def result(watch: str, p: float, camera: str = "door", frame: int = 7, condition: str = "") -> WatchResult:
+    return WatchResult(camera, watch, p, frame, 1_780_000_000.0, 1, 2.0, condition)
 
 
 def test_concurrent_adds_and_removes_keep_the_store_and_the_set_in_step(tmp_path: Path) -> None:
@@ -92,6 +92,11 @@ def test_an_identical_watch_added_again_keeps_its_state(tmp_path: Path) -> None:
         m.on_results([result("person", 0.9)])
         await m.add(spec)
         assert m.watches["person"].trigger.state == "on" and sink.items.count(("event", "person", "ended")) == 0
+        await m.add(WatchSpec("person", "door", "a parcel", on=0.5, off=0.2, confirm=1, cooldown_s=0))
+        m.on_results([result("person", 0.9, condition="a person")])  # computed on the old condition: dropped
+        assert m.watches["person"].trigger.state == "off"
+        m.on_results([result("person", 0.9, condition="a parcel")])
+        assert m.watches["person"].trigger.state == "on"
         await m.add(WatchSpec("person", "yard", "a person"))  # moved: ended, old sensor removed, new one added
         assert ("event", "person", "ended") in sink.items
         assert ("changed", "door", "person", False) in sink.items and ("changed", "yard", "person", True) in sink.items

@@ -136,7 +136,8 @@ class EngineLoop:
         info = {camera: (version, end) for camera, version, end in due}
         for (camera, name), p in zip(names, probabilities):
             version, (frame_id, frame_time) = info[camera]
-            result.watches.append(WatchResult(camera, name, p, frame_id, frame_time, version, ms))
+            result.watches.append(WatchResult(camera, name, p, frame_id, frame_time, version, ms,
+                                              watches[camera][name]))
         for camera, version, _ in due:
             self.watch_versions[camera] = version
 

@@ -49,6 +49,7 @@ class WatchResult:
     frame_time: float  # wall-clock capture time of its last frame
     version: int  # the camera's context version evaluated
     eval_ms: float  # the whole batch's evaluation time (shared by the watches of that step)
+    condition: str = ""  # the condition evaluated (a watch replaced meanwhile must not take this result)
 
 
 @dataclass(frozen=True)

@@ -222,8 +222,9 @@ class WatchManager:
             self.results_dropped += 1
             return
         watch = self.watches.get(result.watch)
-        if watch is None or watch.spec.camera != result.camera or result.camera not in cameras:
-            return  # removed or moved while the engine evaluated it
+        if (watch is None or watch.spec.camera != result.camera or result.camera not in cameras
+                or (result.condition and result.condition != watch.spec.condition)):
+            return  # removed, moved or given another condition while the engine evaluated it
         watch.eval_ms = result.eval_ms
         now = time.time()
         hour = (datetime.fromtimestamp(now, self.tz) if self.tz else datetime.fromtimestamp(now)).hour
