@@ -102,6 +102,16 @@ class CameraRuntime:
             log.exception("camera.pump_crashed")
             raise
 
+    async def range_items(self, since: float, until: float) -> list[Any]:
+        """memory.range_items, between two of the pump's steps."""
+        async with self._memory_lock:
+            return await asyncio.to_thread(self.memory.range_items, since, until)
+
+    async def load_items(self, items: list[Any]) -> list[FramePair]:
+        """memory.load_items (store reads), between two of the pump's steps."""
+        async with self._memory_lock:
+            return await asyncio.to_thread(self.memory.load_items, items)
+
     async def range_pairs(self, since: float, until: float, max_pairs: int) -> list[FramePair]:
         """Memory and history pairs of [since, until] (memory.range_pairs), between two of the pump's steps."""
         async with self._memory_lock:

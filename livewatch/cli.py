@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm_w = watch_sub.add_parser("rm", help="remove a watch")
     rm_w.add_argument("name")
 
+    find_p = sub.add_parser("find", help="find the moments of the cameras' memory and history that show something")
+    _add_client_args(find_p)
+    find_p.add_argument("cameras", metavar="CAMERA", help="a camera, several separated by commas, or 'all'")
+    find_p.add_argument("query", help='what to look for, e.g. "a red car in the drive"')
+    find_p.add_argument("--since", default="24h", help="from (ISO 8601 or relative; default 24h ago)")
+    find_p.add_argument("--until", help="to (default now)")
+    find_p.add_argument("--top", type=int, default=5, help="moments to show (1-50, default 5)")
+    find_p.add_argument("--json", action="store_true", help="print the find.result message as JSON")
+
     events = sub.add_parser("events", help="follow watch events until Ctrl-C")
     _add_client_args(events)
     events.add_argument("--watch", action="append", help="only this watch (repeatable; default: all)")
@@ -237,6 +246,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_find(args: argparse.Namespace) -> int:
+    from livewatch import client
+
+    cameras = None if args.cameras == "all" else tuple(c for c in args.cameras.split(",") if c)
+    return asyncio.run(client.find(args.url, _token(args), cameras, args.query, args.since, args.until, args.top,
+                                   args.json))
+
+
 def _cmd_events(args: argparse.Namespace) -> int:
     from livewatch import client
 
@@ -259,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "cameras": _cmd_cameras,
         "watch": _cmd_watch,
         "events": _cmd_events,
+        "find": _cmd_find,
         "check-config": _cmd_check_config,
     }
     try:

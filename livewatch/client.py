@@ -226,3 +226,53 @@ def format_event(event: dict[str, Any]) -> str:
     if event.get("description"):
         text += f"\n    {event['description']}"
     return text
+
+
+async def find(url: str, token: str | None, cameras: tuple[str, ...] | None, query: str, since: str | None,
+               until: str | None, top: int, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Ask for the best moments; progress on stderr; Ctrl-C cancels the search on the daemon (exit 130)."""
+    from livewatch.server.watchproto import Find
+
+    rid = new_id()
+    msg = Find(rid, query, cameras, since, until, top)
+    loop = asyncio.get_running_loop()
+    async with await _open(url, token) as ws:
+        interrupted = asyncio.Event()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        try:
+            await ws.send(p.encode_request(msg))
+            while True:
+                receive = asyncio.ensure_future(ws.recv())
+                stop = asyncio.ensure_future(interrupted.wait())
+                done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done and not receive.done():
+                    receive.cancel()
+                    await ws.send(p.encode_request(p.Cancel(id=rid)))
+                    interrupted.clear()
+                    continue
+                stop.cancel()
+                try:
+                    reply = _reply(receive.result())
+                except ConnectionClosed:
+                    raise ClientError("the daemon closed the connection", EXIT_REQUEST_FAILED) from None
+                if reply.get("id") != rid:
+                    continue
+                if reply["type"] == "find.progress":
+                    print(f"\rscored {reply.get('done')} of {reply.get('total')} chunks", end="", file=sys.stderr,
+                          flush=True)
+                elif reply["type"] == "find.result":
+                    print(file=sys.stderr)
+                    if as_json:
+                        print(json.dumps(reply), file=out)
+                    for m in [] if as_json else reply.get("moments", []):
+                        start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(m["since"])))
+                        print(f"{start}  {m['camera']}  {float(m['until']) - float(m['since']):.0f} s  "
+                              f"p={m['probability']}  {m['frame_url']}", file=out)
+                    return 0
+                elif reply["type"] == "error":
+                    print(file=sys.stderr)
+                    if reply.get("code") == "cancelled":
+                        return 130
+                    raise ClientError(f"{reply.get('code')}: {reply.get('message')}", EXIT_REQUEST_FAILED)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)

@@ -2,7 +2,7 @@
 
     2026-11-27T14:03:00+01:00   an instant (without an offset: the daemon's time zone, model.timezone)
     2026-11-27                  midnight at the start of that day
-    -2h  -30m  -90s  -1d        that long before now (also +, for until)
+    -2h  -30m  -90s  -1d        that long before now (also without the sign: 24h; + for after now)
     now
 """
 
@@ -12,7 +12,7 @@ import math
 import re
 from datetime import datetime, tzinfo
 
-_RELATIVE = re.compile(r"^([+-])(\d{1,6}(?:\.\d{1,3})?)([smhd])$")
+_RELATIVE = re.compile(r"^([+-]?)(\d{1,6}(?:\.\d{1,3})?)([smhd])$")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_CHARS = 40
 
@@ -28,7 +28,7 @@ def parse_time(text: str, now: float, tz: tzinfo | None) -> float:
     if match is not None:
         sign, amount, unit = match.groups()
         delta = float(amount) * _UNITS[unit]
-        return now - delta if sign == "-" else now + delta
+        return now + delta if sign == "+" else now - delta  # "24h": 24 hours ago, as "-24h"
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:

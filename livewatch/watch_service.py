@@ -25,7 +25,8 @@ from livewatch.log import get_logger
 from livewatch.memory.jpegfile import thumbnail
 from livewatch.memory.store import FrameStore
 from livewatch.metrics import Metrics
-from livewatch.server.watchproto import WatchAdd
+from livewatch.find import find as find_moments
+from livewatch.server.watchproto import Find, WatchAdd
 from livewatch.watches.manager import WatchManager
 from livewatch.watches.sinks import Sink, SinkOptions
 from livewatch.watches.webhook import WebhookSink
@@ -121,6 +122,9 @@ class WatchService:
         if data is not None and size is not None:
             data = await asyncio.to_thread(thumbnail, data, size)
         return data
+
+    async def find(self, request: Find, progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
+        return await find_moments(self, request, progress)
 
     def _watch_manager(self) -> WatchManager:
         if self.watches is None:

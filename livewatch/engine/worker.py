@@ -58,6 +58,7 @@ class EngineWorker:
         self.died: str | None = None
         self._on_encode = on_encode
         self._on_watches = on_watches  # called on the engine thread with each step's watch results
+        self._scores: dict[str, _LoopResult] = {}  # contexts of score() -> their caller
         self.eager = options.encode_mode == "eager"
         self.batch = BatchDecoder(core, options.slots, options.max_len, options.cuda_graphs,
                                   fused_kernels=options.fused_kernels)
@@ -120,6 +121,29 @@ class EngineWorker:
         with self._cond:
             self._sched.set_watches(camera, watches)
             self._cond.notify()
+
+    async def score(self, camera: str, pairs: Sequence[FramePair], condition: str, timeout_s: float = 120.0) -> float:
+        """P(yes) of ``condition`` on ``pairs`` as a context of their own (``camera``: a name no camera has),
+        evaluated like a watch: encoded and evaluated together with the step's other encodes and watches, at
+        their priority (questions first). The context is dropped afterwards."""
+        result = _LoopResult(asyncio.get_running_loop())
+        with self._cond:
+            if self.died is not None:
+                raise EngineError("the engine stopped; the daemon is restarting")
+            self._scores[camera] = result
+            self._sched.set_watches(camera, {"score": condition})
+            self._sched.push_context(camera, pairs, 1, eager=True, now=time.monotonic())
+            self._cond.notify()
+        try:
+            return float(await asyncio.wait_for(result.future, timeout_s))
+        except TimeoutError:
+            raise EngineError("the engine could not evaluate this part of the range in time") from None
+        finally:
+            with self._cond:
+                self._scores.pop(camera, None)
+                self._sched.set_watches(camera, {})
+                self._sched.push_remove(camera)
+                self._cond.notify()
 
     def remove_camera(self, camera: str) -> None:
         with self._cond:
@@ -292,16 +316,26 @@ class EngineWorker:
                 self._sched.requeue(result.deferred)
         for outcome in result.answers:
             self._resolve(outcome)
+        with self._cond:
+            scores = dict(self._scores)
         for enc in result.encodes:
             if enc.error is not None:
                 self.jobs_failed += 1
+                if enc.camera in scores:
+                    scores[enc.camera].fail(enc.error)
             elif enc.report is not None:
                 self.jobs_done += 1
                 self._check_lag(enc.camera, enc.report.lag_s)
                 if self._on_encode is not None:
                     self._on_encode(enc.report)
-        if result.watches and self._on_watches is not None:
-            self._on_watches(result.watches)
+        watches = []
+        for r in result.watches:
+            if r.camera in scores:
+                scores[r.camera].succeed(r.probability)
+            else:
+                watches.append(r)
+        if watches and self._on_watches is not None:
+            self._on_watches(watches)
 
     def _check_lag(self, camera: str, lag_s: float) -> None:
         """An operator's signal that the GPU falls behind: at most one line per camera a minute."""

@@ -346,34 +346,40 @@ class CameraMemory:
                        key=lambda p: (p.time, p.id))
         return pairs, self.version
 
-    def range_pairs(self, since: float, until: float, max_pairs: int) -> list[FramePair]:
-        """The pairs of [since, until] from memory and history, for a question about that time: all of them if
-        they fit ``max_pairs``, else the most important half and the rest spread evenly over the range; in time
-        order. History pairs are read from the store (a pair whose files are gone is skipped)."""
-        live = [s.pair for s in self._slots.values() if s.pair.end_time >= since and s.pair.time <= until]
-        old = self.history.between(since, until) if self.store is not None else []
-        found: list[tuple[float, float, int, Any]] = [(p.time, p.importance, p.id, p) for p in live]
-        found += [(e.time, e.record.importance, e.record.id, e.record) for e in old]
-        found.sort(key=lambda f: (f[0], f[2]))
-        if len(found) > max_pairs:
-            top = set(sorted(range(len(found)), key=lambda i: -found[i][1])[: max_pairs // 2])
-            rest = [i for i in range(len(found)) if i not in top]
-            step = len(rest) / max(max_pairs - len(top), 1)
-            spread = {rest[int(k * step)] for k in range(max_pairs - len(top))}
-            found = [found[i] for i in sorted(top | spread)]
+    def range_items(self, since: float, until: float) -> list[FramePair | PairRecord]:
+        """Every pair of [since, until] in memory (a FramePair) or history (its record: not read yet), by time."""
+        live: list[tuple[float, int, FramePair | PairRecord]] = [
+            (p.time, p.id, p) for p in (s.pair for s in self._slots.values()) if p.end_time >= since and p.time <= until]
+        if self.store is not None:
+            live += [(e.time, e.record.id, e.record) for e in self.history.between(since, until)]
+        return [item for _, _, item in sorted(live, key=lambda f: (f[0], f[1]))]
+
+    def load_items(self, items: list[FramePair | PairRecord]) -> list[FramePair]:
+        """The pairs of ``range_items``, history pairs read from the store (one whose files are gone is skipped)."""
         pairs = []
-        for _, importance, pid, item in found:
+        for item in items:
             if isinstance(item, FramePair):
                 pairs.append(item)
                 continue
-            assert self.store is not None
-            images = self.store.read_pair(self.name, item)
+            images = self.store.read_pair(self.name, item) if self.store is not None else None
             if images is None:
                 continue
             first = Frame(item.seq[0], item.wall[0], item.mono[0], images[0])
             second = first if item.single else Frame(item.seq[1], item.wall[1], item.mono[1], images[1])
-            pairs.append(FramePair(pid, first, second, importance))
+            pairs.append(FramePair(item.id, first, second, item.importance))
         return pairs
+
+    def range_pairs(self, since: float, until: float, max_pairs: int) -> list[FramePair]:
+        """The pairs of [since, until] for a question about that time: all of them if they fit ``max_pairs``, else
+        the most important half and the rest spread evenly over the range; in time order."""
+        found = self.range_items(since, until)
+        if len(found) > max_pairs:
+            top = set(sorted(range(len(found)), key=lambda i: -found[i].importance)[: max_pairs // 2])
+            rest = [i for i in range(len(found)) if i not in top]
+            step = len(rest) / max(max_pairs - len(top), 1)
+            spread = {rest[int(k * step)] for k in range(max_pairs - len(top))}
+            found = [found[i] for i in sorted(top | spread)]
+        return self.load_items(found)
 
     def stats(self) -> dict[str, Any]:
         def frames(ids) -> int:

@@ -61,6 +61,9 @@ class Service(Protocol):
 
     def unsubscribe(self, client: str) -> None: ...
 
+    async def find(self, request: wp.Find, progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
+        """The best moments for ``request``, calling ``progress(done, total)`` as chunks are scored."""
+
 
 class CancelReason(str, Enum):
     """Why a connection cancelled one of its ask tasks (the message of ``Task.cancel``)."""
@@ -97,6 +100,8 @@ class Connection:
         self.metrics = metrics
         self.id = f"c{next(_conn_ids)}"
         self._asks: dict[p.RequestId, asyncio.Task[None]] = {}
+        self._started: dict[p.RequestId, bool] = {}  # asks and finds whose coroutine ran its first step
+        self._cancelled: dict[p.RequestId, CancelReason] = {}  # why a request in flight was cancelled
         self._others: set[asyncio.Task[None]] = set()
         self._out: asyncio.Queue[str | None] = asyncio.Queue(maxsize=limits.outbound_queue)
         self._out_bytes = 0  # characters queued and not yet sent (what a non-reading client costs)
@@ -131,7 +136,8 @@ class Connection:
 
     async def shutdown(self) -> None:
         """The daemon is stopping: cancel this connection's questions with a message, then close."""
-        for task in list(self._asks.values()):
+        for rid, task in list(self._asks.items()):
+            self._cancelled[rid] = CancelReason.SHUTDOWN
             task.cancel(msg=CancelReason.SHUTDOWN)
         await asyncio.gather(*self._asks.values(), return_exceptions=True)
         try:
@@ -192,13 +198,14 @@ class Connection:
         except p.ProtocolError as exc:
             self._error(exc.request_id, exc.code, str(exc))
             return
-        if isinstance(req, p.Ask):
+        if isinstance(req, (p.Ask, wp.Find)):
             self._start_ask(req)
         elif isinstance(req, p.Cancel):
             task = self._asks.get(req.id)
             if task is None:
                 self._error(req.id, ErrorCode.UNKNOWN_REQUEST, "no question with this id is in flight")
             else:
+                self._cancelled[req.id] = CancelReason.CLIENT
                 task.cancel(msg=CancelReason.CLIENT)
         elif isinstance(req, p.Status):
             status = self.service.status()
@@ -222,7 +229,8 @@ class Connection:
             self.service.unsubscribe(self.id)
             self.send(wp.reply("watch.unsubscribed", req.id))
 
-    def _start_ask(self, req: p.Ask) -> None:
+    def _start_ask(self, req: p.Ask | wp.Find) -> None:
+        """An ask or a find: both are questions in flight (limits, cancel, the client going away)."""
         if self.service.shutting_down:
             self._error(req.id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
             return
@@ -235,25 +243,36 @@ class Connection:
         if self.inflight.count >= self.inflight.limit:
             self._error(req.id, ErrorCode.BUSY, "the daemon is answering as many questions as it can; retry shortly")
             return
-        camera = req.camera
-        if camera is None:
-            names = self.service.camera_names()
-            if len(names) != 1:
-                self._error(req.id, ErrorCode.BAD_REQUEST, f"field 'camera' is required: cameras are {names}")
-                return
-            camera = names[0]
+        if isinstance(req, wp.Find):
+            work: Awaitable[None] = self._find(req)
+        else:
+            camera = req.camera
+            if camera is None:
+                names = self.service.camera_names()
+                if len(names) != 1:
+                    self._error(req.id, ErrorCode.BAD_REQUEST, f"field 'camera' is required: cameras are {names}")
+                    return
+                camera = names[0]
+            work = self._ask(req, camera)
         self.inflight.count += 1
-        task = asyncio.create_task(self._ask(req, camera), name=f"{self.id}-ask-{req.id}")
+        task = asyncio.ensure_future(work)
         self._asks[req.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
             self.inflight.count -= 1
             if self._asks.get(req.id) is task:
                 del self._asks[req.id]
+            reason = self._cancelled.pop(req.id, None)
+            if not self._started.pop(req.id, False) and reason is not None:
+                # cancelled before its first step (a cancel right behind the request): its own handler never ran
+                shutdown = reason is CancelReason.SHUTDOWN
+                self._error(req.id, ErrorCode.SHUTTING_DOWN if shutdown else ErrorCode.CANCELLED,
+                            "the daemon is shutting down" if shutdown else "cancelled")
 
         task.add_done_callback(done)
 
     async def _ask(self, req: p.Ask, camera: str) -> None:
+        self._started[req.id] = True
         bind(request=str(req.id), camera=camera)
         try:
             answer = await self.service.ask(req, camera, lambda text: self.send(p.token_message(req.id, text)),
@@ -271,6 +290,23 @@ class Connection:
             if self.metrics is not None:
                 self.metrics.observe_answer(answer.metrics)
             self.send(p.answer_message(req.id, camera, answer.text, answer.metrics, answer.evidence))
+
+    async def _find(self, req: wp.Find) -> None:
+        self._started[req.id] = True
+        bind(request=str(req.id))
+        try:
+            moments = await self.service.find(
+                req, lambda done, total: self.send(wp.reply("find.progress", req.id, done=done, total=total)))
+        except asyncio.CancelledError as exc:
+            reason = exc.args[0] if exc.args else None
+            if reason in (CancelReason.SHUTDOWN, CancelReason.CLIENT):
+                self._error(req.id, ErrorCode.SHUTTING_DOWN if reason == CancelReason.SHUTDOWN else ErrorCode.CANCELLED,
+                            "the daemon is shutting down" if reason == CancelReason.SHUTDOWN else "cancelled")
+            raise
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.find_failed")
+        else:
+            self.send(wp.reply("find.result", req.id, moments=moments))
 
     async def _camera_add(self, req: p.CameraAdd) -> None:
         try:

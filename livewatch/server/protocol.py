@@ -220,7 +220,7 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
 _TYPES: dict[type, str] = {Ask: "ask", Cancel: "cancel", Status: "status", CameraAdd: "camera.add",
                            CameraRemove: "camera.remove", wp.WatchAdd: "watch.add", wp.WatchRemove: "watch.remove",
                            wp.WatchList: "watch.list", wp.WatchSubscribe: "watch.subscribe",
-                           wp.WatchUnsubscribe: "watch.unsubscribe"}
+                           wp.WatchUnsubscribe: "watch.unsubscribe", wp.Find: "find"}
 _DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
 
 

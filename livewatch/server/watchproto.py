@@ -68,11 +68,22 @@ class WatchUnsubscribe:
     id: Any
 
 
-WatchRequest = WatchAdd | WatchRemove | WatchList | WatchSubscribe | WatchUnsubscribe
-KINDS = ("watch.add", "watch.remove", "watch.list", "watch.subscribe", "watch.unsubscribe")
+@dataclass(frozen=True)
+class Find:
+    id: Any
+    query: str  # what to look for, as a watch's condition
+    cameras: tuple[str, ...] | None = None  # None: every camera
+    since: str | None = None
+    until: str | None = None
+    top: int = 5
+
+
+WatchRequest = WatchAdd | WatchRemove | WatchList | WatchSubscribe | WatchUnsubscribe | Find
+KINDS = ("watch.add", "watch.remove", "watch.list", "watch.subscribe", "watch.unsubscribe", "find")
 _FIELDS = {
     "watch.add": {"name", "camera", "condition", "on", "off", "confirm", "cooldown_s", "active_hours", "describe"},
     "watch.remove": {"name"}, "watch.list": set(), "watch.subscribe": {"watches"}, "watch.unsubscribe": set(),
+    "find": {"query", "cameras", "since", "until", "top"},
 }
 
 
@@ -120,6 +131,8 @@ def parse_watch_request(kind: str, obj: dict[str, Any], rid: Any) -> WatchReques
         return WatchList(rid)
     if kind == "watch.unsubscribe":
         return WatchUnsubscribe(rid)
+    if kind == "find":
+        return _find(obj, rid)
     if kind == "watch.subscribe":
         names = obj.get("watches")
         if names is None:
@@ -129,12 +142,7 @@ def parse_watch_request(kind: str, obj: dict[str, Any], rid: Any) -> WatchReques
         if not all(isinstance(n, str) and is_camera_name(n) for n in names):
             raise _bad(rid, f"field 'watches': {NAME_RULE}")
         return WatchSubscribe(rid, tuple(dict.fromkeys(names)))
-    condition = obj.get("condition")
-    if not isinstance(condition, str):
-        raise _bad(rid, "missing field 'condition' (a string)")
-    why = check_condition(condition)
-    if why is not None:
-        raise _bad(rid, f"field 'condition': {why}")
+    condition = _text(obj, "condition", rid)
     on = _number(obj, "on", 0.0, 1.0, 0.7, rid)
     off = _number(obj, "off", 0.0, 1.0, 0.4, rid)
     if off >= on:
@@ -155,6 +163,35 @@ def parse_watch_request(kind: str, obj: dict[str, Any], rid: Any) -> WatchReques
         rid, _name(obj, "name", rid), _name(obj, "camera", rid), condition, on, off, confirm,
         _number(obj, "cooldown_s", 0.0, 86400.0, 60.0, rid), (hours[0], hours[1]) if hours else None, describe,
     )
+
+
+def _text(obj: dict[str, Any], field: str, rid: Any) -> str:
+    """A watch's condition or a find's query: plain text the model reads."""
+    value = obj.get(field)
+    if not isinstance(value, str):
+        raise _bad(rid, f"missing field {field!r} (a string)")
+    why = check_condition(value)
+    if why is not None:
+        raise _bad(rid, f"field {field!r}: {why.replace('the condition', 'it')}")
+    return value
+
+
+def _find(obj: dict[str, Any], rid: Any) -> Find:
+    query = _text(obj, "query", rid)
+    cameras = obj.get("cameras")
+    if cameras is not None and (not isinstance(cameras, list) or not 1 <= len(cameras) <= MAX_SUBSCRIBED
+                                or not all(isinstance(c, str) and is_camera_name(c) for c in cameras)):
+        raise _bad(rid, f"field 'cameras' must be a list of 1-{MAX_SUBSCRIBED} camera names")
+    times = {}
+    for field in ("since", "until"):
+        value = obj.get(field)
+        if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 40):
+            raise _bad(rid, f"field {field!r} must be a time of 1-40 characters")
+        times[field] = value
+    top = obj.get("top", 5)
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 50:
+        raise _bad(rid, "field 'top' must be an integer in [1, 50]")
+    return Find(rid, query, tuple(dict.fromkeys(cameras)) if cameras else None, times["since"], times["until"], top)
 
 
 def _dump(obj: dict[str, Any]) -> str:

@@ -1,0 +1,65 @@
+"""Finding moments: which stretches of the cameras' memory and history show something (``find``).
+
+Each camera's pairs of the range (memory and history) are cut into chunks of ``CHUNK_PAIRS`` consecutive pairs
+(8 s at 1 fps). A chunk is scored like a watch: its pairs become a context of their own in the engine and P(yes) of
+the query is read from the first answer position (``EngineWorker.score``); ``WAVE`` chunks are in the engine at
+once, so they are encoded and evaluated together, at the priority of encodes and watches (questions first). A
+progress message follows each wave; the result is the ``top`` chunks by P(yes), each a moment: camera, the time
+range of its frames, P(yes), and the frame of its middle pair as evidence. Cancelling the request (``cancel``, or
+the client going away) stops between two waves and drops the chunks in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from livewatch.engine.prompt import resolve_tz
+from livewatch.errors import ErrorCode, RequestError
+from livewatch.server.watchproto import Find
+from livewatch.timerange import parse_range
+
+CHUNK_PAIRS = 4
+WAVE = 8
+_ids = itertools.count(1)
+
+
+async def find(daemon: Any, request: Find, progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
+    """``daemon`` is the Daemon (cameras, worker, settings)."""
+    try:
+        since, until = parse_range(request.since, request.until, time.time(),
+                                   resolve_tz(daemon.settings.model.timezone))
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    names = list(request.cameras) if request.cameras else sorted(daemon.cameras)
+    unknown = [n for n in names if n not in daemon.cameras]
+    if unknown:
+        raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {unknown[0]!r}")
+    chunks: list[tuple[str, list[Any]]] = []
+    for name in names:
+        items = await daemon.cameras[name].range_items(since, until)
+        chunks += [(name, items[i : i + CHUNK_PAIRS]) for i in range(0, len(items), CHUNK_PAIRS)]
+    moments: list[dict[str, Any]] = []
+    done = 0
+    progress(done, len(chunks))
+    for start in range(0, len(chunks), WAVE):
+        wave = chunks[start : start + WAVE]
+        moments += [m for m in await asyncio.gather(*(_score(daemon, name, items, request.query)
+                                                      for name, items in wave)) if m is not None]
+        done += len(wave)
+        progress(done, len(chunks))
+    moments.sort(key=lambda m: -m["probability"])
+    return moments[: request.top]
+
+
+async def _score(daemon: Any, camera: str, items: list[Any], query: str) -> dict[str, Any] | None:
+    pairs = await daemon.cameras[camera].load_items(items)
+    if not pairs:
+        return None
+    p = await daemon.worker.score(f"{camera} (find {next(_ids)})", pairs, query)  # no camera has a space
+    middle = pairs[len(pairs) // 2]
+    return {"camera": camera, "since": pairs[0].time, "until": pairs[-1].end_time, "probability": round(p, 4),
+            "frame_id": middle.id, "frame_url": f"/frames/{camera}/{middle.id}.jpg"}
