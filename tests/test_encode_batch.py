@@ -125,3 +125,20 @@ def test_a_model_failure_fails_the_batch_only_and_frees_its_caches(lm, monkeypat
     monkeypatch.undo()
     assert core.camera_stats("c")["cache_valid"]  # another camera's prefix is untouched
     assert [c for c, _ in core.encode_many(["a", "b"]).reports] == ["a", "b"]  # and the next step succeeds
+
+
+def test_history_pairs_are_encoded_once_across_temporary_contexts(lm) -> None:
+    core = EngineCore(lm, timezone="UTC")
+    pairs = pairs_of("a", range(3))
+    core.set_context("a (history 1)", pairs, 1)
+    (_, first), = core.encode_many(["a (history 1)"]).reports
+    core.drop_camera("a (history 1)")
+    core.set_context("a (find 2)", pairs[1:] + pairs_of("a", [7]), 1)
+    (_, second), = core.encode_many(["a (find 2)"]).reports
+    assert first.pairs_encoded == 3 and second.pairs_encoded == 1  # the two shared pairs came from the cache
+    core.set_context("a", pairs, 1)  # a live camera's context neither reads nor fills it
+    (_, live), = core.encode_many(["a"]).reports
+    assert live.pairs_encoded == 3
+    core.drop_camera("a")  # the camera goes: its history embeddings too
+    core.set_context("a (history 3)", pairs, 1)
+    assert core.encode_many(["a (history 3)"]).reports[0][1].pairs_encoded == 3

@@ -23,6 +23,8 @@ Sections (each in the JSON; the markdown table summarises):
               (largest N with p95 lag <= 2 s) against the prototype's full re-encode per batch
   watches     (not by default) watch evaluation cost (1-256 watches at once, alone and beside decoding) and the
               watched cameras one GPU sustains at 1 fps with 2 watches each (engine latency p95 <= 2.5 s)
+  history     (not by default) a question about a 1-hour range (TTFT cold and warm), find's archived hours per
+              minute, and evidence ranking's cost per answer
   kernels     (GPU, not by default) the decode step with PyTorch's kernels against the fused Triton kernels
   oom         (GPU, not by default) a real CUDA out-of-memory in the middle of a question
   agreement   (not by default) the fast path's greedy agreement with the eager path, on its own
@@ -53,7 +55,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_memory  # noqa: E402
 from benchkit import (  # noqa: E402
-    agreement, capacity, ceilings, eager, fastpath, ingest, kernels, oom, prototype, scaling, watches,
+    agreement, capacity, ceilings, eager, fastpath, history, ingest, kernels, oom, prototype, scaling, watches,
 )
 from benchkit.common import FULL, TINY, Plan, build_model, machine, warm_up  # noqa: E402
 from benchkit.report import floors, markdown  # noqa: E402
@@ -85,6 +87,7 @@ SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "memory": lambda r: bench_memory.memory_section(quick=r.plan is TINY),  # CPU: the star memory's event suite
     "capacity": lambda r: capacity.run(r.lm, r.plan),
     "watches": lambda r: watches.run(r.lm, r.plan),  # not by default: watch evaluation cost and watched cameras
+    "history": lambda r: history.run(r.lm, r.plan),  # not by default: range questions, find, evidence ranking
     # new sections here (--sections lists this table's names)
 }
 NEEDS = {"fastpath": "livewatch"}  # a section that runs only when the one it needs runs too

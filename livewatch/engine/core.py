@@ -33,7 +33,7 @@ from livewatch.engine.layout import PrefixLayout, UpdateKind, pair_layout, plan_
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.positions import text_positions
 from livewatch.engine.prompt import PromptTemplate, question_text, resolve_tz, system_text, watch_question
-from livewatch.engine.vision import VisionCache
+from livewatch.engine.vision import VisionCache, shared_key
 from livewatch.engine.watcheval import WatchQuery
 from livewatch.errors import CancelledRequest, EngineError, ErrorCode, RequestError
 from livewatch.frames import FramePair
@@ -139,6 +139,8 @@ class EngineCore:
 
     def drop_camera(self, camera: str) -> None:
         self._cameras.pop(camera, None)
+        if shared_key(camera) is None:  # a camera removed: its history pairs' embeddings go with it
+            self.encoder.history.forget(camera)
 
     def needs_encode(self, camera: str) -> bool:
         state = self._cameras.get(camera)

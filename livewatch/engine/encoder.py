@@ -27,7 +27,7 @@ from livewatch.engine.layout import PrefixLayout, UpdatePlan
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.prefill import Prefiller, PrefillItem
 from livewatch.engine.preprocess import pair_input
-from livewatch.engine.vision import VisionCache
+from livewatch.engine.vision import SharedEmbeddings, VisionCache, shared_key
 from livewatch.engine.visiontower import VisionTower
 from livewatch.frames import FramePair
 
@@ -76,10 +76,11 @@ def shared_tower(lm: LoadedModel, use_graphs: bool, max_batch: int) -> VisionTow
 
 class Encoder:
     def __init__(self, lm: LoadedModel, *, use_graphs: bool, vision_batch: int = 32, prefill_tokens: int = 8192,
-                 fused: bool = False) -> None:
+                 fused: bool = False, history_bytes: int = 512 << 20) -> None:
         self.lm = lm
         self.tower = shared_tower(lm, use_graphs, vision_batch)
         self.prefiller = Prefiller(lm, fused=fused, max_tokens=prefill_tokens)
+        self.history = SharedEmbeddings(history_bytes)  # history pairs' embeddings across temporary contexts
 
     def _sync(self) -> None:
         if self.lm.device.type == "cuda":
@@ -101,14 +102,21 @@ class Encoder:
         todo: list[tuple[VisionCache, FramePair]] = []
         for job in jobs:
             job.vision.retain({p.id for p in job.pairs})
+            camera = shared_key(job.camera)
+            if camera is not None:
+                self.history.fill(camera, job.vision, [p.id for p in job.new_pairs])
             missing = [p for p in job.new_pairs if p.id not in job.vision]
             job.encoded = len(missing)
             todo.extend((job.vision, p) for p in missing)
         if not todo:
-            return 0
+            return 0  # (the shared embeddings already held them all)
         inputs = [pair_input(pair, self.lm.spec) for _, pair in todo]
         for (store, pair), embeds in zip(todo, self.tower.encode(inputs)):
             store.put(pair.id, embeds)
+        for job in jobs:
+            camera = shared_key(job.camera)
+            if camera is not None:
+                self.history.keep(camera, job.vision, [p.id for p in job.new_pairs])
         return len(todo)
 
     def _item(self, job: EncodeJob) -> PrefillItem:

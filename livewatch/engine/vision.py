@@ -9,6 +9,8 @@ this is one camera's store of them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 
@@ -42,3 +44,47 @@ class VisionCache:
 
     def clear(self) -> None:
         self._embeds.clear()
+
+
+def shared_key(context: str) -> str | None:
+    """The camera a temporary context (a history question's, a find chunk's: "door (history 3)") reads from; None
+    for a live camera's context. Camera names have no spaces, temporary contexts always do."""
+    return context.split(" (", 1)[0] if " (" in context else None
+
+
+class SharedEmbeddings:
+    """Vision embeddings of history pairs, shared by the temporary contexts of history questions and find, kept
+    least recently used first out within ``max_bytes``: asking twice about the same hour, or finding in it after a
+    question, encodes its pairs once. Keyed by (camera, pair id); a camera that goes away is forgotten (a camera
+    added again under its name numbers its pairs from 0)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+
+    def fill(self, camera: str, store: VisionCache, pair_ids: list[int]) -> None:
+        """Put the embeddings it holds of ``pair_ids`` into a temporary context's store."""
+        for pid in pair_ids:
+            embeds = self._items.get((camera, pid))
+            if embeds is not None and pid not in store:
+                self._items.move_to_end((camera, pid))
+                store.put(pid, embeds)
+                store.pairs_encoded -= 1  # not encoded: reused
+                self.hits += 1
+
+    def keep(self, camera: str, store: VisionCache, pair_ids: list[int]) -> None:
+        for pid in pair_ids:
+            if pid in store and (camera, pid) not in self._items:
+                embeds = store.get(pid)
+                self._items[(camera, pid)] = embeds
+                self.nbytes += embeds.numel() * embeds.element_size()
+        while self.nbytes > self.max_bytes and self._items:
+            _, gone = self._items.popitem(last=False)
+            self.nbytes -= gone.numel() * gone.element_size()
+
+    def forget(self, camera: str) -> None:
+        for key in [k for k in self._items if k[0] == camera]:
+            gone = self._items.pop(key)
+            self.nbytes -= gone.numel() * gone.element_size()

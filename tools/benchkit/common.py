@@ -54,11 +54,12 @@ class Plan:
     capacity_prototype: tuple[int, ...] = (8, 16)  # camera counts of the prototype's method
     watch_counts: tuple[int, ...] = (1, 16, 64, 256)  # watches evaluated at once (watches section)
     watch_cameras: tuple[int, ...] = (16, 32, 64, 96)  # watched cameras at 1 fps, 2 watches each
+    history_seconds: float = 3600.0  # the history section's range (an hour at 1 fps)
 
 
 FULL = Plan(48, (1092, 1932), 256, 10, 10, (1080, 1920), (20, 40, 80, 160), (1, 4, 16), 10.0, 5)
 TINY = Plan(8, (336, 588), 32, 3, 3, (1080, 1920), (8, 16), (1, 2), 2.0, 2, (1, 2), 1, (2,), 4.0, 1.0, (1,), (1, 4),
-            (1, 2))
+            (1, 2), 64.0)
 
 
 # -- timing and memory ------------------------------------------------------------------------------------------
