@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from livewatch.errors import StorageError
 
@@ -52,3 +52,47 @@ def read_json_object(path: Path, what: str) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise StorageError(f"{path}: not a JSON object")
     return data
+
+
+V = TypeVar("V")
+
+
+class RuntimeOverlay(Generic[V]):
+    """What the API changed over the configuration file, kept in one state file: ``added`` (name -> value) and
+    ``removed`` (configured names), saved whole at each change (``write_private``). Subclasses read the file back
+    (``load``, validating it as untrusted input) and say how a value is saved (``saved_value``)."""
+
+    what = "runtime entries"  # for error messages
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.added: dict[str, V] = {}
+        self.removed: set[str] = set()
+
+    def saved_value(self, value: V) -> Any:
+        return value
+
+    def add(self, name: str, value: V) -> None:
+        self.added[name] = value
+        self.removed.discard(name)
+        self._save()
+
+    def remove(self, name: str, configured: bool) -> None:
+        """Forget an added entry; a configured one is remembered as removed."""
+        self.added.pop(name, None)
+        if configured:
+            self.removed.add(name)
+        self._save()
+
+    def move_aside(self) -> Path | None:
+        """Rename an unreadable file aside (``move_aside``) and start empty; the new path, or None."""
+        self.added, self.removed = {}, set()
+        return move_aside(self.path)
+
+    def _save(self) -> None:
+        payload = json.dumps({"added": {n: self.saved_value(v) for n, v in self.added.items()},
+                              "removed": sorted(self.removed)}, indent=2)
+        try:
+            write_private(self.path, payload)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot save {self.what}: {exc.strerror or exc}") from exc

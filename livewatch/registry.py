@@ -10,20 +10,19 @@ A file that cannot be read is moved aside by the daemon (``move_aside``): saved 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from livewatch.atomicfile import move_aside, read_json_object, write_private
+from livewatch.atomicfile import RuntimeOverlay, read_json_object
 from livewatch.config import Camera
 from livewatch.errors import StorageError
 from livewatch.names import is_camera_name
 
 
-class CameraRegistry:
+class CameraRegistry(RuntimeOverlay[str]):
+    what = "runtime cameras"
+
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "cameras.json"
-        self.added: dict[str, str] = {}
-        self.removed: set[str] = set()
+        super().__init__(state_dir / "cameras.json")
 
     def load(self) -> None:
         data = read_json_object(self.path, "runtime cameras")
@@ -44,26 +43,3 @@ class CameraRegistry:
         cameras = [c for c in configured if c.name not in self.removed and c.name not in self.added]
         cameras.extend(Camera(name, url) for name, url in self.added.items())
         return cameras
-
-    def add(self, name: str, url: str) -> None:
-        self.added[name] = url
-        self.removed.discard(name)
-        self._save()
-
-    def remove(self, name: str, configured: bool) -> None:
-        self.added.pop(name, None)
-        if configured:
-            self.removed.add(name)
-        self._save()
-
-    def move_aside(self) -> Path | None:
-        """Rename an unreadable file aside (atomicfile.move_aside) and start empty; the new path, or None."""
-        self.added, self.removed = {}, set()
-        return move_aside(self.path)
-
-    def _save(self) -> None:
-        payload = json.dumps({"added": self.added, "removed": sorted(self.removed)}, indent=2)
-        try:
-            write_private(self.path, payload)
-        except OSError as exc:
-            raise StorageError(f"{self.path}: cannot save runtime cameras: {exc.strerror or exc}") from exc

@@ -18,7 +18,7 @@ SPEC = WatchSpec("door", "front", "a person at the door", 0.8, 0.3, 3, 120.0, (2
 
 def test_saved_watches_come_back_and_removal_of_a_configured_one_is_kept(tmp_path: Path) -> None:
     store = WatchStore(tmp_path)
-    store.add(SPEC)
+    store.add(SPEC.name, SPEC)
     store.remove("garage", configured=True)
     assert stat.S_IMODE((tmp_path / "watches.json").stat().st_mode) == 0o600
     again = WatchStore(tmp_path)
@@ -46,5 +46,5 @@ def test_an_invalid_file_is_refused_whole_and_can_be_moved_aside(tmp_path: Path,
     aside = store.move_aside()
     assert aside is not None and aside.read_text() == content and not (tmp_path / "watches.json").exists()
     assert store.added == {} and store.removed == set()
-    store.add(SPEC)  # and saving starts afresh
+    store.add(SPEC.name, SPEC)  # and saving starts afresh
     assert json.loads((tmp_path / "watches.json").read_text())["added"]["door"]["camera"] == "front"

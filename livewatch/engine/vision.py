@@ -30,9 +30,10 @@ class VisionCache:
     def get(self, pair_id: int) -> torch.Tensor:
         return self._embeds[pair_id]
 
-    def put(self, pair_id: int, embeds: torch.Tensor) -> None:
+    def put(self, pair_id: int, embeds: torch.Tensor, encoded: bool = True) -> None:
+        """Keep a pair's embeddings; ``encoded``: computed for it now (not reused from elsewhere)."""
         self._embeds[pair_id] = embeds
-        self.pairs_encoded += 1
+        self.pairs_encoded += encoded
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._embeds.values())
@@ -70,8 +71,7 @@ class SharedEmbeddings:
             embeds = self._items.get((camera, pid))
             if embeds is not None and pid not in store:
                 self._items.move_to_end((camera, pid))
-                store.put(pid, embeds)
-                store.pairs_encoded -= 1  # not encoded: reused
+                store.put(pid, embeds, encoded=False)
                 self.hits += 1
 
     def keep(self, camera: str, store: VisionCache, pair_ids: list[int]) -> None:

@@ -36,7 +36,7 @@ from livewatch.errors import StorageError
 from livewatch.frames import Frame, FramePair, resize
 from livewatch.log import get_logger
 from livewatch.memory.change import ChangeParams
-from livewatch.memory.history import History
+from livewatch.memory.history import History, select_spread
 from livewatch.memory.importance import Importance, ImportanceModel, PairSignature, pair_signature
 from livewatch.memory.star import StarEntry, StarMemory
 from livewatch.memory.jpegfile import PairRecord, decode_jpeg, encode_jpeg
@@ -372,13 +372,7 @@ class CameraMemory:
     def range_pairs(self, since: float, until: float, max_pairs: int) -> list[FramePair]:
         """The pairs of [since, until] for a question about that time: all of them if they fit ``max_pairs``, else
         the most important half and the rest spread evenly over the range; in time order."""
-        found = self.range_items(since, until)
-        if len(found) > max_pairs:
-            top = set(sorted(range(len(found)), key=lambda i: -found[i].importance)[: max_pairs // 2])
-            rest = [i for i in range(len(found)) if i not in top]
-            step = len(rest) / max(max_pairs - len(top), 1)
-            spread = {rest[int(k * step)] for k in range(max_pairs - len(top))}
-            found = [found[i] for i in sorted(top | spread)]
+        found = select_spread(self.range_items(since, until), lambda item: item.importance, max_pairs)
         return self.load_items(found)
 
     def stats(self) -> dict[str, Any]:

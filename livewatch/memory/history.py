@@ -12,10 +12,13 @@ Only records are held (no pixels): an archive of days costs a few hundred bytes 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from livewatch.memory.jpegfile import PairRecord
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,18 @@ class Archived:
     @property
     def end_time(self) -> float:
         return self.record.wall[1]
+
+
+def select_spread(items: Sequence[T], importance: Callable[[T], float], max_items: int) -> list[T]:
+    """A range's pairs for one question: all of them if they fit ``max_items``, else the most important half and
+    the rest spread evenly over the range (``items`` in time order; the choice keeps that order)."""
+    if len(items) <= max_items:
+        return list(items)
+    top = set(sorted(range(len(items)), key=lambda i: -importance(items[i]))[: max_items // 2])
+    rest = [i for i in range(len(items)) if i not in top]
+    step = len(rest) / max(max_items - len(top), 1)
+    spread = {rest[int(k * step)] for k in range(max_items - len(top))}
+    return [items[i] for i in sorted(top | spread)]
 
 
 class History:

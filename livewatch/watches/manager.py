@@ -161,7 +161,7 @@ class WatchManager:
                 raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {spec.camera!r}")
             if spec.name not in self.watches and len(self.watches) >= self.max_watches:
                 raise RequestError(ErrorCode.BUSY, f"at most {self.max_watches} watches (events.max_watches)")
-            await asyncio.to_thread(self.store.add, spec)
+            await asyncio.to_thread(self.store.add, spec.name, spec)
             self._install(spec)
             log.info("watch.added", watch=spec.name, camera=spec.camera)
             return self.watches[spec.name].describe()

@@ -8,11 +8,10 @@ a file that cannot be read or holds an invalid watch is moved aside by the daemo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from livewatch.atomicfile import move_aside, read_json_object, write_private
+from livewatch.atomicfile import RuntimeOverlay, read_json_object
 from livewatch.errors import StorageError
 from livewatch.names import is_camera_name
 from livewatch.server.watchproto import WatchAdd, WatchProtocolError, parse_watch_request
@@ -37,11 +36,14 @@ def spec_of(req: WatchAdd) -> WatchSpec:
                      req.active_hours, req.describe)
 
 
-class WatchStore:
+class WatchStore(RuntimeOverlay[WatchSpec]):
+    what = "runtime watches"
+
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "watches.json"
-        self.added: dict[str, WatchSpec] = {}
-        self.removed: set[str] = set()
+        super().__init__(state_dir / "watches.json")
+
+    def saved_value(self, value: WatchSpec) -> dict[str, Any]:
+        return {k: v for k, v in value.to_json().items() if k != "name"}
 
     def load(self) -> None:
         data = read_json_object(self.path, "runtime watches")
@@ -62,27 +64,3 @@ class WatchStore:
         specs = {n: s for n, s in configured.items() if n not in self.removed}
         specs.update(self.added)
         return specs
-
-    def add(self, spec: WatchSpec) -> None:
-        self.added[spec.name] = spec
-        self.removed.discard(spec.name)
-        self._save()
-
-    def remove(self, name: str, configured: bool) -> None:
-        self.added.pop(name, None)
-        if configured:
-            self.removed.add(name)
-        self._save()
-
-    def move_aside(self) -> Path | None:
-        self.added, self.removed = {}, set()
-        return move_aside(self.path)
-
-    def _save(self) -> None:
-        payload = json.dumps({"added": {n: {k: v for k, v in s.to_json().items() if k != "name"}
-                                        for n, s in self.added.items()},
-                              "removed": sorted(self.removed)}, indent=2)
-        try:
-            write_private(self.path, payload)
-        except OSError as exc:
-            raise StorageError(f"{self.path}: cannot save runtime watches: {exc.strerror or exc}") from exc

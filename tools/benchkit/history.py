@@ -3,8 +3,8 @@
 An hour of one camera's history at 1 fps (1,800 pairs of frames at the model's cap, synthetic scenes) is held as
 the memory would hold it. Measured:
 
-- a question about a 1-hour range: the pairs chosen as the daemon chooses them (memory.range_pairs' rule: the most
-  important half and the rest spread evenly, star + window pairs in all), encoded as a temporary context and
+- a question about a 1-hour range: the pairs chosen by the daemon's own rule (memory.history.select_spread: the
+  most important half and the rest spread evenly, star + window pairs in all), encoded as a temporary context and
   answered: time to first token, cold (vision on every pair) and warm (the shared history embeddings);
 - ``find`` over the hour: chunks of 4 pairs scored with the watch probability through ``EngineWorker.score``, 8
   at a time: archived hours scanned per minute;
@@ -27,6 +27,7 @@ from livewatch.engine.preprocess import target_size
 from livewatch.engine.synthetic import FrameBank
 from livewatch.engine.worker import EngineWorker
 from livewatch.frames import FramePair
+from livewatch.memory.history import select_spread
 
 T0 = 1_780_000_000.0
 
@@ -36,18 +37,10 @@ def hour_of_pairs(bank: FrameBank, seconds: float) -> list[FramePair]:
     return [FramePair(p.id, p.first, p.second, importance=((p.id * 37) % 100) / 100.0) for p in pairs]
 
 
-def choose(pairs: list[FramePair], max_pairs: int) -> list[FramePair]:
-    """The daemon's choice for a range question (memory.range_pairs): the important half, the rest spread."""
-    top = set(sorted(range(len(pairs)), key=lambda i: -pairs[i].importance)[: max_pairs // 2])
-    rest = [i for i in range(len(pairs)) if i not in top]
-    step = len(rest) / max(max_pairs - len(top), 1)
-    return [pairs[i] for i in sorted(top | {rest[int(k * step)] for k in range(max_pairs - len(top))})]
-
-
 async def _run(lm: LoadedModel, plan: Plan) -> dict[str, Any]:
     bank = FrameBank(target_size(*plan.frame_size, lm.spec))
     pairs = hour_of_pairs(bank, plan.history_seconds)
-    chosen = choose(pairs, plan.star_pairs + plan.window_pairs)
+    chosen = select_spread(pairs, lambda p: p.importance, plan.star_pairs + plan.window_pairs)  # the daemon's rule
     params = SamplingParams(max_new_tokens=plan.answer_tokens, ignore_eos=True)
     out: dict[str, Any] = {"history_pairs": len(pairs), "range_pairs": len(chosen)}
     for ranking in (True, False):
