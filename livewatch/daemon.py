@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import signal
 import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.typing import Origin
 
 from livewatch.camera_runtime import CameraRuntime
 from livewatch.capture.source import SourceSpec, parse_source
@@ -48,9 +44,11 @@ from livewatch.memory.store import FrameStore
 from livewatch.metrics import Metrics
 from livewatch.registry import CameraRegistry
 from livewatch.sdnotify import Notifier
-from livewatch.server.guard import ConnectionGuard, RateLimit, descriptor_budget
+from livewatch.server.guard import ConnectionGuard, RateLimit
 from livewatch.server.handler import Connection, InflightCounter
-from livewatch.server.http import guarded_connection, make_process_request
+from livewatch.server.listener import connection_budget
+from livewatch.server.openai_http import OpenAIRoutes
+from livewatch.server.web import Endpoints, HttpOptions, HttpServer, WebSocket
 from livewatch.server.protocol import Answered, Ask
 from livewatch.statelock import StateDirLock
 from livewatch.watches.manager import WatchManager
@@ -75,12 +73,13 @@ class Daemon(WatchService):
         self.registry = CameraRegistry(settings.state_dir)
         self.cameras: dict[str, CameraRuntime] = {}
         self.connections: set[Connection] = set()
-        self.server: Server | None = None
+        self.http: HttpServer | None = None
         self.metrics = Metrics(self.status)
         srv = settings.server
         self.limits = settings.server_limits()
         self.capture = settings.capture_params()
         self.inflight = InflightCounter(self.limits.total)
+        self.openai = OpenAIRoutes(self, self.limits, self.inflight, self.metrics)
         self.url_policy = settings.security.url_policy()
         self._add_rate = RateLimit(settings.security.camera_adds_per_minute, 60.0)
         self.guard = ConnectionGuard(srv.max_connections, srv.max_connections_per_peer)
@@ -167,21 +166,15 @@ class Daemon(WatchService):
 
     async def _bind(self, tls: ssl.SSLContext | None) -> None:
         srv = self.settings.server
-        self.guard.total = self._connection_budget()
-        self.server = await serve(
-            self._handle,
-            srv.host,
-            srv.port,
-            process_request=make_process_request(self.settings.token, self.health, self.metrics.render,
-                                                 self._evidence),
-            origins=[None, *(Origin(o) for o in srv.allowed_origins)],
-            max_size=4 * srv.max_message_bytes,
-            compression=None,
-            ssl=tls,
-            open_timeout=srv.handshake_timeout_s,
-            create_connection=guarded_connection(self.guard),
+        self.guard.total = connection_budget(srv.max_connections, _FD_RESERVE + 8 * len(self.cameras))
+        self.http = HttpServer(
+            Endpoints(self.health, self.metrics.render, self._evidence, self._handle),
+            HttpOptions(self.settings.token, tuple(srv.allowed_origins), srv.max_message_bytes,
+                        srv.handshake_timeout_s),
+            self.guard,
         )
-        self.bound_port = self.server.sockets[0].getsockname()[1] if self.server.sockets else srv.port
+        self.openai.add_to(self.http.app)
+        self.bound_port = await self.http.start(srv.host, srv.port, tls)
 
     def _open_state_dir(self) -> None:
         """Lock the state directory (fatal if another daemon holds it), then open the frame store. A directory that
@@ -200,22 +193,6 @@ class Daemon(WatchService):
         except StorageError as exc:
             log.error("store.unavailable", error=str(exc), state_dir=str(s.state_dir))
             self.store = None
-
-    def _connection_budget(self) -> int:
-        """Raise the soft descriptor limit to the hard one, then keep connections below it (see server/guard.py)."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-                soft = hard
-            except (ValueError, OSError):
-                pass
-        configured = self.settings.server.max_connections
-        budget = descriptor_budget(soft, configured, _FD_RESERVE + 8 * len(self.cameras))
-        if budget < configured:
-            log.warning("server.connection_limit_lowered", configured=configured, limit=budget, nofile=soft,
-                        hint="raise LimitNOFILE= (systemd) or ulimit -n")
-        return budget
 
     def _parse(self, url: str, *, api: bool) -> SourceSpec:
         """A camera URL to open arguments; ``api``: added over the API, so the API's scheme policy applies."""
@@ -286,7 +263,7 @@ class Daemon(WatchService):
 
     # -- phase 2: serve -----------------------------------------------------------------------------------------
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, ws: WebSocket) -> None:
         conn = Connection(ws, self, self.limits, self.inflight, self.metrics)
         self.connections.add(conn)
         try:
@@ -329,12 +306,12 @@ class Daemon(WatchService):
     async def _shutdown_steps(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if self.server is not None:
-            self.server.close(close_connections=False)
-        await asyncio.gather(*(c.shutdown() for c in list(self.connections)), return_exceptions=True)
-        if self.server is not None:
-            self.server.close(close_connections=True)
-            await self.server.wait_closed()
+        if self.http is not None:
+            self.http.stop_accepting()
+        await asyncio.gather(*(c.shutdown() for c in list(self.connections)), self.openai.shutdown(),
+                             return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
         await asyncio.gather(*(cam.stop() for cam in self.cameras.values()), return_exceptions=True)
         if self.watches is not None:
             await self.watches.stop()
@@ -377,6 +354,7 @@ class Daemon(WatchService):
             top_p=request.top_p,
             top_k=request.top_k,
             seed=request.seed,
+            stop=request.stop,
         )
         if request.since is not None or request.until is not None:
             return await ask_history(self, request, camera, params, on_text, client)
@@ -398,6 +376,8 @@ class Daemon(WatchService):
             "engine": engine,
             "memory": memory,
             "watches": self.watches.stats() if self.watches is not None else {},
+            "server": {"connections": len(self.connections), "questions_in_flight": self.inflight.count,
+                       "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open},
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:

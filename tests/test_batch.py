@@ -201,3 +201,20 @@ def test_warm_up_runs_every_path_and_leaves_no_trace(core: EngineCore) -> None:
     assert WARM_UP_CAMERA not in core.cameras()
     assert decoder.held_prefixes() == [None, None] and not decoder.active and decoder.steps == 0
     assert run_batch(core, decoder, [("q", "a", "What is here?")])["q"].answer.token_ids == expected
+
+
+def test_stop_strings_end_answers_alike_on_both_paths(core: EngineCore) -> None:
+    """A stop string taken from the greedy answer: both paths end before it, with finish_reason stop, and the
+    streamed pieces add up to the answer's text (none of the stop string was streamed)."""
+    full = core.ask("a", "What is here?", SamplingParams(max_new_tokens=12, ignore_eos=True))
+    assert len(full.text) >= 6
+    stop = full.text[3:6]
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True, stop=(stop, "never-seen"))
+    expected = full.text[: full.text.find(stop)]
+    streamed: list[str] = []
+    reference = core.ask("a", "What is here?", params, on_text=streamed.append)
+    assert reference.text == "".join(streamed) == expected and reference.finish_reason == "stop"
+    decoder = BatchDecoder(core, slots=2, max_len=2048, use_graphs=False)
+    batched = run_batch(core, decoder, [("s", "a", "What is here?")], params=params)["s"].answer
+    assert batched.text == expected and batched.token_ids == reference.token_ids
+    assert batched.metrics["finish_reason"] == "stop"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The daemon at full size on a GPU, end to end: a random-weight Qwen2.5-VL-3B checkpoint (no download), CAMERAS
 # built-in test-pattern cameras (1 fps each) in eager mode, one question and then CLIENTS questions at once
-# through `livewatch ask` over the WebSocket API, the status (decode path, fused kernels, every camera's encode
+# through `livewatch ask` over the WebSocket API, first-token times over both protocols (tools/protocol_ttft.py),
+# the status (decode path, fused kernels, every camera's encode
 # lag), and a SIGTERM stop. It fails if a camera's prefix is more than 2 s behind its frames at the end.
 #
 #   tools/gpu_smoke.sh [OUT_DIR]     (env: PYTHON=python3, CLIENTS=8, CAMERAS=16, PORT=8799, MODEL_DIR=reuse a
@@ -49,8 +50,9 @@ for i in $(seq "$CLIENTS"); do
 done
 failed=0
 for pid in "${clients[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+# time to first token over the WebSocket protocol and the OpenAI-compatible API, interleaved, same follow-up
+"$PY" tools/protocol_ttft.py --port "$PORT" --camera cam1 --n "${TTFT_ROUNDS:-20}" >"$OUT/protocol-ttft.json"
 "$PY" -m livewatch status --url "$URL" --json >"$OUT/status.json"
-
 kill -TERM "$DAEMON"
 rc=0
 wait "$DAEMON" || rc=$?
@@ -79,6 +81,9 @@ behind = [name for name, c in cams.items() if c["encode_lag_s"] > 2.0]
 print(f"{len(cams)} cameras in {engine['encode_mode']} mode: {sum(c['cache_valid'] for c in cams.values())} prefixes holding their newest "
       f"frames at the last status, encode lag max {lags[-1] if lags else None} s, {sum(c['encode_count'] for c in cams.values())} "
       f"encodes; vision {engine.get('encoder', {}).get('vision', {}).get('mode')}; behind by > 2 s: {behind or 'none'}")
+ttft = json.loads((out / "protocol-ttft.json").read_text())
+print(f"client-side first token over {ttft['rounds']} rounds: {ttft['client_ttft']}; daemon's own: {ttft['daemon_ttft']}; "
+      f"OpenAI API minus WebSocket (medians): {ttft['openai_minus_websocket_median_ms']} ms")
 print(f"clients failed: {failed} of {clients}; daemon exit code after SIGTERM: {rc}")
 sys.exit(1 if failed or rc or behind or dec.get("kernels") != "triton" else 0)
 EOF

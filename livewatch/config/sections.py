@@ -153,7 +153,7 @@ class ServerSection(_Section):
         "LIVEWATCH_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the token."
     )
     token_file: str = Field("", description="File holding the token (read when the variable is unset).")
-    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request message.")
+    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request message or HTTP body.")
     max_question_chars: int = Field(4000, ge=1, le=100000, description="Longest question.")
     max_inflight_per_connection: int = Field(4, ge=1, le=1024, description="Questions in flight per connection.")
     max_inflight_total: int = Field(32, ge=1, le=4096, description="Questions in flight in the whole daemon.")

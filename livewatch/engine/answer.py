@@ -54,7 +54,11 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
 
 
 class AnswerStream:
-    """One answer's tokens as they are picked: stop rules, streaming text, first-token time."""
+    """One answer's tokens as they are picked: stop rules, streaming text, first-token time.
+
+    Stop strings (``params.stop``): streamed text is held back while its end could still be the start of one, so
+    a client never sees part of a stop string; the answer ends before the first one found.
+    """
 
     def __init__(self, lm: LoadedModel, params: SamplingParams, on_text: Callable[[str], None] | None) -> None:
         self._stops = lm.stop_token_ids
@@ -62,23 +66,28 @@ class AnswerStream:
         self._on_text = on_text
         self._decoder = IncrementalDecoder(lm.tokenizer)
         self._pieces: list[str] = []
+        self._stop = StopFilter(params.stop)
         self.ids: list[int] = []
         self.finish_reason = "length"
         self.t_first: float | None = None
 
     def accept(self, token: int) -> bool:
-        """Take a picked token; False when the answer is complete (end-of-turn token or length)."""
+        """Take a picked token; False when the answer is complete (end-of-turn token, stop string or length)."""
         if self.t_first is None:
             self.t_first = time.perf_counter()
         if token in self._stops and not self._params.ignore_eos:
             self.finish_reason = "stop"
             return False
         self.ids.append(token)
-        self._emit(self._decoder.push(token))
+        self._emit(self._stop.push(self._decoder.push(token)))
+        if self._stop.stopped:
+            self.finish_reason = "stop"
+            return False
         return len(self.ids) < self._params.max_new_tokens
 
     def close(self) -> None:
-        self._emit(self._decoder.flush())
+        self._emit(self._stop.push(self._decoder.flush()))
+        self._emit(self._stop.flush())
 
     def _emit(self, delta: str) -> None:
         if delta:
@@ -89,6 +98,47 @@ class AnswerStream:
     @property
     def text(self) -> str:
         return "".join(self._pieces)
+
+
+class StopFilter:
+    """Streamed text with stop strings: ``push`` gives what may be shown now, holding back any end that could
+    begin a stop string; after a stop string (``stopped``) nothing more is shown."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.stopped = False
+        self._held = ""
+
+    def push(self, delta: str) -> str:
+        if self.stopped or not self.stops:
+            return "" if self.stopped else delta
+        text = self._held + delta
+        cut = split_at_stop(text, self.stops)
+        if cut is not None:
+            self.stopped, self._held = True, ""
+            return text[:cut]
+        keep = stop_prefix_length(text, self.stops)
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """The answer ended without a stop string: what was held back."""
+        held, self._held = self._held, ""
+        return held
+
+
+def split_at_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where ``text`` ends before its first stop string, or None when it holds none."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """The length of the longest end of ``text`` that begins one of ``stops`` (what must be held back)."""
+    for n in range(min(len(text), max(map(len, stops)) - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stops):
+            return n
+    return 0
 
 
 def finish_answer(prepared: Prepared, stream: AnswerStream, pairs: Sequence[FramePair], visual_tokens: int,

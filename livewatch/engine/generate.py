@@ -31,6 +31,7 @@ class SamplingParams:
     top_k: int = 0  # 0: no top-k filter
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always produce max_new_tokens
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings (not included in its text)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any, Protocol
-
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from livewatch.errors import ErrorCode, error_code
 from livewatch.log import bind, get_logger
@@ -31,6 +28,19 @@ from livewatch.server.limits import ServerLimits
 
 log = get_logger("livewatch.server")
 _conn_ids = itertools.count(1)
+
+
+class Socket(Protocol):
+    """An upgraded WebSocket connection (``web.WebSocket``)."""
+
+    remote: str
+
+    def messages(self) -> AsyncIterator[str | bytes]: ...
+
+    async def send(self, text: str) -> None:
+        """Raises ConnectionError once the connection is closing."""
+
+    async def close(self, code: int, reason: str) -> None: ...
 
 
 class Service(Protocol):
@@ -87,7 +97,7 @@ class InflightCounter:
 class Connection:
     def __init__(
         self,
-        ws: ServerConnection,
+        ws: Socket,
         service: Service,
         limits: ServerLimits,
         inflight: InflightCounter,
@@ -113,14 +123,14 @@ class Connection:
 
     async def run(self) -> None:
         bind(conn=self.id)
-        log.info("conn.open", remote=_remote(self.ws))
+        log.info("conn.open", remote=self.ws.remote)
         writer = asyncio.create_task(self._writer(), name=f"{self.id}-writer")
         try:
-            async for message in self.ws:
+            async for message in self.ws.messages():
                 if self._closing:
                     break
                 self._dispatch(message)
-        except ConnectionClosed:
+        except ConnectionError:
             pass
         finally:
             self.service.unsubscribe(self.id)
@@ -158,7 +168,7 @@ class Connection:
                     return
                 self._out_bytes -= len(text)
                 await self.ws.send(text)
-        except ConnectionClosed:
+        except ConnectionError:
             pass
 
     def send(self, text: str) -> None:
@@ -210,7 +220,7 @@ class Connection:
         elif isinstance(req, p.Status):
             status = self.service.status()
             self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"],
-                                       status.get("watches")))
+                                       status.get("watches"), status.get("server")))
         elif isinstance(req, (p.CameraAdd, p.CameraRemove, wp.WatchAdd, wp.WatchRemove)):
             if len(self._others) >= _MAX_CAMERA_OPS:
                 self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera or watch operations in flight")
@@ -343,11 +353,3 @@ class Connection:
             self._error(rid, code, _INTERNAL)
         else:
             self._error(rid, code, str(exc))
-
-
-def _remote(ws: ServerConnection) -> str:
-    try:
-        host, port = ws.remote_address[:2]
-        return f"{host}:{port}"
-    except (TypeError, ValueError):
-        return "?"

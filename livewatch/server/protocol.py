@@ -40,6 +40,10 @@ class Ask:
     seed: int | None = None
     since: str | None = None  # a question about the past: ISO 8601 or relative (-2h); see livewatch.timerange
     until: str | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
+
+
+MAX_STOPS = 4  # stop strings per question, each 1-64 characters (as OpenAI's API allows)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,17 @@ class _Fields:
             raise self._fail(name, f"a number in [{lo}, {hi}]")
         return float(value)
 
+    def stops(self, name: str) -> tuple[str, ...]:
+        """A string or a list of up to MAX_STOPS strings of 1-64 characters."""
+        value = self.obj.get(name)
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if (not isinstance(items, list) or len(items) > MAX_STOPS
+                or not all(isinstance(s, str) and 1 <= len(s) <= 64 for s in items)):
+            raise self._fail(name, f"a string or a list of at most {MAX_STOPS} strings of 1-64 characters")
+        return tuple(items)
+
 
 def _request_id(obj: dict[str, Any]) -> RequestId:
     rid = obj.get("id")
@@ -169,7 +184,7 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
     rid = _request_id(obj)
     if kind == "ask":
         f = _Fields(obj, rid, {"camera", "question", "max_tokens", "temperature", "top_p", "top_k", "seed", "since",
-                               "until"})
+                               "until", "stop"})
         camera = _camera_name(f, "camera", required=False)
         question = f.string("question", max_len=limits.max_question_chars)
         assert question is not None
@@ -186,6 +201,7 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
             seed=f.integer("seed", 0, 2**32 - 1),
             since=f.string("since", required=False, max_len=40),
             until=f.string("until", required=False, max_len=40),
+            stop=f.stops("stop"),
         )
     if kind == "cancel":
         _Fields(obj, rid, set())
@@ -272,10 +288,10 @@ def error_message(request_id: RequestId | None, code: ErrorCode, message: str) -
 
 def status_message(
     request_id: RequestId, cameras: dict[str, Any], engine: dict[str, Any], memory: dict[str, Any],
-    watches: dict[str, Any] | None = None,
+    watches: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
 ) -> str:
     return _dump({"type": "status", "id": request_id, "cameras": cameras, "engine": engine, "memory": memory,
-                  "watches": watches or {}})
+                  "watches": watches or {}, "server": server or {}})
 
 
 def camera_added_message(request_id: RequestId, name: str, url: str) -> str:

@@ -1,0 +1,155 @@
+"""The OpenAI-compatible routes: ``GET /v1/models`` and ``POST /v1/chat/completions`` (streamed or not).
+
+A completion is a question in flight like a WebSocket ask: it counts in the daemon's in-flight limit (429 past
+it), is refused while the daemon stops (503), and is cancelled when its client goes away (aiohttp cancels the
+request's handler, which cancels the answer between two tokens) or when the daemon stops (a streamed answer
+then ends with an error event, as OpenAI's stream does). Parsing and formatting live in ``openai_api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from livewatch.errors import ErrorCode, error_code
+from livewatch.log import get_logger
+from livewatch.metrics import Metrics
+from livewatch.server import openai_api as oa
+from livewatch.server import protocol as p
+from livewatch.server.handler import CancelReason, InflightCounter, Service
+from livewatch.server.limits import ServerLimits
+
+log = get_logger("livewatch.server")
+_INTERNAL = "internal error; see the daemon's log"
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class OpenAIRoutes:
+    def __init__(self, service: Service, limits: ServerLimits, inflight: InflightCounter,
+                 metrics: Metrics | None = None) -> None:
+        self.service = service
+        self.inflight = inflight
+        self.metrics = metrics
+        self._limits = p.Limits(limits.max_question_chars, limits.max_tokens)
+        self._asks: set[asyncio.Future[p.Answered]] = set()
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
+        app.router.add_post("/v1/chat/completions", self._chat)
+
+    async def shutdown(self) -> None:
+        """The daemon is stopping: cut the answers in flight (each client gets a shutting_down error)."""
+        for task in list(self._asks):
+            task.cancel(msg=CancelReason.SHUTDOWN)
+        await asyncio.gather(*self._asks, return_exceptions=True)
+
+    # -- routes -----------------------------------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response(oa.models(self.service.camera_names()))
+
+    async def _model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        listed = oa.models(self.service.camera_names())["data"]
+        found = [m for m in listed if m["id"] == name]
+        if not found:
+            return self._fail(oa.OpenAIError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name[:64]!r}", "model"))
+        return web.json_response(found[0])
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        cid = oa.completion_id()
+        try:
+            chat = oa.parse_chat(await request.read(), self._limits, self.service.camera_names(), cid)
+            self._admit()
+        except oa.OpenAIError as exc:
+            return self._fail(exc)
+        assert chat.ask.camera is not None
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        peer = request.remote or "?"
+        self.inflight.count += 1
+        ask = asyncio.ensure_future(self.service.ask(
+            chat.ask, chat.ask.camera, queue.put_nowait if chat.stream else lambda _: None, f"http:{peer}"))
+        self._asks.add(ask)
+        try:
+            if chat.stream:
+                return await self._stream(request, cid, chat, ask, queue)
+            return await self._complete(cid, chat, ask)
+        finally:
+            self.inflight.count -= 1
+            self._asks.discard(ask)
+            if not ask.done():  # the client went away (the handler was cancelled) or its stream broke
+                ask.cancel(msg=CancelReason.CLIENT)
+                await asyncio.gather(ask, return_exceptions=True)
+                log.info("http.completion_cancelled", request=cid, camera=chat.ask.camera)
+
+    def _admit(self) -> None:
+        if self.service.shutting_down:
+            raise oa.OpenAIError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+        if self.inflight.count >= self.inflight.limit:
+            raise oa.OpenAIError(ErrorCode.BUSY,
+                                 "the daemon is answering as many questions as it can; retry shortly")
+
+    async def _complete(self, cid: str, chat: oa.ChatRequest, ask: asyncio.Future[p.Answered]) -> web.Response:
+        camera = chat.ask.camera
+        assert camera is not None
+        try:
+            answered = await asyncio.shield(ask)
+        except Exception as exc:
+            return self._fail(self._error(cid, exc))
+        except asyncio.CancelledError:
+            if not ask.cancelled():
+                raise  # the client went away: the finally of _chat cancels the answer
+            return self._fail(self._error(cid, None))
+        self._answered(answered)
+        return web.json_response(oa.completion(cid, int(time.time()), camera, answered))
+
+    async def _stream(self, request: web.Request, cid: str, chat: oa.ChatRequest,
+                      ask: asyncio.Future[p.Answered], queue: asyncio.Queue[str | None]) -> web.StreamResponse:
+        camera = chat.ask.camera
+        assert camera is not None
+        created = int(time.time())
+        ask.add_done_callback(lambda _: queue.put_nowait(None))
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        await response.write(oa.sse(oa.chunk(cid, created, camera, {"role": "assistant", "content": ""})))
+        while (piece := await queue.get()) is not None:
+            await response.write(oa.sse(oa.chunk(cid, created, camera, {"content": piece})))
+        if ask.cancelled() or ask.exception() is not None:
+            error = self._error(cid, None if ask.cancelled() else ask.exception())
+            await response.write(oa.sse(error.body()))
+        else:
+            answered = ask.result()
+            self._answered(answered)
+            await response.write(oa.sse(oa.chunk(cid, created, camera, {}, oa.finish_reason(answered),
+                                                 livewatch=oa.extras(answered))))
+            if chat.include_usage:
+                await response.write(oa.sse(oa.usage_chunk(cid, created, camera, answered)))
+        await response.write(oa.sse("[DONE]"))
+        await response.write_eof()
+        return response
+
+    # -- outcomes ---------------------------------------------------------------------------------------------------
+
+    def _answered(self, answered: p.Answered) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_answer(answered.metrics)
+
+    def _error(self, cid: str, exc: BaseException | None) -> oa.OpenAIError:
+        """The error a failed answer gets (``None``: cancelled by the daemon's stop)."""
+        if exc is None or not isinstance(exc, Exception):
+            return oa.OpenAIError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; the answer was cut")
+        code = error_code(exc, shutting_down=self.service.shutting_down)
+        if code is ErrorCode.INTERNAL:
+            log.error("http.completion_crashed", request=cid, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            return oa.OpenAIError(code, _INTERNAL)
+        return oa.OpenAIError(code, str(exc))
+
+    def _fail(self, exc: oa.OpenAIError) -> web.Response:
+        if self.metrics is not None:
+            self.metrics.errors.labels(exc.code.value).inc()
+        headers = {"Retry-After": "1"} if exc.status in (429, 503) else {}
+        return web.json_response(exc.body(), status=exc.status, headers=headers)
+

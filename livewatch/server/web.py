@@ -1,0 +1,207 @@
+"""The HTTP layer on the daemon's one port (aiohttp): the WebSocket protocol, health, metrics, frames and the
+OpenAI-compatible API.
+
+    GET /healthz   200 when the engine is alive and some camera streams (or none is configured), else 503;
+                   a JSON body either way. Never needs the token (for probes); without it the body holds only
+                   the status, with it also the engine and the cameras' states.
+    GET /metrics   Prometheus text format.
+    GET /frames/CAMERA/ID.jpg[?size=N]
+                   a frame of an answer's evidence or a watch event (image/jpeg; 404 when it is not kept);
+                   ``size`` (16-2048): scaled down to fit N pixels. Frames never change: ETag and a long
+                   private Cache-Control, 304 for a matching If-None-Match.
+    GET / or /ws   the WebSocket protocol (an upgrade request; a browser's Origin must be allowed: else 403).
+    GET /v1/models, POST /v1/chat/completions
+                   the OpenAI-compatible API (``openai_http``).
+    anything else  404 (405 for a known path with another method).
+
+Everything but /healthz needs ``Authorization: Bearer <token>`` when a token is configured (401 otherwise, a
+warning a minute in the log). Bodies over ``server.max_message_bytes`` get 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from livewatch.errors import ErrorCode
+from livewatch.log import get_logger
+from livewatch.metrics import CONTENT_TYPE
+from livewatch.server.guard import ConnectionGuard
+from livewatch.server.listener import Listener
+from livewatch.server.openai_api import error_body
+
+log = get_logger("livewatch.server")
+WS_PATHS = ("/", "/ws")
+_FRAME_ROUTE = r"/frames/{camera:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}}/{frame:[0-9]{1,15}}.jpg"
+_PUBLIC = ("/healthz",)
+
+
+def check_bearer(header: str | None, token: str) -> bool:
+    """Constant-time check of an ``Authorization: Bearer <token>`` header."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token.encode())
+
+
+class WebSocket:
+    """One upgraded connection as ``handler.Connection`` sees it: messages in, text out, a close code."""
+
+    def __init__(self, ws: web.WebSocketResponse, remote: str) -> None:
+        self._ws = ws
+        self.remote = remote
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        async for message in self._ws:
+            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                yield message.data
+            else:  # ERROR: a frame over the size limit (closed with 1009) or a broken stream
+                return
+
+    async def send(self, text: str) -> None:
+        """Raises ConnectionError once the connection is closing."""
+        await self._ws.send_str(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=reason.encode())
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What the daemon serves over HTTP."""
+
+    health: Callable[[], tuple[bool, dict[str, Any]]]
+    metrics: Callable[[], bytes]
+    frame: Callable[[str, int, int | None], Awaitable[bytes | None]]
+    websocket: Callable[[WebSocket], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    token: str | None
+    allowed_origins: tuple[str, ...]
+    max_body_bytes: int  # request bodies and WebSocket messages (the hard frame limit is 4x)
+    handshake_timeout_s: float
+
+
+def text(status: int, body: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
+
+
+class HttpServer:
+    """The aiohttp application behind the guarded listener; start, stop accepting, close."""
+
+    def __init__(self, endpoints: Endpoints, options: HttpOptions, guard: ConnectionGuard) -> None:
+        self.endpoints = endpoints
+        self.options = options
+        self.listener = Listener(guard, options.handshake_timeout_s)
+        self.app = web.Application(middlewares=[self._middleware], client_max_size=options.max_body_bytes)
+        self.app.router.add_get("/healthz", self._health)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get(_FRAME_ROUTE, self._frame)
+        for path in WS_PATHS:
+            self.app.router.add_get(path, self._websocket)
+        self._unauthorized = [0, float("-inf")]  # attempts since the last warning, when it was logged
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
+        # handler_cancellation: a client that goes away cancels its request (and so its answer)
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, handler_cancellation=True,
+                                     keepalive_timeout=30.0, shutdown_timeout=2.0)
+        await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        return await self.listener.start(server, host, port, tls)
+
+    def stop_accepting(self) -> None:
+        self.listener.stop_accepting()
+
+    async def close(self) -> None:
+        """Close every connection (open requests get ``shutdown_timeout`` to finish) and the listener."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.listener.wait_closed()
+
+    # -- middleware: the first-request deadline, the token, body limits, no stack traces to clients ---------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        self.listener.mark_served(request.transport)
+        token = self.options.token
+        if token is not None and request.path not in _PUBLIC and not check_bearer(
+                request.headers.get("Authorization"), token):
+            self._note_unauthorized(request.path)
+            return refuse(request, 401, ErrorCode.UNAUTHORIZED, "unauthorized: send Authorization: Bearer <token>",
+                          **{"WWW-Authenticate": 'Bearer realm="livewatch"'})
+        limit = self.options.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:  # a chunked body over the limit
+            return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
+        except web.HTTPException as exc:  # 404, 405: no HTML page
+            return refuse(request, exc.status, ErrorCode.BAD_REQUEST, exc.reason.lower())
+
+    def _note_unauthorized(self, path: str) -> None:
+        self._unauthorized[0] += 1
+        now = time.monotonic()
+        if now - self._unauthorized[1] >= 60:  # a summary a minute, not a line per attempt (journald's rate limit)
+            log.warning("http.unauthorized", path=path[:128], attempts=self._unauthorized[0])
+            self._unauthorized[:] = [0, now]
+
+    # -- routes -----------------------------------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        ok, body = self.endpoints.health()
+        token = self.options.token
+        if token is not None and not check_bearer(request.headers.get("Authorization"), token):
+            body = {"status": body["status"]}  # camera names and states are for token holders
+        return web.json_response(body, status=200 if ok else 503, dumps=lambda o: json.dumps(o) + "\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.endpoints.metrics(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _frame(self, request: web.Request) -> web.Response:
+        query = request.query
+        size = query.get("size", "")
+        if set(query) - {"size"} or (size and (not size.isdigit() or not 16 <= int(size) <= 2048)):
+            return text(400, "the only query is size=16..2048\n")
+        camera, frame_id = request.match_info["camera"], int(request.match_info["frame"])
+        etag = f'"{camera}-{frame_id}-{size or "full"}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=86400, immutable",
+                   "X-Content-Type-Options": "nosniff"}
+        # the file read and any scaling run on a thread: the event loop serves everyone else meanwhile
+        data = await self.endpoints.frame(camera, frame_id, int(size) if size else None)
+        if data is None:
+            return text(404, "no such frame\n")
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=data, content_type="image/jpeg", headers=headers)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.options.allowed_origins:
+            return text(403, "origin not allowed\n")
+        ws = web.WebSocketResponse(max_msg_size=4 * self.options.max_body_bytes, compress=False, heartbeat=20.0)
+        if not ws.can_prepare(request).ok:
+            return text(404, "not found: this path takes a WebSocket upgrade\n")
+        await ws.prepare(request)
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+        await self.endpoints.websocket(WebSocket(ws, remote))
+        return ws
+
+
+def refuse(request: web.Request, status: int, code: ErrorCode, message: str, **headers: str) -> web.Response:
+    """An error reply: OpenAI's error object under /v1/ (its clients read it), plain text elsewhere."""
+    if request.path.startswith("/v1/"):
+        return web.json_response(error_body(code, message), status=status, headers=headers)
+    return text(status, message + "\n", **headers)
