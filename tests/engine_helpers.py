@@ -67,12 +67,14 @@ def reference_greedy(core, camera: str, pairs: list[FramePair], question: str, n
 
 
 @torch.inference_mode()
-def reference_first_logits(core, camera: str, pairs: list[FramePair], question: str) -> torch.Tensor:
-    """The first answer position's logits of the prompt, from scratch."""
-    return next(_reference_steps(core, camera, pairs, question, 1))
+def reference_first_logits(core, camera: str, pairs: list[FramePair], question: str,
+                           bare: bool = False) -> torch.Tensor:
+    """The first answer position's logits of the prompt, from scratch (``bare``: the question without the frame
+    times sentence, as a watch asks it)."""
+    return next(_reference_steps(core, camera, pairs, question, 1, bare))
 
 
-def reference_inputs(core, camera: str, pairs: list[FramePair], question: str):
+def reference_inputs(core, camera: str, pairs: list[FramePair], question: str, bare: bool = False):
     """(HF processor inputs, token ids, (3, S) positions) of the whole prompt, built from scratch."""
     lm = core.lm
     spec = lm.spec
@@ -83,7 +85,7 @@ def reference_inputs(core, camera: str, pairs: list[FramePair], question: str):
 
     first, last = pairs[0].time, pairs[-1].end_time
     head = core.template.head(system_text(camera, first, core.tz))
-    tail = core.template.tail(question_text(question, first, last, 2 * len(pairs), core.tz))
+    tail = core.template.tail(question if bare else question_text(question, first, last, 2 * len(pairs), core.tz))
     inputs = lm.processor(
         text=[head + "<|video_pad|>" + tail],
         videos=[frames],
@@ -98,10 +100,10 @@ def reference_inputs(core, camera: str, pairs: list[FramePair], question: str):
     return inputs, ids, pos
 
 
-def _reference_steps(core, camera: str, pairs: list[FramePair], question: str, n_tokens: int):
+def _reference_steps(core, camera: str, pairs: list[FramePair], question: str, n_tokens: int, bare: bool = False):
     """Each step's last logits, the step's greedy token appended to the prompt before the next one."""
     lm = core.lm
-    inputs, ids, pos = reference_inputs(core, camera, pairs, question)
+    inputs, ids, pos = reference_inputs(core, camera, pairs, question, bare)
     for _ in range(n_tokens):
         logits = lm.model(
             input_ids=torch.tensor([ids]),

@@ -45,7 +45,7 @@ def test_one_watch_equals_the_prompt_run_from_scratch(setup) -> None:
     core, contexts, evaluator = setup
     for camera, pairs in contexts.items():
         (p,) = evaluator.probabilities([core.watch_query(camera, CONDITIONS[0])])
-        expected = p_yes(evaluator, reference_first_logits(core, camera, pairs, watch_question(CONDITIONS[0])))
+        expected = p_yes(evaluator, reference_first_logits(core, camera, pairs, watch_question(CONDITIONS[0]), bare=True))
         assert 0.0 < p < 1.0 and abs(p - expected) < 1e-4, (camera, p, expected)
 
 

@@ -319,8 +319,10 @@ class EngineCore:
         state = self._state(camera)
         if not state.cache_valid or state.layout is None:
             raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no encoded context")
+        # no frame-times sentence (~70 tokens of digits): the watch asks about the newest frames only
+        suffix = self.lm.tokenizer(self.template.tail(watch_question(condition)), add_special_tokens=False)
         return WatchQuery(camera, self.stacked_prefix(camera), state.layout.next_position,
-                          tuple(self.question_ids(camera, watch_question(condition))))
+                          tuple(suffix["input_ids"]))
 
     def encoded_version(self, camera: str) -> int | None:
         """The context version the camera's prefix holds, None unless it holds the newest."""

@@ -44,7 +44,9 @@ def question_text(question: str, first: float, last: float, n_frames: int, tz: t
 
 
 def watch_question(condition: str) -> str:
-    """The fixed yes/no question of a watch (its answer is read from the first answer position's logits)."""
+    """The fixed yes/no question of a watch (its answer is read from the first answer position's logits). It is
+    the whole suffix after the video: a watch is about the newest frames, so it skips the frame-times sentence
+    of questions (about 70 of the suffix's 130 tokens: the cost of a watch is its suffix's length)."""
     return (
         f'Look at the most recent frames. Is the following true right now: "{condition}"? '
         f"Answer with one word, yes or no."

@@ -39,6 +39,7 @@ from livewatch.engine.worker import EngineWorker
 CONDITIONS = ("a person is standing at the door", "a package lies on the doorstep", "a car is parked in the drive",
               "the garage door is open")
 SUSTAIN_P95_S = 2.5
+SUSTAIN_FRACTION = 0.9  # of the evaluations due (2 per camera per new context version)
 
 
 @torch.inference_mode()
@@ -122,9 +123,12 @@ async def _load_run(lm: LoadedModel, plan: Plan, counts: tuple[int, ...]) -> lis
             peak_reset(lm.device)
             results.clear()
             latencies.clear()
+            before = sum(cam.version for cam in cams)
             figures = await load(worker, cams, plan.capacity_seconds, plan.capacity_ask_every_s, [])
+            due = 2 * (sum(cam.version for cam in cams) - before)  # 2 watches per new context version
             rows.append({
                 "cameras": n, "watches": 2 * n, "evaluations": len(results),
+                "evaluated_fraction": round(len(results) / due, 3) if due else None,
                 "evaluations_per_s": round(len(results) / plan.capacity_seconds, 1),
                 "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95),
                 "latency_mean_s": round(statistics.mean(latencies), 3) if latencies else None,
@@ -145,13 +149,17 @@ def run(lm: LoadedModel, plan: Plan) -> dict[str, Any]:
     cost = evaluation_cost(lm, plan, plan.watch_counts)
     load_rows = asyncio.run(_load_run(lm, plan, plan.watch_cameras))
     free(lm.device)
+    # sustained: the p95 bound holds and the evaluations kept up (a late context version a watch never saw is
+    # an event that could be missed, which the latency of the evaluations that did run cannot show)
     sustained = max((r["cameras"] for r in load_rows if r["latency_p95_s"] is not None
-                     and r["latency_p95_s"] <= SUSTAIN_P95_S and not r["question_errors"]), default=0)
+                     and r["latency_p95_s"] <= SUSTAIN_P95_S and not r["question_errors"]
+                     and (r["evaluated_fraction"] or 0) >= SUSTAIN_FRACTION), default=0)
     return {
         "evaluation": cost,
         "load": load_rows,
         "watched_cameras_sustained": sustained,
         "sustain_bound_p95_s": SUSTAIN_P95_S,
+        "sustain_min_evaluated_fraction": SUSTAIN_FRACTION,
         "tested_up_to": max(plan.watch_cameras),
         "anchor": {"source": "NVIDIA video search and summarization blueprint, yes/no alerts", "streams_per_h100": 51,
                    "latency_mean_s": 3.6, "latency_p95_s": 4.95},
