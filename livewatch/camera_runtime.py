@@ -58,9 +58,11 @@ class CameraRuntime:
         self.reader: CameraReader | None = None
         self._task: asyncio.Task[None] | None = None
         self.memory_stats: dict[str, Any] = memory.stats()
+        self.context: list[FramePair] = []  # the pairs last published (the page's strip reads them)
 
     def start(self) -> None:
         pairs, version = self.memory.context()
+        self.context = pairs
         # restored memory is in context before the first new frame; an empty context makes the camera known, so
         # an early question gets "no_frames" rather than "unknown camera"
         self._publish(self.name, pairs, version)
@@ -122,6 +124,7 @@ class CameraRuntime:
             changed, pairs, version, stats = await asyncio.to_thread(self._feed, frame)
         self.memory_stats = stats
         if changed:
+            self.context = pairs
             self._publish(self.name, pairs, version)
 
     def _feed(self, frame: Frame | None) -> tuple[bool, list, int, dict[str, Any]]:

@@ -30,6 +30,7 @@ from livewatch.capture.source import SourceSpec, parse_source
 from livewatch.capture.urlpolicy import resolve
 from livewatch.config import Settings
 from livewatch.engine.core import EncodeReport, EngineCore
+from livewatch.engine.evidence import evidence_list
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.loading import LoadedModel, load_model
 from livewatch.engine.preprocess import target_size
@@ -170,7 +171,7 @@ class Daemon(WatchService):
         self.http = HttpServer(
             Endpoints(self.health, self.metrics.render, self._evidence, self._handle),
             HttpOptions(self.settings.token, tuple(srv.allowed_origins), srv.max_message_bytes,
-                        srv.handshake_timeout_s),
+                        srv.handshake_timeout_s, srv.session_hours * 3600),
             self.guard,
         )
         self.openai.add_to(self.http.app)
@@ -370,6 +371,7 @@ class Daemon(WatchService):
             eng = per_camera_engine.get(name, {})
             figures["encode_count"] = eng.get("encode_count", 0)
             figures["cache_valid"] = eng.get("cache_valid", False)
+            figures["newest_frame_id"] = max(rt.context, key=lambda p: p.end_time).id if rt.context else None
             memory[name] = figures
         return {
             "cameras": {name: rt.reader_stats() for name, rt in self.cameras.items()},
@@ -379,6 +381,12 @@ class Daemon(WatchService):
             "server": {"connections": len(self.connections), "questions_in_flight": self.inflight.count,
                        "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open},
         }
+
+    def memory_frames(self, camera: str) -> list[dict[str, Any]]:
+        runtime = self.cameras.get(camera)
+        if runtime is None:
+            raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {camera!r}")
+        return evidence_list(camera, runtime.context, None)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         engine_up = self.worker is not None and self.worker.alive and not self.shutting_down

@@ -142,6 +142,9 @@ def test_protocol_errors_on_one_connection(make_daemon) -> None:
         assert roundtrip(json.dumps({"type": "ask", "id": 5, "question": "x" * 5000}))["code"] == "too_large"
         assert roundtrip(json.dumps({"type": "ask", "id": 6, "question": "q", "max_tokens": 0}))["code"] == "bad_request"
         assert roundtrip(json.dumps({"type": "cancel", "id": 7}))["code"] == "unknown_request"
+        assert roundtrip(json.dumps({"type": "memory", "id": 8, "camera": "nope"}))["code"] == "unknown_camera"
+        assert roundtrip(json.dumps({"type": "memory", "id": 9, "camera": "../x"}))["code"] == "bad_request"
+        assert roundtrip(json.dumps({"type": "ask", "id": 10, "question": "q", "stop": [""]}))["code"] == "bad_request"
         assert roundtrip(b"\x00\x01binary")["code"] == "bad_request"
         big = roundtrip("x" * 100_000)
         assert big["code"] == "too_large" and big["id"] is None

@@ -34,16 +34,18 @@ setup() {
 }
 
 # Debian packages the tests need: GStreamer's RTSP server (driven by the system python3) for the capture tests,
-# systemd-analyze to verify the service unit, and the Mosquitto broker for the MQTT sink tests (tests/mqtt_broker.py
-# runs its own on a free loopback port; openssl makes its TLS test certificate).
+# systemd-analyze to verify the service unit, the Mosquitto broker for the MQTT sink tests (tests/mqtt_broker.py
+# runs its own on a free loopback port; openssl makes its TLS test certificate), and Chromium for the web page's
+# tests (Playwright drives Debian's browser through executable_path: its own browser download cannot work here).
 TEST_DEBS=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-           gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools systemd mosquitto openssl)
+           gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools systemd mosquitto openssl chromium)
 
 test_system_packages() {
     if [ -x /usr/bin/python3 ] && command -v gst-launch-1.0 >/dev/null &&
         /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null &&
         gst-inspect-1.0 x264enc >/dev/null 2>&1 && command -v systemd-analyze >/dev/null &&
-        { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null; } && command -v openssl >/dev/null; then
+        { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null; } && command -v openssl >/dev/null &&
+        command -v chromium >/dev/null; then
         return 0
     fi
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -51,6 +53,7 @@ test_system_packages() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${TEST_DEBS[@]}" >/dev/null
         gst-inspect-1.0 x264enc >/dev/null  # fail here, clearly, if the install did not bring the encoder
         [ -x /usr/sbin/mosquitto ]  # and if it did not bring the broker
+        command -v chromium >/dev/null  # or the browser
     else
         echo "tools/dev.sh: the RTSP and MQTT tests need these Debian packages (run as root to install them):" >&2
         echo "  apt-get install ${TEST_DEBS[*]}" >&2

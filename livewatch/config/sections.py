@@ -169,6 +169,9 @@ class ServerSection(_Section):
     max_connections_per_peer: int = Field(
         64, ge=1, le=65536, description="Open connections from one IP address (a reverse proxy counts as one)."
     )
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="Hours a web page login (its session cookie) lasts."
+    )
     handshake_timeout_s: float = Field(
         5.0, gt=0, le=120, description="Seconds a new connection has to complete its HTTP request or upgrade."
     )

@@ -55,6 +55,9 @@ class Service(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def memory_frames(self, camera: str) -> list[dict[str, Any]]:
+        """The frames of the camera's context, by time (RequestError for an unknown camera)."""
+
     async def add_camera(self, name: str, url: str) -> str: ...
 
     async def remove_camera(self, name: str) -> None: ...
@@ -221,6 +224,11 @@ class Connection:
             status = self.service.status()
             self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"],
                                        status.get("watches"), status.get("server")))
+        elif isinstance(req, p.Memory):
+            try:
+                self.send(p.memory_message(req.id, req.camera, self.service.memory_frames(req.camera)))
+            except Exception as exc:
+                self._request_failed(req.id, exc, "conn.memory_failed")
         elif isinstance(req, (p.CameraAdd, p.CameraRemove, wp.WatchAdd, wp.WatchRemove)):
             if len(self._others) >= _MAX_CAMERA_OPS:
                 self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera or watch operations in flight")

@@ -66,6 +66,14 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """The frames of a camera's context (star memory and window), for the page's strip."""
+
+    id: RequestId
+    camera: str
+
+
+@dataclass(frozen=True)
 class CameraAdd:
     id: RequestId
     name: str
@@ -78,7 +86,7 @@ class CameraRemove:
     name: str
 
 
-Request = Ask | Cancel | Status | CameraAdd | CameraRemove | wp.WatchRequest
+Request = Ask | Cancel | Status | Memory | CameraAdd | CameraRemove | wp.WatchRequest
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,10 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
     if kind == "status":
         _Fields(obj, rid, set())
         return Status(id=rid)
+    if kind == "memory":
+        camera = _camera_name(_Fields(obj, rid, {"camera"}), "camera", required=True)
+        assert camera is not None
+        return Memory(id=rid, camera=camera)
     if kind == "camera.add":
         f = _Fields(obj, rid, {"name", "url"})
         name = _camera_name(f, "name", required=True)
@@ -292,6 +304,10 @@ def status_message(
 ) -> str:
     return _dump({"type": "status", "id": request_id, "cameras": cameras, "engine": engine, "memory": memory,
                   "watches": watches or {}, "server": server or {}})
+
+
+def memory_message(request_id: RequestId, camera: str, frames: list[dict[str, Any]]) -> str:
+    return _dump({"type": "memory", "id": request_id, "camera": camera, "frames": frames})
 
 
 def camera_added_message(request_id: RequestId, name: str, url: str) -> str:

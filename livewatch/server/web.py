@@ -9,13 +9,17 @@ OpenAI-compatible API.
                    a frame of an answer's evidence or a watch event (image/jpeg; 404 when it is not kept);
                    ``size`` (16-2048): scaled down to fit N pixels. Frames never change: ETag and a long
                    private Cache-Control, 304 for a matching If-None-Match.
-    GET / or /ws   the WebSocket protocol (an upgrade request; a browser's Origin must be allowed: else 403).
+    GET / or /ws   the WebSocket protocol (an upgrade request; a browser's Origin must be the daemon's own or
+                   listed in server.allowed_origins: else 403). GET / without an upgrade is the web page
+                   (``page``: static files, login, logout).
     GET /v1/models, POST /v1/chat/completions
                    the OpenAI-compatible API (``openai_http``).
     anything else  404 (405 for a known path with another method).
 
-Everything but /healthz needs ``Authorization: Bearer <token>`` when a token is configured (401 otherwise, a
-warning a minute in the log). Bodies over ``server.max_message_bytes`` get 413.
+Everything but /healthz and the page's public parts needs the token when one is configured: ``Authorization:
+Bearer <token>``, or the session cookie of a browser that logged in (``session``); 401 otherwise, a warning a
+minute in the log. A request authenticated by the cookie that changes anything (not a GET) must come from an
+allowed origin. Bodies over ``server.max_message_bytes`` get 413.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ from livewatch.metrics import CONTENT_TYPE
 from livewatch.server.guard import ConnectionGuard
 from livewatch.server.listener import Listener
 from livewatch.server.openai_api import error_body
+from livewatch.server.page import PUBLIC_PATHS, Page
+from livewatch.server.session import COOKIE, Sessions, origin_allowed
 
 log = get_logger("livewatch.server")
 WS_PATHS = ("/", "/ws")
 _FRAME_ROUTE = r"/frames/{camera:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}}/{frame:[0-9]{1,15}}.jpg"
-_PUBLIC = ("/healthz",)
 
 
 def check_bearer(header: str | None, token: str) -> bool:
@@ -88,6 +93,7 @@ class HttpOptions:
     allowed_origins: tuple[str, ...]
     max_body_bytes: int  # request bodies and WebSocket messages (the hard frame limit is 4x)
     handshake_timeout_s: float
+    session_ttl_s: float = 12 * 3600.0
 
 
 def text(status: int, body: str, **headers: str) -> web.Response:
@@ -101,7 +107,10 @@ class HttpServer:
         self.endpoints = endpoints
         self.options = options
         self.listener = Listener(guard, options.handshake_timeout_s)
+        self.sessions = Sessions(options.session_ttl_s)
+        self.page = Page(options.token, self.sessions, self.origin_ok)
         self.app = web.Application(middlewares=[self._middleware], client_max_size=options.max_body_bytes)
+        self.page.add_to(self.app)
         self.app.router.add_get("/healthz", self._health)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get(_FRAME_ROUTE, self._frame)
@@ -134,12 +143,15 @@ class HttpServer:
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         self.listener.mark_served(request.transport)
-        token = self.options.token
-        if token is not None and request.path not in _PUBLIC and not check_bearer(
-                request.headers.get("Authorization"), token):
-            self._note_unauthorized(request.path)
-            return refuse(request, 401, ErrorCode.UNAUTHORIZED, "unauthorized: send Authorization: Bearer <token>",
-                          **{"WWW-Authenticate": 'Bearer realm="livewatch"'})
+        if not self._public(request):
+            by = self._authenticated(request)
+            if by is None:
+                self._note_unauthorized(request.path)
+                return refuse(request, 401, ErrorCode.UNAUTHORIZED,
+                              "unauthorized: send Authorization: Bearer <token>",
+                              **{"WWW-Authenticate": 'Bearer realm="livewatch"'})
+            if by == "cookie" and request.method != "GET" and not self.origin_ok(request):
+                return refuse(request, 403, ErrorCode.UNAUTHORIZED, "origin not allowed")
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
@@ -149,6 +161,24 @@ class HttpServer:
             return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
         except web.HTTPException as exc:  # 404, 405: no HTML page
             return refuse(request, exc.status, ErrorCode.BAD_REQUEST, exc.reason.lower())
+
+    def _public(self, request: web.Request) -> bool:
+        path = request.path
+        return (path in PUBLIC_PATHS or path.startswith("/static/")
+                or (path == "/" and request.method == "GET" and not _upgrade(request)))
+
+    def _authenticated(self, request: web.Request) -> str | None:
+        """How the request proved it may act ("token", "cookie"; "open" without a token), or None."""
+        token = self.options.token
+        if token is None:
+            return "open"
+        if check_bearer(request.headers.get("Authorization"), token):
+            return "token"
+        return "cookie" if self.sessions.valid(request.cookies.get(COOKIE)) else None
+
+    def origin_ok(self, request: web.Request) -> bool:
+        return origin_allowed(request.headers.get("Origin"), request.host, request.scheme,
+                              self.options.allowed_origins)
 
     def _note_unauthorized(self, path: str) -> None:
         self._unauthorized[0] += 1
@@ -161,8 +191,7 @@ class HttpServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         ok, body = self.endpoints.health()
-        token = self.options.token
-        if token is not None and not check_bearer(request.headers.get("Authorization"), token):
+        if self._authenticated(request) is None:
             body = {"status": body["status"]}  # camera names and states are for token holders
         return web.json_response(body, status=200 if ok else 503, dumps=lambda o: json.dumps(o) + "\n")
 
@@ -187,8 +216,9 @@ class HttpServer:
         return web.Response(body=data, content_type="image/jpeg", headers=headers)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin not in self.options.allowed_origins:
+        if request.path == "/" and not _upgrade(request):
+            return self.page.index(request)
+        if not self.origin_ok(request):
             return text(403, "origin not allowed\n")
         ws = web.WebSocketResponse(max_msg_size=4 * self.options.max_body_bytes, compress=False, heartbeat=20.0)
         if not ws.can_prepare(request).ok:
@@ -198,6 +228,10 @@ class HttpServer:
         remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         await self.endpoints.websocket(WebSocket(ws, remote))
         return ws
+
+
+def _upgrade(request: web.Request) -> bool:
+    return "upgrade" in request.headers.get("Connection", "").lower()
 
 
 def refuse(request: web.Request, status: int, code: ErrorCode, message: str, **headers: str) -> web.Response:

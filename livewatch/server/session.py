@@ -1,0 +1,90 @@
+"""Browser sessions and origins (pure): what lets the web page authenticate, and what keeps other sites out.
+
+Browsers cannot put an ``Authorization`` header on a WebSocket, so the page logs in once (``POST /login`` with the
+token) and receives a session cookie: ``EXPIRY.NONCE.MAC``, the MAC an HMAC-SHA256 under a key drawn at each
+daemon start (a restart logs everyone out; nothing secret is derived from the token). The cookie is HttpOnly and
+SameSite=Strict; logout revokes its nonce until it would have expired anyway.
+
+SameSite does not separate two ports of one host (they are the same *site*), so the Origin is checked too:
+a WebSocket upgrade and any state-changing request a browser makes must come from the daemon's own origin or one
+listed in ``server.allowed_origins``. The own origin counts only when the Host is an IP address or ``localhost``:
+a DNS-rebinding page (a hostile name resolved to this machine) sends its own name as Host, and is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+COOKIE = "livewatch_session"
+
+
+class Sessions:
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.time, key: bytes | None = None) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._key = key or secrets.token_bytes(32)
+        self._revoked: dict[str, float] = {}  # nonce -> expiry
+
+    def issue(self) -> str:
+        expiry = int(self._clock() + self.ttl_s)
+        body = f"{expiry}.{secrets.token_urlsafe(18)}"
+        return f"{body}.{self._mac(body)}"
+
+    def valid(self, value: str | None) -> bool:
+        parsed = self._parse(value)
+        return parsed is not None and parsed[1] not in self._revoked
+
+    def revoke(self, value: str | None) -> None:
+        now = self._clock()
+        self._revoked = {n: e for n, e in self._revoked.items() if e > now}  # forget what has expired anyway
+        parsed = self._parse(value)
+        if parsed is not None:
+            self._revoked[parsed[1]] = parsed[0]
+
+    def _parse(self, value: str | None) -> tuple[float, str] | None:
+        """(expiry, nonce) of a well-formed, authentic, unexpired cookie value."""
+        if not value or len(value) > 200 or value.count(".") != 2:
+            return None
+        expiry, nonce, mac = value.split(".")
+        if not expiry.isdigit() or not hmac.compare_digest(mac, self._mac(f"{expiry}.{nonce}")):
+            return None
+        if int(expiry) <= self._clock():
+            return None
+        return float(expiry), nonce
+
+    def _mac(self, body: str) -> str:
+        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def origin_allowed(origin: str | None, host: str | None, scheme: str, allowed: tuple[str, ...]) -> bool:
+    """Whether a request's Origin may act on this daemon (None: not a browser, always)."""
+    if origin is None:
+        return True
+    if origin in allowed:
+        return True
+    if not host or origin != f"{scheme}://{host}":
+        return False
+    return _literal_host(host)
+
+
+def _literal_host(host: str) -> bool:
+    """``host`` (a Host header: name or address, optional port) is an IP address or localhost."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return False
+    if name is None:
+        return False
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

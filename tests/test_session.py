@@ -1,0 +1,42 @@
+"""Browser sessions and origins (pure): cookies that cannot be forged, replayed after logout or kept past their
+expiry, and the origin rule that lets the daemon's own page in and keeps other sites (DNS rebinding included) out."""
+
+from __future__ import annotations
+
+from livewatch.server.session import Sessions, origin_allowed
+
+
+def test_a_session_cookie_is_valid_until_it_expires_or_is_revoked() -> None:
+    now = [1000.0]
+    sessions = Sessions(ttl_s=60, clock=lambda: now[0])
+    cookie = sessions.issue()
+    assert sessions.valid(cookie)
+    expiry, nonce, mac = cookie.split(".")
+    assert not sessions.valid(f"{int(expiry) + 3600}.{nonce}.{mac}")  # a longer life cannot be forged
+    assert not sessions.valid(f"{expiry}.{nonce}x.{mac}")
+    assert not sessions.valid(f"{expiry}.{nonce}.{mac[:-1]}{'1' if mac[-1] == '0' else '0'}")
+    for junk in (None, "", "a.b", "a.b.c.d", "x" * 500, "1.2.3"):
+        assert not sessions.valid(junk)
+    assert not Sessions(ttl_s=60, clock=lambda: now[0]).valid(cookie)  # another daemon process, another key
+    other = sessions.issue()
+    sessions.revoke(cookie)
+    assert not sessions.valid(cookie) and sessions.valid(other)  # logout ends that session only
+    now[0] += 61
+    assert not sessions.valid(other)
+    sessions.revoke(other)  # expired: nothing to remember, and the revoked list forgets what expired
+    assert not sessions._revoked
+
+
+def test_origins() -> None:
+    allowed = ("https://cams.example.com",)
+    assert origin_allowed(None, "127.0.0.1:8765", "http", ())  # not a browser
+    assert origin_allowed("http://127.0.0.1:8765", "127.0.0.1:8765", "http", ())  # the daemon's own page
+    assert origin_allowed("http://localhost:8765", "localhost:8765", "http", ())
+    assert origin_allowed("http://[::1]:8765", "[::1]:8765", "http", ())
+    assert origin_allowed("https://cams.example.com", "cams.example.com", "https", allowed)
+    assert not origin_allowed("http://127.0.0.1:9999", "127.0.0.1:8765", "http", ())  # another port: same site
+    assert not origin_allowed("http://evil.example:8765", "evil.example:8765", "http", ())  # DNS rebinding
+    assert not origin_allowed("https://127.0.0.1:8765", "127.0.0.1:8765", "http", ())  # scheme differs
+    assert not origin_allowed("null", "127.0.0.1:8765", "http", ())
+    assert not origin_allowed("http://127.0.0.1:8765", None, "http", ())
+    assert not origin_allowed("http://a b:1", "a b:1", "http", ())
