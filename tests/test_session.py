@@ -3,7 +3,7 @@ expiry, and the origin rule that lets the daemon's own page in and keeps other s
 
 from __future__ import annotations
 
-from livewatch.server.session import Sessions, origin_allowed
+from livewatch.server.session import Guesses, Sessions, host_allowed, origin_allowed
 
 
 def test_a_session_cookie_is_valid_until_it_expires_or_is_revoked() -> None:
@@ -40,3 +40,27 @@ def test_origins() -> None:
     assert not origin_allowed("null", "127.0.0.1:8765", "http", ())
     assert not origin_allowed("http://127.0.0.1:8765", None, "http", ())
     assert not origin_allowed("http://a b:1", "a b:1", "http", ())
+
+
+def test_wrong_tokens_are_counted_per_address_and_forgotten_after_the_period() -> None:
+    now = [0.0]
+    guesses = Guesses(count=3, period=60, peers=2, clock=lambda: now[0])
+    for _ in range(3):
+        assert not guesses.blocked("10.0.0.1")
+        guesses.failed("10.0.0.1")
+    assert guesses.blocked("10.0.0.1") and not guesses.blocked("10.0.0.2")  # the owner elsewhere is not locked out
+    assert 59 < guesses.retry_after("10.0.0.1") <= 60
+    now[0] = 61
+    assert not guesses.blocked("10.0.0.1")
+    for peer in ("a", "b", "c"):  # bounded: the oldest address is forgotten
+        guesses.failed(peer)
+    assert len(guesses._wrong) == 2 and "10.0.0.1" not in guesses._wrong
+
+
+def test_hosts_that_may_reach_the_daemon_without_the_token() -> None:
+    allowed = ("https://cams.example.com", "https://ops.example.com:8443")
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "192.168.1.5", "cams.example.com",
+                 "ops.example.com:8443"):
+        assert host_allowed(host, allowed), host
+    for host in ("rebind.evil.example:8765", "cams.example.com.evil.example", "ops.example.com", None, ""):
+        assert not host_allowed(host, allowed), host

@@ -265,8 +265,26 @@ def test_login_cookies_and_origins_over_plain_http(daemon: DaemonProcess) -> Non
     assert call("/login", b"token=" + TOKEN.encode(), Origin=base,
                 **{"Content-Type": "application/x-www-form-urlencoded"})[0] == 204  # a plain form works too
 
+    assert call("/v1/chat/completions", chat, Cookie=session, **json_type)[0] == 403  # a replayed cookie: no Origin
+    assert call("/metrics", Cookie=session, **{"Sec-Fetch-Site": "same-site"})[0] == 403  # another port's page
+    assert call("/v1/chat/completions", chat, Origin=base, Authorization=f"Bearer {TOKEN}",
+                **{"Content-Type": "text/plain"})[0] == 400  # JSON only: no "simple" cross-site request
+
+    # DNS rebinding: a hostile name resolved to this machine is refused unless the token is sent
+    rebound = {"Host": f"rebind.evil.example:{daemon.port}"}
+    assert call("/healthz", **rebound)[0] == 421 and call("/", **rebound)[0] == 421
+    assert call("/healthz", Authorization=f"Bearer {TOKEN}", **rebound)[0] == 200
+    # hostile bytes in a cookie or a login body are refused, never a crash
+    assert call("/healthz", Cookie="livewatch_session=1.a.\xe9")[0] == 200
+    assert call("/login", b"token=x", Origin=base, **{"Content-Type": "application/x-www-form-urlencoded; charset=nope"})[0] == 401
+    assert call("/login", b"[" * 50_000, Origin=base, **json_type)[0] == 401
+
     assert call("/logout", b"", Cookie=session, Origin=base)[0] == 204
     assert call("/metrics", Cookie=session)[0] == 401  # revoked
     wrong = json.dumps({"token": "guess"}).encode()
-    codes = [call("/login", wrong, **json_type)[0] for _ in range(12)]
-    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]  # 10 wrong tokens a minute
+    codes = [call("/login", wrong, **json_type)[0] for _ in range(9)]  # 2 wrong logins above: 11 in all
+    assert codes == [401] * 8 + [429]  # 10 wrong tokens a minute from one address
+    assert call("/login", login, Origin=base, **json_type)[0] == 429  # refused before the comparison, right or wrong
+    assert call("/metrics", Authorization=f"Bearer {TOKEN}")[0] == 429  # bearer guesses share the count
+    assert any(e.get("event") == "http.guessing" for e in daemon.logs())
+    assert "Traceback" not in daemon.log.read_text()

@@ -50,8 +50,11 @@ class Listener:
                     tls: ssl.SSLContext | None) -> int:
         """Bind and listen; the bound port (``port`` 0 picks a free one)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Guarded(self, factory()), host, port, ssl=tls,
-                                                reuse_address=True, backlog=512)
+        # TLS: asyncio admits a connection to the protocol only after its handshake, which is therefore bounded by
+        # the same deadline (a socket that never finishes one is closed when it passes)
+        self._server = await loop.create_server(
+            lambda: _Guarded(self, factory()), host, port, ssl=tls, reuse_address=True, backlog=512,
+            ssl_handshake_timeout=self.handshake_timeout_s if tls is not None else None)
         return int(self._server.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:

@@ -23,6 +23,7 @@ from livewatch.server.limits import ServerLimits
 
 log = get_logger("livewatch.server")
 _INTERNAL = "internal error; see the daemon's log"
+_WRITE_TIMEOUT_S = 30.0  # a streamed client that reads nothing for this long is cut off
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -62,8 +63,14 @@ class OpenAIRoutes:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         cid = oa.completion_id()
         try:
-            chat = oa.parse_chat(await request.read(), self._limits, self.service.camera_names(), cid)
+            if request.content_type != "application/json":
+                raise oa.OpenAIError(ErrorCode.BAD_REQUEST, "send the request as Content-Type: application/json")
+            async with asyncio.timeout(_WRITE_TIMEOUT_S):  # a body trickled in byte by byte holds nothing for long
+                body = await request.read()
+            chat = oa.parse_chat(body, self._limits, self.service.camera_names(), cid)
             self._admit()
+        except TimeoutError:
+            return self._fail(oa.OpenAIError(ErrorCode.BAD_REQUEST, "the request body took too long"))
         except oa.OpenAIError as exc:
             return self._fail(exc)
         assert chat.ask.camera is not None
@@ -73,13 +80,17 @@ class OpenAIRoutes:
         ask = asyncio.ensure_future(self.service.ask(
             chat.ask, chat.ask.camera, queue.put_nowait if chat.stream else lambda _: None, f"http:{peer}"))
         self._asks.add(ask)
+
+        def finished(_: asyncio.Future[p.Answered]) -> None:  # the slot is the answer's, not the slow client's
+            self.inflight.count -= 1
+            self._asks.discard(ask)
+
+        ask.add_done_callback(finished)
         try:
             if chat.stream:
                 return await self._stream(request, cid, chat, ask, queue)
             return await self._complete(cid, chat, ask)
         finally:
-            self.inflight.count -= 1
-            self._asks.discard(ask)
             if not ask.done():  # the client went away (the handler was cancelled) or its stream broke
                 ask.cancel(msg=CancelReason.CLIENT)
                 await asyncio.gather(ask, return_exceptions=True)
@@ -114,20 +125,25 @@ class OpenAIRoutes:
         ask.add_done_callback(lambda _: queue.put_nowait(None))
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
-        await response.write(oa.sse(oa.chunk(cid, created, camera, {"role": "assistant", "content": ""})))
+
+        async def send(data: bytes) -> None:
+            async with asyncio.timeout(_WRITE_TIMEOUT_S):  # aiohttp's writes wait for a reader without a bound
+                await response.write(data)
+
+        await send(oa.sse(oa.chunk(cid, created, camera, {"role": "assistant", "content": ""})))
         while (piece := await queue.get()) is not None:
-            await response.write(oa.sse(oa.chunk(cid, created, camera, {"content": piece})))
+            await send(oa.sse(oa.chunk(cid, created, camera, {"content": piece})))
         if ask.cancelled() or ask.exception() is not None:
             error = self._error(cid, None if ask.cancelled() else ask.exception())
-            await response.write(oa.sse(error.body()))
+            await send(oa.sse(error.body()))
         else:
             answered = ask.result()
             self._answered(answered)
-            await response.write(oa.sse(oa.chunk(cid, created, camera, {}, oa.finish_reason(answered),
-                                                 livewatch=oa.extras(answered))))
+            await send(oa.sse(oa.chunk(cid, created, camera, {}, oa.finish_reason(answered),
+                                       livewatch=oa.extras(answered))))
             if chat.include_usage:
-                await response.write(oa.sse(oa.usage_chunk(cid, created, camera, answered)))
-        await response.write(oa.sse("[DONE]"))
+                await send(oa.sse(oa.usage_chunk(cid, created, camera, answered)))
+        await send(oa.sse("[DONE]"))
         await response.write_eof()
         return response
 

@@ -5,7 +5,8 @@ browser login that turns the token into a session cookie (``session.Sessions``).
     GET  /static/NAME      app.js, style.css
     GET  /session          {"auth_required", "logged_in"}: whether the page must show its login form
     POST /login            {"token": "..."} (JSON or a form): 204 with the cookie, 401 for a wrong token,
-                           429 after 10 wrong tokens in a minute, 403 from an origin that may not act here
+                           429 for a peer with 10 wrong tokens in the last minute (logins and bearer headers
+                           alike, refused before the comparison), 403 from an origin that may not act here
     POST /logout           revokes the cookie and clears it
 
 The page is served with a strict Content-Security-Policy (its own scripts, styles, images and connections only;
@@ -14,6 +15,7 @@ no framing) and revalidated by ETag.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -23,8 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from livewatch.log import get_logger
-from livewatch.server.guard import RateLimit
-from livewatch.server.session import COOKIE, Sessions
+from livewatch.server.session import COOKIE, Guesses, Sessions
 
 log = get_logger("livewatch.server")
 WEBUI = Path(__file__).resolve().parent.parent / "webui"
@@ -37,11 +38,12 @@ PUBLIC_PATHS = ("/healthz", "/session", "/login", "/logout")
 
 
 class Page:
-    def __init__(self, token: str | None, sessions: Sessions, origin_ok: Callable[[web.Request], bool]) -> None:
+    def __init__(self, token: str | None, sessions: Sessions, guesses: Guesses,
+                 origin_ok: Callable[[web.Request], bool]) -> None:
         self.token = token
         self.sessions = sessions
+        self.guesses = guesses  # the middleware refuses a peer past its wrong tokens before this runs
         self.origin_ok = origin_ok
-        self._failures = RateLimit(10, 60.0)
         self._files = {path.name: (path.read_bytes(), _TYPES[path.suffix]) for path in WEBUI.iterdir()
                        if path.suffix in _TYPES}
 
@@ -80,11 +82,13 @@ class Page:
             return web.Response(status=403, text="origin not allowed\n")
         if self.token is None:
             return web.Response(status=204)
-        token = await _submitted_token(request)
+        try:
+            async with asyncio.timeout(10):  # a body trickled in byte by byte holds nothing for long
+                token = await _submitted_token(request)
+        except TimeoutError:
+            return web.Response(status=408, text="the login took too long\n")
         if token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
-            if not self._failures.allow():
-                return web.Response(status=429, text="too many wrong tokens; retry in a minute\n",
-                                    headers={"Retry-After": str(int(self._failures.retry_after()) + 1)})
+            self.guesses.failed(request.remote or "?")
             log.warning("http.login_failed", remote=request.remote)
             return web.Response(status=401, text="wrong token\n")
         response = web.Response(status=204, headers={"Cache-Control": "no-store"})
@@ -109,6 +113,6 @@ async def _submitted_token(request: web.Request) -> str | None:
             value = json.loads(await request.read()).get("token")
         else:
             value = (await request.post()).get("token")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, LookupError, RecursionError):  # bad JSON or charset, too deep
         return None
     return value if isinstance(value, str) and 0 < len(value) <= 4096 else None

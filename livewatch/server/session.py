@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import secrets
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -49,7 +50,7 @@ class Sessions:
 
     def _parse(self, value: str | None) -> tuple[float, str] | None:
         """(expiry, nonce) of a well-formed, authentic, unexpired cookie value."""
-        if not value or len(value) > 200 or value.count(".") != 2:
+        if not value or len(value) > 200 or not value.isascii() or value.count(".") != 2:
             return None
         expiry, nonce, mac = value.split(".")
         if not expiry.isdigit() or not hmac.compare_digest(mac, self._mac(f"{expiry}.{nonce}")):
@@ -60,6 +61,57 @@ class Sessions:
 
     def _mac(self, body: str) -> str:
         return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+
+
+class Guesses:
+    """Wrong tokens per peer address (a login or a bearer header): at most ``count`` in any ``period`` seconds,
+    then the peer is refused before its token is even compared, right or wrong. Bounded: the ``peers`` most
+    recently wrong are remembered."""
+
+    def __init__(self, count: int = 10, period: float = 60.0, peers: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.count, self.period, self.peers = count, period, peers
+        self._clock = clock
+        self._wrong: OrderedDict[str, deque[float]] = OrderedDict()
+        self.refused = 0
+
+    def blocked(self, peer: str) -> bool:
+        times = self._recent(peer)
+        if times is not None and len(times) >= self.count:
+            self.refused += 1
+            return True
+        return False
+
+    def failed(self, peer: str) -> None:
+        times = self._recent(peer)
+        if times is None:
+            times = self._wrong[peer] = deque()
+            while len(self._wrong) > self.peers:
+                self._wrong.popitem(last=False)
+        self._wrong.move_to_end(peer)
+        times.append(self._clock())
+
+    def retry_after(self, peer: str) -> float:
+        times = self._recent(peer)
+        return max(0.0, self.period - (self._clock() - times[0])) if times else 0.0
+
+    def _recent(self, peer: str) -> deque[float] | None:
+        times = self._wrong.get(peer)
+        if times is not None:
+            now = self._clock()
+            while times and now - times[0] >= self.period:
+                times.popleft()
+        return times
+
+
+def host_allowed(host: str | None, allowed_origins: tuple[str, ...]) -> bool:
+    """A request's Host may reach the daemon without the token: an IP address, localhost, or the host of an
+    allowed origin. A DNS-rebinding page's requests carry its own name, so they are refused."""
+    if not host:
+        return False
+    if _literal_host(host):
+        return True
+    return any(urlsplit(origin).netloc == host for origin in allowed_origins)
 
 
 def origin_allowed(origin: str | None, host: str | None, scheme: str, allowed: tuple[str, ...]) -> bool:

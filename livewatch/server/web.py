@@ -7,8 +7,8 @@ OpenAI-compatible API.
     GET /metrics   Prometheus text format.
     GET /frames/CAMERA/ID.jpg[?size=N]
                    a frame of an answer's evidence or a watch event (image/jpeg; 404 when it is not kept);
-                   ``size`` (16-2048): scaled down to fit N pixels. Frames never change: ETag and a long
-                   private Cache-Control, 304 for a matching If-None-Match.
+                   ``size`` (16-2048): scaled down to fit N pixels. An ETag of the content, ``private,
+                   no-cache`` (revalidated: 304 for a matching If-None-Match).
     GET / or /ws   the WebSocket protocol (an upgrade request; a browser's Origin must be the daemon's own or
                    listed in server.allowed_origins: else 403). GET / without an upgrade is the web page
                    (``page``: static files, login, logout).
@@ -24,6 +24,7 @@ allowed origin. Bodies over ``server.max_message_bytes`` get 413.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import ssl
@@ -41,7 +42,7 @@ from livewatch.server.guard import ConnectionGuard
 from livewatch.server.listener import Listener
 from livewatch.server.openai_api import error_body
 from livewatch.server.page import PUBLIC_PATHS, Page
-from livewatch.server.session import COOKIE, Sessions, origin_allowed
+from livewatch.server.session import COOKIE, Guesses, Sessions, host_allowed, origin_allowed
 
 log = get_logger("livewatch.server")
 WS_PATHS = ("/", "/ws")
@@ -108,7 +109,8 @@ class HttpServer:
         self.options = options
         self.listener = Listener(guard, options.handshake_timeout_s)
         self.sessions = Sessions(options.session_ttl_s)
-        self.page = Page(options.token, self.sessions, self.origin_ok)
+        self.guesses = Guesses()
+        self.page = Page(options.token, self.sessions, self.guesses, self.origin_ok)
         self.app = web.Application(middlewares=[self._middleware], client_max_size=options.max_body_bytes)
         self.page.add_to(self.app)
         self.app.router.add_get("/healthz", self._health)
@@ -116,7 +118,7 @@ class HttpServer:
         self.app.router.add_get(_FRAME_ROUTE, self._frame)
         for path in WS_PATHS:
             self.app.router.add_get(path, self._websocket)
-        self._unauthorized = [0, float("-inf")]  # attempts since the last warning, when it was logged
+        self._notes: dict[str, tuple[int, float]] = {}  # refusals since the last warning of each kind, its time
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
@@ -143,14 +145,22 @@ class HttpServer:
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         self.listener.mark_served(request.transport)
+        peer = request.remote or "?"
+        if ("Authorization" in request.headers or request.path == "/login") and self.guesses.blocked(peer):
+            self._note("http.guessing", request.path)
+            return refuse(request, 429, ErrorCode.RATE_LIMITED, "too many wrong tokens; retry in a minute",
+                          **{"Retry-After": str(int(self.guesses.retry_after(peer)) + 1)})
+        by = request["auth"] = self._authenticated(request, peer)
+        if by != "token" and not host_allowed(request.host, self.options.allowed_origins):
+            return refuse(request, 421, ErrorCode.UNAUTHORIZED, "address the daemon by IP address, localhost, or a "
+                          "host of server.allowed_origins (or send the token)")
         if not self._public(request):
-            by = self._authenticated(request)
             if by is None:
-                self._note_unauthorized(request.path)
+                self._note("http.unauthorized", request.path)
                 return refuse(request, 401, ErrorCode.UNAUTHORIZED,
                               "unauthorized: send Authorization: Bearer <token>",
                               **{"WWW-Authenticate": 'Bearer realm="livewatch"'})
-            if by == "cookie" and request.method != "GET" and not self.origin_ok(request):
+            if not self.browser_ok(request):
                 return refuse(request, 403, ErrorCode.UNAUTHORIZED, "origin not allowed")
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -161,37 +171,63 @@ class HttpServer:
             return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
         except web.HTTPException as exc:  # 404, 405: no HTML page
             return refuse(request, exc.status, ErrorCode.BAD_REQUEST, exc.reason.lower())
+        except Exception as exc:  # a bug: the client gets a fixed message, the log the detail (a minute apart)
+            self._note("http.request_crashed", request.path, error=f"{type(exc).__name__}: {exc}")
+            return refuse(request, 500, ErrorCode.INTERNAL, "internal error; see the daemon's log")
 
     def _public(self, request: web.Request) -> bool:
         path = request.path
         return (path in PUBLIC_PATHS or path.startswith("/static/")
                 or (path == "/" and request.method == "GET" and not _upgrade(request)))
 
-    def _authenticated(self, request: web.Request) -> str | None:
-        """How the request proved it may act ("token", "cookie"; "open" without a token), or None."""
+    def _authenticated(self, request: web.Request, peer: str) -> str | None:
+        """How the request proved it may act ("token", "cookie"; "open" without a token), or None. A wrong
+        bearer token counts as a guess."""
         token = self.options.token
         if token is None:
             return "open"
-        if check_bearer(request.headers.get("Authorization"), token):
-            return "token"
+        header = request.headers.get("Authorization")
+        if header is not None:
+            if check_bearer(header, token):
+                return "token"
+            self.guesses.failed(peer)
         return "cookie" if self.sessions.valid(request.cookies.get(COOKIE)) else None
+
+    def browser_ok(self, request: web.Request) -> bool:
+        """A request not proven by the token may act only from an allowed origin: anything but a GET (a
+        WebSocket upgrade included), and with the cookie an Origin is required and the fetch must be the page's
+        own (Sec-Fetch-Site), so neither another site nor a client replaying the cookie can use a session."""
+        by = request.get("auth")
+        if by == "token":
+            return True
+        origin = request.headers.get("Origin")
+        if by == "cookie" and request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            return False
+        if request.method == "GET" and not _upgrade(request):
+            return True
+        if by == "cookie" and origin is None:
+            return False
+        return self.origin_ok(request)
 
     def origin_ok(self, request: web.Request) -> bool:
         return origin_allowed(request.headers.get("Origin"), request.host, request.scheme,
                               self.options.allowed_origins)
 
-    def _note_unauthorized(self, path: str) -> None:
-        self._unauthorized[0] += 1
+    def _note(self, event: str, path: str, **fields: str) -> None:
+        """A summary a minute per kind of refusal, not a line per attempt (journald's rate limit)."""
+        count, last = self._notes.get(event, (0, float("-inf")))
         now = time.monotonic()
-        if now - self._unauthorized[1] >= 60:  # a summary a minute, not a line per attempt (journald's rate limit)
-            log.warning("http.unauthorized", path=path[:128], attempts=self._unauthorized[0])
-            self._unauthorized[:] = [0, now]
+        if now - last >= 60:
+            log.warning(event, path=path[:128], attempts=count + 1, **fields)
+            self._notes[event] = (0, now)
+        else:
+            self._notes[event] = (count + 1, last)
 
     # -- routes -----------------------------------------------------------------------------------------------------
 
     async def _health(self, request: web.Request) -> web.Response:
         ok, body = self.endpoints.health()
-        if self._authenticated(request) is None:
+        if request.get("auth") is None:
             body = {"status": body["status"]}  # camera names and states are for token holders
         return web.json_response(body, status=200 if ok else 503, dumps=lambda o: json.dumps(o) + "\n")
 
@@ -201,16 +237,16 @@ class HttpServer:
     async def _frame(self, request: web.Request) -> web.Response:
         query = request.query
         size = query.get("size", "")
-        if set(query) - {"size"} or (size and (not size.isdigit() or not 16 <= int(size) <= 2048)):
+        if set(query) - {"size"} or (size and not (size.isascii() and size.isdigit() and 16 <= int(size) <= 2048)):
             return text(400, "the only query is size=16..2048\n")
         camera, frame_id = request.match_info["camera"], int(request.match_info["frame"])
-        etag = f'"{camera}-{frame_id}-{size or "full"}"'
-        headers = {"ETag": etag, "Cache-Control": "private, max-age=86400, immutable",
-                   "X-Content-Type-Options": "nosniff"}
         # the file read and any scaling run on a thread: the event loop serves everyone else meanwhile
         data = await self.endpoints.frame(camera, frame_id, int(size) if size else None)
         if data is None:
             return text(404, "no such frame\n")
+        # by content: a camera removed and added again numbers its frames from the start again
+        etag = f'"{hashlib.sha256(data).hexdigest()[:24]}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"}
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         return web.Response(body=data, content_type="image/jpeg", headers=headers)
@@ -218,7 +254,7 @@ class HttpServer:
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/" and not _upgrade(request):
             return self.page.index(request)
-        if not self.origin_ok(request):
+        if not self.browser_ok(request):  # the middleware checked it already; kept beside the upgrade
             return text(403, "origin not allowed\n")
         ws = web.WebSocketResponse(max_msg_size=4 * self.options.max_body_bytes, compress=False, heartbeat=20.0)
         if not ws.can_prepare(request).ok:

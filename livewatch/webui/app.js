@@ -336,12 +336,14 @@ function renderStatus() {
     ["Engine", eng.alive === false ? "down" : "running"], ["Model", eng.model], ["Device", `${eng.device} ${eng.dtype || ""}`],
     ["Decoder", `${dec.mode || ""} ${dec.kernels || ""}`], ["Encode mode", eng.encode_mode],
     ["Queued questions", eng.queued_questions], ["Questions in flight", status.server?.questions_in_flight],
-    ["GPU memory", eng.gpu_memory_allocated_bytes ? `${(eng.gpu_memory_allocated_bytes / 2 ** 30).toFixed(1)} GiB` : "n/a"],
+    ["GPU memory", eng.gpu_memory_allocated !== undefined
+      ? `${(eng.gpu_memory_allocated / 2 ** 30).toFixed(1)} GiB allocated, ${(eng.gpu_memory_reserved / 2 ** 30).toFixed(1)} GiB reserved`
+      : "none (CPU)"],
   ];
   const table = el("table", { class: "table status-table" },
     ...rows.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, v ?? ""))));
   const mem = Object.entries(status.memory || {}).map(([name, m]) => el("tr", {},
-    el("td", {}, name), el("td", {}, `${m.unique_frames} frames, ${m.star_pairs ?? "?"} star pairs, ` +
+    el("td", {}, name), el("td", {}, `${m.unique_frames} frames (${m.star_memory_size} star, ${m.stream_memory_size} window), ` +
       `${((m.bytes_on_disk || 0) / 2 ** 20).toFixed(1)} MiB on disk, history ${((m.history_bytes || 0) / 2 ** 20).toFixed(1)} MiB`)));
   $("#status-body").replaceChildren(table, el("h2", {}, "Memory per camera"), el("table", { class: "table status-table" }, ...mem));
 }
