@@ -5,8 +5,10 @@
 
 Each round asks the same follow-up question once over the WebSocket protocol and once over the OpenAI-compatible
 API (streamed, POST /v1/chat/completions), in alternating order, and times from the request's first byte sent to
-its first token received; the daemon's own ``ttft_ms`` comes from the answers' metrics. Prints one JSON object
-with the medians and p95s per protocol and the difference of the medians. Only the standard library and
+its first token received (its whole answer when no text was streamed: a random-weight checkpoint with the tiny
+test tokenizer picks ids outside its vocabulary, which decode to nothing; ``rounds_without_text`` counts those);
+the daemon's own ``ttft_ms`` comes from the answers' metrics. Prints one JSON object with the medians and p95s
+per protocol and the difference of the medians. Only the standard library and
 ``websockets`` (the daemon's dependency) are needed.
 """
 
@@ -20,24 +22,31 @@ import time
 
 from websockets.sync.client import connect
 
+SILENT: list[int] = []  # rounds whose answer streamed no text (timed to the answer's end)
 
-def ws_round(url: str, headers: dict[str, str], camera: str, question: str, i: int) -> tuple[float, float]:
+
+def ws_round(url: str, headers: dict[str, str], camera: str, question: str, i: int,
+             max_tokens: int = 8) -> tuple[float, float]:
     with connect(url, additional_headers=headers) as ws:
         start = time.perf_counter()
-        ws.send(json.dumps({"type": "ask", "id": i, "camera": camera, "question": question, "max_tokens": 8}))
+        ws.send(json.dumps({"type": "ask", "id": i, "camera": camera, "question": question,
+                            "max_tokens": max_tokens}))
         first = None
         while True:
             reply = json.loads(ws.recv(timeout=60))
             if reply["type"] == "token" and first is None:
                 first = time.perf_counter()
             if reply["type"] == "answer":
+                if first is None:
+                    SILENT.append(1)
                 return ((first or time.perf_counter()) - start) * 1e3, reply["metrics"]["ttft_ms"]
             if reply["type"] == "error":
                 raise RuntimeError(reply["message"])
 
 
-def http_round(host: str, port: int, headers: dict[str, str], camera: str, question: str) -> tuple[float, float]:
-    body = json.dumps({"model": camera, "stream": True, "max_tokens": 8,
+def http_round(host: str, port: int, headers: dict[str, str], camera: str, question: str,
+               max_tokens: int = 8) -> tuple[float, float]:
+    body = json.dumps({"model": camera, "stream": True, "max_tokens": max_tokens,
                        "messages": [{"role": "user", "content": question}]})
     conn = http.client.HTTPConnection(host, port, timeout=60)
     conn.connect()
@@ -57,6 +66,8 @@ def http_round(host: str, port: int, headers: dict[str, str], camera: str, quest
         if "livewatch" in chunk:
             server = chunk["livewatch"]["metrics"]["ttft_ms"]
     conn.close()
+    if first is None:
+        SILENT.append(1)
     return ((first or time.perf_counter()) - start) * 1e3, server
 
 
@@ -74,6 +85,7 @@ def main() -> int:
     parser.add_argument("--token", default="")
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--question", default="What is on the screen right now?")
+    parser.add_argument("--max-tokens", type=int, default=8, help="tokens per answer (the first is timed)")
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     url = f"ws://{args.host}:{args.port}/"
@@ -83,15 +95,17 @@ def main() -> int:
     for i in range(args.n):
         for proto in (("websocket", "openai") if i % 2 == 0 else ("openai", "websocket")):
             if proto == "websocket":
-                seen, own = ws_round(url, headers, args.camera, args.question, i + 1)
+                seen, own = ws_round(url, headers, args.camera, args.question, i + 1, args.max_tokens)
             else:
-                seen, own = http_round(args.host, args.port, headers, args.camera, args.question)
+                seen, own = http_round(args.host, args.port, headers, args.camera, args.question, args.max_tokens)
             client[proto].append(seen)
             server[proto].append(own)
     result = {
         "rounds": args.n,
+        "max_tokens": args.max_tokens,
         "client_ttft": {p: summary(v) for p, v in client.items()},
         "daemon_ttft": {p: summary(v) for p, v in server.items()},
+        "rounds_without_text": len(SILENT),
     }
     result["openai_minus_websocket_median_ms"] = round(
         result["client_ttft"]["openai"]["median_ms"] - result["client_ttft"]["websocket"]["median_ms"], 2)
