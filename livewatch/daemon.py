@@ -159,7 +159,7 @@ class Daemon(WatchService):
             )
         core = EngineCore(self.lm, max_gap_s=m.max_gap_s, timezone=m.timezone,
                           max_new_tokens_limit=m.max_new_tokens_limit, encode_graphs=m.cuda_graphs == "auto",
-                          evidence_ranking=m.evidence_ranking)
+                          fused_kernels=m.fused_kernels == "auto", evidence_ranking=m.evidence_ranking)
         self.notifier.status("preparing the decode path")
         self.worker = EngineWorker(core, self.settings.engine_options(), on_encode=self._observe_encode,
                                    on_death=self._engine_died, on_watches=self._watch_results)

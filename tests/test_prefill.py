@@ -165,3 +165,14 @@ def test_fused_kernels_give_the_same_results(lm, items) -> None:
     assert_same(results[0], small[0][1])
     item = small[1][0]
     assert_same(results[1], reference(lm, None, item.embeds, item.positions))
+
+
+def test_graphs_need_cuda_and_leave_the_results_alone(lm, items) -> None:
+    """CUDA graphs of a lone camera's update are checked against the eager forward when captured, on a GPU
+    (tools/check_prefill.py); without CUDA they are off, with the reason, and the path is the eager one."""
+    prefiller = Prefiller(lm, graphs=True)
+    assert prefiller.describe()["graphs_off"] == "needs CUDA with the varlen kernel and the fused kernels"
+    item, expected = items[1]
+    assert_same(prefiller.run([item])[0], expected)
+    assert prefiller.describe()["graph_replays"] == 0
+    assert Prefiller(lm).describe()["graphs_off"] == "off"

@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     fused = Prefiller(lm, fused=True, max_tokens=args.max_tokens)
     if fused.fused:
         prefillers["fused"] = fused
+    graphed = Prefiller(lm, fused=True, max_tokens=args.max_tokens, graphs=True)
+    if graphed.graphs_off_reason is None:  # one camera's update of up to 512 tokens as a CUDA graph
+        prefillers["graphs"] = graphed
     report: dict[str, Any] = {"machine": machine(lm), "model": lm.model_id, "repeats": repeats,
                               "prefiller": prefillers["torch"].describe(), "fused_prefiller": fused.describe(),
                               "cases": {}}
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             del items
             free(lm.device)
         report["cases"][name] = case
+    report["graphs_prefiller"] = graphed.describe()
     print(json.dumps(report, indent=1))
     return 0
 

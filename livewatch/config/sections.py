@@ -66,7 +66,8 @@ class ModelSection(_Section):
         True, description="Rank each answer's frames by the attention its tokens put on them (one extra prefill)."
     )
     fused_kernels: Literal["auto", "off"] = Field(
-        "auto", description="auto: fused Triton kernels in the GPU decode step (checked at start-up); off: PyTorch."
+        "auto", description="auto: fused Triton kernels in the GPU decode step and prefix updates (checked at "
+        "start-up); off: PyTorch."
     )
 
     @field_validator("timezone")

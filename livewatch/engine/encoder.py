@@ -79,7 +79,7 @@ class Encoder:
                  fused: bool = False, history_bytes: int = 512 << 20) -> None:
         self.lm = lm
         self.tower = shared_tower(lm, use_graphs, vision_batch)
-        self.prefiller = Prefiller(lm, fused=fused, max_tokens=prefill_tokens)
+        self.prefiller = Prefiller(lm, fused=fused, max_tokens=prefill_tokens, graphs=use_graphs)
         self.history = SharedEmbeddings(history_bytes)  # history pairs' embeddings across temporary contexts
 
     def _sync(self) -> None:

@@ -23,10 +23,11 @@ embeddings, their M-RoPE positions) and drives the language model's layers with 
   in chunks, each after the K/V of the previous one (chunked causal prefill: the same numbers).
 
 With ``fused`` (CUDA; CPU tensors under Triton's interpreter in tests) the norms, with the residual add riding on
-them, the rotary of queries and keys with the writes of K and V into the workspace (one launch instead of about
-eight per layer, for forwards of up to 512 tokens), and the MLP's activation run as the Triton kernels of ``livewatch.engine.kernels`` once their
-start-up self-test passed, as in the decode step. Eager only (no CUDA graphs): a lone camera's short extension stays bound
-by launches; batching the cameras that are due is the remedy.
+them, the rotary of q and k with the K/V writes (forwards of up to 512 tokens) and the MLP's activation run as the
+Triton kernels of ``livewatch.engine.kernels`` once their self-test passed, as in the decode step. With ``graphs``
+(CUDA, varlen and fused kernels) a lone camera's update of up to 512 tokens, launch-bound otherwise, replays a CUDA
+graph per token bucket: a shared workspace of GRAPH_MAX_KEYS rows, the bucket's padding rows computed row-wise
+and never read (cu_q/cu_k bound the attention), each graph checked against the eager forward when captured.
 """
 
 from __future__ import annotations
@@ -49,9 +50,7 @@ from livewatch.log import get_logger
 log = get_logger("livewatch.engine")
 
 KVPair = tuple[torch.Tensor, torch.Tensor]
-# the fused rotary kernel (a program per token and head) pays off where launches dominate: a camera's extension;
-# past this many tokens in a forward the PyTorch expression's vectorised kernels are faster (H100: +6 ms at 960)
-_ROPE_KERNEL_TOKENS = 512
+_ROPE_KERNEL_TOKENS = 512  # the fused rotary (a program per token and head) is slower past this (H100: +6 ms at 960)
 
 
 @dataclass
@@ -101,6 +100,22 @@ class _Plan:
     back: torch.Tensor | None = None
 
 
+GRAPH_BUCKETS = (64, 128, 256, 512)  # new tokens of one camera's update that run as a CUDA graph
+GRAPH_MAX_KEYS = 8192  # kept + bucket: the graphs' shared workspace (2 x layers x kv_heads x this x head_dim)
+
+
+@dataclass
+class _Graph:
+    """One bucket's captured forward and the static tensors it reads (filled before each replay)."""
+
+    bucket: int
+    h: torch.Tensor  # [bucket, hidden] embeddings (rows past the update's are stale: row-wise, never read back)
+    cos: torch.Tensor  # [bucket, 1, head_dim]
+    sin: torch.Tensor
+    plan: _Plan  # write rows, cu_q = [0, n], cu_k = [0, kept + n]; max lengths are the bucket's bounds
+    graph: Any = None
+
+
 def _varlen_attention() -> Callable[..., Any] | None:
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -112,7 +127,8 @@ def _varlen_attention() -> Callable[..., Any] | None:
 class Prefiller:
     """Prefix prefills of several items in one forward (see the module's docstring)."""
 
-    def __init__(self, lm: LoadedModel, *, fused: bool = False, max_tokens: int = 8192) -> None:
+    def __init__(self, lm: LoadedModel, *, fused: bool = False, max_tokens: int = 8192,
+                 graphs: bool = False) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
         text = lm.text_model
@@ -138,6 +154,12 @@ class Prefiller:
         self.varlen_off_reason: str | None = "not CUDA"
         if self.device.type == "cuda":
             self.varlen_off_reason = self._check_varlen()
+        # one camera's short update as a CUDA graph per token bucket (captured at first use, checked against eager)
+        self.graphs_off_reason = None if graphs and self._varlen is not None and self.fused else (
+            "needs CUDA with the varlen kernel and the fused kernels" if graphs else "off")
+        self._graphs: dict[int, _Graph] = {}
+        self._workspace: KVPair | None = None
+        self.graph_replays = 0
 
     # -- the call -----------------------------------------------------------------------------------------------
 
@@ -186,6 +208,18 @@ class Prefiller:
 
     def _forward(self, items: Sequence[PrefillItem], pieces: list[_Piece]) -> list[KVPair]:
         self.forwards += 1
+        if len(pieces) == 1 and self.graphs_off_reason is None:
+            piece = pieces[0]
+            bucket = next((b for b in GRAPH_BUCKETS if b >= piece.count), None)
+            if bucket is not None and piece.kept + bucket <= GRAPH_MAX_KEYS:
+                graph = self._graph(bucket)
+                if graph is not None:
+                    item = items[piece.index]
+                    return [self._replay(graph, piece, item.embeds[piece.start : piece.start + piece.count],
+                                         item.positions[:, piece.start : piece.start + piece.count])]
+        return self._forward_eager(items, pieces)
+
+    def _forward_eager(self, items: Sequence[PrefillItem], pieces: list[_Piece]) -> list[KVPair]:
         plan = self._plan([p.kept for p in pieces], [p.count for p in pieces], masked=self._varlen is None)
         dev = self.device
         h = torch.cat([items[p.index].embeds[p.start : p.start + p.count] for p in pieces]).to(dev, self.dtype)
@@ -210,6 +244,91 @@ class Prefiller:
             out.append((k_all[:, :, rows].clone(memory_format=torch.contiguous_format),
                         v_all[:, :, rows].clone(memory_format=torch.contiguous_format)))
         return out
+
+    # -- one camera's update as a CUDA graph ------------------------------------------------------------------------
+
+    def _graph(self, bucket: int) -> _Graph | None:
+        """The graph of ``bucket`` new tokens after up to GRAPH_MAX_KEYS - bucket kept ones: captured at first use
+        and checked against the eager forward on random inputs; None (and graphs off for good) when either fails."""
+        if bucket in self._graphs:
+            return self._graphs[bucket]
+        try:
+            graph = self._capture(bucket)
+            error = self._check_graph(graph)
+        except Exception as exc:  # capture refused by the driver, out of memory, ...
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            self.graphs_off_reason = f"bucket {bucket}: {error}"
+            log.warning("engine.prefill_graphs_off", reason=self.graphs_off_reason)
+            self._graphs.clear()
+            return None
+        self._graphs[bucket] = graph
+        return graph
+
+    def _capture(self, bucket: int) -> _Graph:
+        dev, dt = self.device, self.dtype
+        if self._workspace is None:
+            shape = (len(self.layers), self.kv_heads, GRAPH_MAX_KEYS, self.head_dim)
+            self._workspace = (torch.zeros(shape, dtype=dt, device=dev), torch.zeros(shape, dtype=dt, device=dev))
+        cu = torch.tensor([0, bucket], dtype=torch.int32, device=dev)
+        plan = _Plan([0], [bucket], [0], torch.arange(bucket, device=dev), cu, cu.clone(), bucket, GRAPH_MAX_KEYS,
+                     torch.zeros(bucket, dtype=torch.int64, device=dev))
+        cos = torch.zeros((bucket, 1, self.head_dim), dtype=dt, device=dev)
+        g = _Graph(bucket, torch.zeros((bucket, self.layers[0].input_layernorm.weight.shape[0]), dtype=dt,
+                                       device=dev), cos, cos.clone(), plan)
+        k_all, v_all = self._workspace
+
+        def body() -> None:
+            h, delta = g.h, None
+            for i, layer in enumerate(self.layers):
+                h, delta = self._layer(layer, h, delta, g.cos, g.sin, k_all[i], v_all[i], g.plan,
+                                       last=i == len(self.layers) - 1)
+
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            body()  # warm-up outside the graph: kernel selection, Triton compilation
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        g.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g.graph):
+            body()
+        return g
+
+    def _replay(self, g: _Graph, piece: _Piece, embeds: torch.Tensor, positions: torch.Tensor,
+                count: bool = True) -> KVPair:
+        assert self._workspace is not None and g.graph is not None
+        k_all, v_all = self._workspace
+        n, kept = piece.count, piece.kept
+        if piece.past is not None and kept:
+            k_all[:, :, :kept].copy_(piece.past[0])
+            v_all[:, :, :kept].copy_(piece.past[1])
+        g.h[:n].copy_(embeds)
+        pos = positions.to(self.device, torch.long)
+        pos = torch.cat([pos, pos[:, -1:].expand(3, g.bucket - n)], 1) if n < g.bucket else pos
+        cos, sin = self.rotary(g.h, pos[:, None, :])
+        g.cos.copy_(cos[0, :, None])
+        g.sin.copy_(sin[0, :, None])
+        g.plan.write.copy_(torch.arange(kept, kept + g.bucket), non_blocking=True)
+        g.plan.cu_q.copy_(torch.tensor([0, n], dtype=torch.int32), non_blocking=True)
+        g.plan.cu_k.copy_(torch.tensor([0, kept + n], dtype=torch.int32), non_blocking=True)
+        g.graph.replay()
+        self.graph_replays += count
+        return (k_all[:, :, : kept + n].clone(memory_format=torch.contiguous_format),
+                v_all[:, :, : kept + n].clone(memory_format=torch.contiguous_format))
+
+    def _check_graph(self, g: _Graph) -> str | None:
+        """The graph's K/V against the eager forward for random inputs of a partly filled bucket."""
+        gen = torch.Generator().manual_seed(1)
+        kept, n = 97, max(1, g.bucket - 7)
+        shape = (len(self.layers), self.kv_heads, kept, self.head_dim)
+        past = (torch.randn(shape, generator=gen).to(self.device, self.dtype),
+                torch.randn(shape, generator=gen).to(self.device, self.dtype))
+        embeds = (torch.randn((n, g.h.shape[1]), generator=gen) * 0.02).to(self.device, self.dtype)
+        positions = torch.arange(kept, kept + n)[None].expand(3, n).contiguous()
+        got = self._replay(g, _Piece(0, 0, n, past), embeds, positions, count=False)
+        want = self._forward_eager([PrefillItem(past, embeds, positions)], [_Piece(0, 0, n, past)])[0]
+        error = max(float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(got, want))
+        return None if error <= kernels.tolerance(self.dtype) else f"relative error {error:.2e} against eager"
 
     # -- one layer ----------------------------------------------------------------------------------------------
 
@@ -344,6 +463,8 @@ class Prefiller:
             "max_tokens": self.max_tokens,
             "calls": self.calls,
             "forwards": self.forwards,
+            "graphs": sorted(self._graphs), "graph_replays": self.graph_replays,
+            **({"graphs_off": self.graphs_off_reason} if self.graphs_off_reason else {}),
             **({"varlen_off": self.varlen_off_reason} if self.varlen_off_reason else {}),
             **({"kernels_off": self.kernels_off_reason} if self.kernels_off_reason else {}),
         }
