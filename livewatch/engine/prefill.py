@@ -25,9 +25,10 @@ embeddings, their M-RoPE positions) and drives the language model's layers with 
 With ``fused`` (CUDA; CPU tensors under Triton's interpreter in tests) the norms, with the residual add riding on
 them, the rotary of q and k with the K/V writes (forwards of up to 512 tokens) and the MLP's activation run as the
 Triton kernels of ``livewatch.engine.kernels`` once their self-test passed, as in the decode step. With ``graphs``
-(CUDA, varlen and fused kernels) a lone camera's update of up to 512 tokens, launch-bound otherwise, replays a CUDA
-graph per token bucket: a shared workspace of GRAPH_MAX_KEYS rows, the bucket's padding rows computed row-wise
-and never read (cu_q/cu_k bound the attention), each graph checked against the eager forward when captured.
+(CUDA, varlen and fused kernels) a lone camera's update of up to 1,536 tokens (launch-bound, or short of rows)
+replays a CUDA graph per token bucket: a shared workspace of GRAPH_MAX_KEYS rows, the bucket's padding rows
+computed row-wise and never read (cu_q/cu_k bound the attention), each graph checked against the eager forward
+when captured (at the engine's warm-up, or a bucket's first use).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class _Plan:
     back: torch.Tensor | None = None
 
 
-GRAPH_BUCKETS = (64, 128, 256, 512)  # new tokens of one camera's update that run as a CUDA graph
+GRAPH_BUCKETS = (64, 128, 256, 512, 1024, 1536)  # new tokens of one camera's update run as a CUDA graph
 GRAPH_MAX_KEYS = 8192  # kept + bucket: the graphs' shared workspace (2 x layers x kv_heads x this x head_dim)
 
 
@@ -247,9 +248,14 @@ class Prefiller:
 
     # -- one camera's update as a CUDA graph ------------------------------------------------------------------------
 
+    def prepare_graphs(self) -> None:
+        """Capture (and check) every bucket's graph now, at start-up, rather than at each bucket's first update."""
+        for bucket in (b for b in GRAPH_BUCKETS if self.graphs_off_reason is None):
+            self._graph(bucket)
+
     def _graph(self, bucket: int) -> _Graph | None:
-        """The graph of ``bucket`` new tokens after up to GRAPH_MAX_KEYS - bucket kept ones: captured at first use
-        and checked against the eager forward on random inputs; None (and graphs off for good) when either fails."""
+        """The graph of ``bucket`` new tokens after up to GRAPH_MAX_KEYS - bucket kept ones, captured and checked
+        against the eager forward; None (and graphs off for good) when either fails."""
         if bucket in self._graphs:
             return self._graphs[bucket]
         try:
@@ -424,9 +430,8 @@ class Prefiller:
         return plan
 
     def _check_varlen(self) -> str | None:
-        """Take flash attention's varlen kernel if this torch has it and it agrees with the masked path on random
-        inputs of the model's shapes and the workspace's layout (pieces of different kept and new lengths, one
-        without kept entries). Returns why not, or None."""
+        """Take flash attention's varlen kernel if it agrees with the masked path on random inputs of the model's
+        shapes and the workspace's layout (pieces of other kept and new lengths, one without kept ones); or why not."""
         fn = _varlen_attention()
         if fn is None:
             return "torch has no torch.nn.attention.varlen"
@@ -457,14 +462,9 @@ class Prefiller:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "attention": "flash_varlen" if self._varlen is not None else "sdpa_masked",
-            "kernels": "triton" if self.fused else "torch",
-            "max_tokens": self.max_tokens,
-            "calls": self.calls,
-            "forwards": self.forwards,
-            "graphs": sorted(self._graphs), "graph_replays": self.graph_replays,
-            **({"graphs_off": self.graphs_off_reason} if self.graphs_off_reason else {}),
-            **({"varlen_off": self.varlen_off_reason} if self.varlen_off_reason else {}),
-            **({"kernels_off": self.kernels_off_reason} if self.kernels_off_reason else {}),
-        }
+        off = {"graphs_off": self.graphs_off_reason, "varlen_off": self.varlen_off_reason,
+               "kernels_off": self.kernels_off_reason}
+        return {"attention": "flash_varlen" if self._varlen is not None else "sdpa_masked",
+                "kernels": "triton" if self.fused else "torch", "max_tokens": self.max_tokens, "calls": self.calls,
+                "forwards": self.forwards, "graphs": sorted(self._graphs), "graph_replays": self.graph_replays,
+                **{k: v for k, v in off.items() if v}}

@@ -52,6 +52,8 @@ def warm_up(core: EngineCore, batch: BatchDecoder, tokens: int = 4) -> dict[str,
     h, w = target_size(*FRAME_SIZE, spec)
     # the vision tower's check and CUDA graphs for the grid of 720p/1080p cameras, every batch size
     timed("vision_graphs", lambda: core.encoder.tower.prepare((1, h // spec.patch_size, w // spec.patch_size)))
+    # a lone camera's prefix-update graphs, every token bucket (else the first update of each size pays its capture)
+    timed("prefill_graphs", core.encoder.prefiller.prepare_graphs)
     try:
         core.set_context(CAMERA, pairs[:3], 1)
         timed("build", encode)
