@@ -55,13 +55,22 @@ class RateLimit:
         self._times: deque[float] = deque()
 
     def allow(self) -> bool:
+        """Count one event, unless the window is full (then False)."""
+        if self.full():
+            return False
+        self.note()
+        return True
+
+    def full(self) -> bool:
+        """``count`` events in the last ``period`` seconds."""
         now = self._clock()
         while self._times and now - self._times[0] >= self.period:
             self._times.popleft()
-        if len(self._times) >= self.count:
-            return False
-        self._times.append(now)
-        return True
+        return len(self._times) >= self.count
+
+    def note(self) -> None:
+        """Count one event, full or not."""
+        self._times.append(self._clock())
 
     def retry_after(self) -> float:
         return max(0.0, self.period - (self._clock() - self._times[0])) if self._times else 0.0

@@ -86,7 +86,17 @@ class CancelReason(str, Enum):
 
 
 _MAX_CAMERA_OPS = 4  # camera.add / camera.remove / watch.add / watch.remove in flight per connection
-_INTERNAL = "internal error; see the daemon's log"
+INTERNAL_MESSAGE = "internal error; see the daemon's log"
+
+
+def public_failure(exc: Exception, *, shutting_down: bool, event: str, **fields: Any) -> tuple[ErrorCode, str]:
+    """A request's failure as its client sees it: requests' own errors say what went wrong; anything else is
+    ``internal`` with a fixed message, and the log gets ``event`` with the detail and the traceback."""
+    code = error_code(exc, shutting_down=shutting_down)
+    if code is not ErrorCode.INTERNAL:
+        return code, str(exc)
+    log.error(event, **fields, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    return code, INTERNAL_MESSAGE
 
 
 class InflightCounter:
@@ -354,10 +364,6 @@ class Connection:
             self._request_failed(req.id, exc, "conn.watch_op_failed")
 
     def _request_failed(self, rid: p.RequestId, exc: Exception, event: str) -> None:
-        """One error reply; requests' own errors say what went wrong, anything else is ``internal``, logged."""
-        code = error_code(exc, shutting_down=self.service.shutting_down)
-        if code is ErrorCode.INTERNAL:
-            log.error(event, request=str(rid), error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            self._error(rid, code, _INTERNAL)
-        else:
-            self._error(rid, code, str(exc))
+        """One error reply (``public_failure``)."""
+        self._error(rid, *public_failure(exc, shutting_down=self.service.shutting_down, event=event,
+                                         request=str(rid)))

@@ -13,16 +13,15 @@ import time
 
 from aiohttp import web
 
-from livewatch.errors import ErrorCode, error_code
+from livewatch.errors import ErrorCode
 from livewatch.log import get_logger
 from livewatch.metrics import Metrics
 from livewatch.server import openai_api as oa
 from livewatch.server import protocol as p
-from livewatch.server.handler import CancelReason, InflightCounter, Service
+from livewatch.server.handler import CancelReason, InflightCounter, Service, public_failure
 from livewatch.server.limits import ServerLimits
 
 log = get_logger("livewatch.server")
-_INTERNAL = "internal error; see the daemon's log"
 _WRITE_TIMEOUT_S = 30.0  # a streamed client that reads nothing for this long is cut off
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -157,11 +156,8 @@ class OpenAIRoutes:
         """The error a failed answer gets (``None``: cancelled by the daemon's stop)."""
         if exc is None or not isinstance(exc, Exception):
             return oa.OpenAIError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; the answer was cut")
-        code = error_code(exc, shutting_down=self.service.shutting_down)
-        if code is ErrorCode.INTERNAL:
-            log.error("http.completion_crashed", request=cid, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            return oa.OpenAIError(code, _INTERNAL)
-        return oa.OpenAIError(code, str(exc))
+        return oa.OpenAIError(*public_failure(exc, shutting_down=self.service.shutting_down,
+                                              event="http.completion_crashed", request=cid))
 
     def _fail(self, exc: oa.OpenAIError) -> web.Response:
         if self.metrics is not None:

@@ -18,9 +18,11 @@ import hmac
 import ipaddress
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+from livewatch.server.guard import RateLimit
 
 COOKIE = "livewatch_session"
 
@@ -64,44 +66,36 @@ class Sessions:
 
 
 class Guesses:
-    """Wrong tokens per peer address (a login or a bearer header): at most ``count`` in any ``period`` seconds,
-    then the peer is refused before its token is even compared, right or wrong. Bounded: the ``peers`` most
-    recently wrong are remembered."""
+    """Wrong tokens per peer address (a login or a bearer header): at most ``count`` in any ``period`` seconds
+    (a ``RateLimit`` per address), then the peer is refused before its token is even compared, right or wrong.
+    Bounded: the ``peers`` most recently wrong are remembered."""
 
     def __init__(self, count: int = 10, period: float = 60.0, peers: int = 4096,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.count, self.period, self.peers = count, period, peers
         self._clock = clock
-        self._wrong: OrderedDict[str, deque[float]] = OrderedDict()
+        self._wrong: OrderedDict[str, RateLimit] = OrderedDict()
         self.refused = 0
 
     def blocked(self, peer: str) -> bool:
-        times = self._recent(peer)
-        if times is not None and len(times) >= self.count:
+        window = self._wrong.get(peer)
+        if window is not None and window.full():
             self.refused += 1
             return True
         return False
 
     def failed(self, peer: str) -> None:
-        times = self._recent(peer)
-        if times is None:
-            times = self._wrong[peer] = deque()
+        window = self._wrong.get(peer)
+        if window is None:
+            window = self._wrong[peer] = RateLimit(self.count, self.period, self._clock)
             while len(self._wrong) > self.peers:
                 self._wrong.popitem(last=False)
         self._wrong.move_to_end(peer)
-        times.append(self._clock())
+        window.note()
 
     def retry_after(self, peer: str) -> float:
-        times = self._recent(peer)
-        return max(0.0, self.period - (self._clock() - times[0])) if times else 0.0
-
-    def _recent(self, peer: str) -> deque[float] | None:
-        times = self._wrong.get(peer)
-        if times is not None:
-            now = self._clock()
-            while times and now - times[0] >= self.period:
-                times.popleft()
-        return times
+        window = self._wrong.get(peer)
+        return window.retry_after() if window is not None else 0.0
 
 
 def host_allowed(host: str | None, allowed_origins: tuple[str, ...]) -> bool:

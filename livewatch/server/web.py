@@ -39,6 +39,7 @@ from livewatch.errors import ErrorCode
 from livewatch.log import get_logger
 from livewatch.metrics import CONTENT_TYPE
 from livewatch.server.guard import ConnectionGuard
+from livewatch.server.handler import INTERNAL_MESSAGE
 from livewatch.server.listener import Listener
 from livewatch.server.openai_api import error_body
 from livewatch.server.page import PUBLIC_PATHS, Page
@@ -173,7 +174,7 @@ class HttpServer:
             return refuse(request, exc.status, ErrorCode.BAD_REQUEST, exc.reason.lower())
         except Exception as exc:  # a bug: the client gets a fixed message, the log the detail (a minute apart)
             self._note("http.request_crashed", request.path, error=f"{type(exc).__name__}: {exc}")
-            return refuse(request, 500, ErrorCode.INTERNAL, "internal error; see the daemon's log")
+            return refuse(request, 500, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
 
     def _public(self, request: web.Request) -> bool:
         path = request.path
