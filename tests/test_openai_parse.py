@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from livewatch.engine.answer import StopFilter
@@ -96,12 +96,18 @@ def test_replies_have_openais_shapes() -> None:
 
 @given(st.lists(st.text(alphabet="ab\n", min_size=0, max_size=4), min_size=1, max_size=12),
        st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), min_size=1, max_size=3))
+@example(deltas=["ab", "a"], stops=["b", "aba"])
+@example(deltas=["aba"], stops=["b", "aba"])
+@example(deltas=["ab"], stops=["b", "ab"])
 def test_stop_strings_are_never_streamed_in_part(deltas: list[str], stops: list[str]) -> None:
-    """Whatever the pieces the detokenizer gives, the stream shows exactly the text before the first stop
-    string, and no prefix of what it showed holds one."""
+    """Whatever the pieces the detokenizer gives, the stream shows exactly what reading the text one character
+    at a time shows: the text before the first stop string to complete, and no prefix of it holds one."""
     full = "".join(deltas)
-    cut = full.find(min(stops, key=lambda s: (full.find(s) if s in full else len(full) + 1)))
-    expected = full[:cut] if any(s in full for s in stops) else full
+    expected = full
+    for n in range(len(full) + 1):
+        if done := [s for s in stops if full[:n].endswith(s)]:
+            expected = full[: n - max(map(len, done))]
+            break
     f = StopFilter(stops)
     shown = ""
     for delta in deltas:

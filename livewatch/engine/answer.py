@@ -128,9 +128,14 @@ class StopFilter:
 
 
 def split_at_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Where ``text`` ends before its first stop string, or None when it holds none."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
+    """Where ``text`` ends before the stop string that completes first, or None when it holds none. Reading the
+    text one character at a time would stop at the same place, so the cut does not depend on how the detokenizer
+    split the text into pieces (in "aba" with stops "b" and "aba", "b" completes first: the text is "a")."""
+    ends = [i + len(s) for s in stops if (i := text.find(s)) >= 0]
+    if not ends:
+        return None
+    end = min(ends)
+    return end - max(len(s) for s in stops if text.endswith(s, 0, end))
 
 
 def stop_prefix_length(text: str, stops: Sequence[str]) -> int:
