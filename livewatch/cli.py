@@ -132,6 +132,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         "log": settings.log.model_dump(),
         "state_dir": str(settings.state_dir),
         "cameras": {cam.name: redact_url(cam.url) for cam in settings.cameras},
+        "cluster": settings.cluster.model_dump(),
         "token": "set" if settings.token else "not set",
     }
     print(json.dumps(summary, indent=2))
@@ -146,6 +147,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log.level, settings.log.format)
     # the state directory, frames and saved camera URLs (credentials) are the daemon's alone, whatever the umask
     os.umask(os.umask(0) | 0o077)
+    if settings.cluster.backend == "ray":
+        from livewatch.cluster import prepare_ray_environment
+
+        prepare_ray_environment()
+        try:
+            from livewatch.cluster.front import ClusterDaemon
+        except ImportError as exc:
+            print(f"livewatch: cluster.backend = \"ray\" needs Ray: pip install 'livewatch[ray]' ({exc})",
+                  file=sys.stderr)
+            return 78  # EX_CONFIG, as a configuration error
+        return asyncio.run(ClusterDaemon(settings).run())
     return asyncio.run(Daemon(settings).run())
 
 

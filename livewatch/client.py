@@ -190,8 +190,12 @@ def format_status(reply: dict[str, Any]) -> str:
             f"sampled={cam.get('frames_sampled')} dropped={cam.get('frames_dropped')} "
             f"reconnects={cam.get('reconnects')}  frames in memory={mem.get('unique_frames')} "
             f"(star {mem.get('star_memory_size')}, window {mem.get('stream_memory_size')})"
+            + (f"  shard={cam['shard']}" if cam.get("shard") else "")
             + (f"  last error: {cam['last_error']}" if cam.get("last_error") else "")
         )
+    for shard, figures in sorted(reply.get("cluster", {}).get("shards", {}).items()):
+        lines.append(f"{shard}: {figures.get('state')}  device={figures.get('device')}  "
+                     f"cameras={len(figures.get('cameras', []))}  encode load={figures.get('busy')}")
     return "\n".join(lines)
 
 

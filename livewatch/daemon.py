@@ -103,19 +103,22 @@ class Daemon(WatchService):
         self._open_state_dir()
         specs, errors = self._camera_specs()
         await self._start_engine()
-        self.watches = start_watches(self.settings, self.worker, self.camera_names, self.store, self._describe,
-                                     self.metrics)
+        self.watches = self._start_watches()
         for name, spec in specs.items():
             await self._start_camera(name, spec, untrusted=name in self.registry.added, error=errors.get(name))
-        self.watches.warn_missing()
+        if self.watches is not None:
+            self.watches.warn_missing()
         await self._bind(tls)
         if self.notifier.watchdog_interval_s:
             self._watchdog = asyncio.create_task(self._ping_watchdog(self.notifier.watchdog_interval_s))
         log.info(
             "daemon.ready", url=f"{'wss' if tls else 'ws'}://{s.server.host}:{self.bound_port}",
-            cameras=sorted(self.cameras), encode_mode=s.model.encode_mode, auth=bool(s.token),
+            cameras=self.camera_names(), encode_mode=s.model.encode_mode, auth=bool(s.token),
         )
-        self.notifier.ready(f"serving {len(self.cameras)} camera(s) on port {self.bound_port}")
+        self.notifier.ready(f"serving {len(self.camera_names())} camera(s) on port {self.bound_port}")
+
+    def _start_watches(self) -> WatchManager | None:
+        return start_watches(self.settings, self.worker, self.camera_names, self.store, self._describe, self.metrics)
 
     def _camera_specs(self) -> tuple[dict[str, SourceSpec | None], dict[str, str]]:
         """Every camera's open arguments. A configured camera that cannot work is a config error; a saved one
@@ -161,13 +164,13 @@ class Daemon(WatchService):
                           max_new_tokens_limit=m.max_new_tokens_limit, encode_graphs=m.cuda_graphs == "auto",
                           fused_kernels=m.fused_kernels == "auto", evidence_ranking=m.evidence_ranking)
         self.notifier.status("preparing the decode path")
-        self.worker = EngineWorker(core, self.settings.engine_options(), on_encode=self._observe_encode,
+        self.worker = EngineWorker(core, self.settings.engine_options(), on_encode=self.observe_encode,
                                    on_death=self._engine_died, on_watches=self._watch_results)
         await asyncio.to_thread(self.worker.start)
 
     async def _bind(self, tls: ssl.SSLContext | None) -> None:
         srv = self.settings.server
-        self.guard.total = connection_budget(srv.max_connections, _FD_RESERVE + 8 * len(self.cameras))
+        self.guard.total = connection_budget(srv.max_connections, _FD_RESERVE + 8 * len(self.camera_names()))
         self.http = HttpServer(
             Endpoints(self.health, self.metrics.render, self._evidence, self._handle),
             HttpOptions(self.settings.token, tuple(srv.allowed_origins), srv.max_message_bytes,
@@ -181,6 +184,17 @@ class Daemon(WatchService):
         """Lock the state directory (fatal if another daemon holds it), then open the frame store. A directory that
         cannot be written leaves the daemon running from RAM (status: disk_cache_enabled = false)."""
         s = self.settings
+        if not self._lock_state_dir():
+            return
+        try:
+            self.store = FrameStore(s.state_dir)
+        except StorageError as exc:
+            log.error("store.unavailable", error=str(exc), state_dir=str(s.state_dir))
+            self.store = None
+
+    def _lock_state_dir(self) -> bool:
+        """Create and lock the state directory; False (logged) when it cannot be written."""
+        s = self.settings
         try:
             s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.state_lock.acquire()
@@ -188,12 +202,8 @@ class Daemon(WatchService):
             raise
         except OSError as exc:
             log.error("store.unavailable", error=str(exc), state_dir=str(s.state_dir))
-            return
-        try:
-            self.store = FrameStore(s.state_dir)
-        except StorageError as exc:
-            log.error("store.unavailable", error=str(exc), state_dir=str(s.state_dir))
-            self.store = None
+            return False
+        return True
 
     def _parse(self, url: str, *, api: bool) -> SourceSpec:
         """A camera URL to open arguments; ``api``: added over the API, so the API's scheme policy applies."""
@@ -227,7 +237,7 @@ class Daemon(WatchService):
         frame_size = self._frame_size()  # capture converts to it, memory stores at it: the model's pixel cap
         params = self.settings.memory_params(frame_size)
         assert self.worker is not None
-        memory = CameraMemory(name, params, self.store)
+        memory = CameraMemory(name, params, self._store_for(name))
         await asyncio.to_thread(memory.restore)  # a store it cannot read leaves it running from RAM (logged)
         runtime = CameraRuntime(
             name, spec, memory, self.worker.publish, self.capture, frame_size=frame_size,
@@ -237,6 +247,10 @@ class Daemon(WatchService):
         self.cameras[name] = runtime
         runtime.start()
         log.info("camera.attached", camera=name, source=spec.redacted if spec else None, failed=spec is None)
+
+    def _store_for(self, camera: str) -> FrameStore | None:
+        """The frame store of ``camera``'s memory: the daemon's one store (a cluster shard has one per camera)."""
+        return self.store
 
     def _engine_died(self, error: str) -> None:
         """Called on the dead engine thread: stop the daemon with a non-zero exit (systemd restarts it)."""
@@ -250,17 +264,20 @@ class Daemon(WatchService):
             log.error("daemon.fatal", error=str(exc), exit_code=exc.exit_code)
         self.request_stop("fatal error")
 
-    def _observe_encode(self, report: EncodeReport) -> None:
+    def observe_encode(self, report: EncodeReport) -> None:
         self.metrics.encode.observe(report.encode_ms / 1e3)
         self.metrics.encode_lag.observe(report.lag_s)
 
     async def _ping_watchdog(self, interval: float) -> None:
         while True:
-            if self.worker is not None and self.worker.alive:
+            if self._engine_alive():
                 self.notifier.watchdog()
             else:
-                log.error("watchdog.withheld", reason="the engine thread is not alive")
+                log.error("watchdog.withheld", reason="the engine is not alive")
             await asyncio.sleep(interval)
+
+    def _engine_alive(self) -> bool:
+        return self.worker is not None and self.worker.alive
 
     # -- phase 2: serve -----------------------------------------------------------------------------------------
 
@@ -313,6 +330,10 @@ class Daemon(WatchService):
                              return_exceptions=True)
         if self.http is not None:
             await self.http.close()
+        await self._stop_cameras_and_engine()
+        self.state_lock.release()
+
+    async def _stop_cameras_and_engine(self) -> None:
         await asyncio.gather(*(cam.stop() for cam in self.cameras.values()), return_exceptions=True)
         if self.watches is not None:
             await self.watches.stop()
@@ -322,7 +343,6 @@ class Daemon(WatchService):
         log.info("daemon.gpu_released")
         if self.store is not None:
             self.store.close()
-        self.state_lock.release()
 
     def _release_gpu(self) -> None:
         """Drop every reference to the model and its caches, then return the memory to the driver."""
@@ -382,14 +402,14 @@ class Daemon(WatchService):
                        "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open},
         }
 
-    def memory_frames(self, camera: str) -> list[dict[str, Any]]:
+    async def memory_frames(self, camera: str) -> list[dict[str, Any]]:
         runtime = self.cameras.get(camera)
         if runtime is None:
             raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {camera!r}")
         return evidence_list(camera, runtime.context, None)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        engine_up = self.worker is not None and self.worker.alive and not self.shutting_down
+        engine_up = self._engine_alive() and not self.shutting_down
         states = {name: rt.reader_stats()["state"] for name, rt in self.cameras.items()}
         cameras_up = not states or any(state == "streaming" for state in states.values())
         ok = engine_up and cameras_up
@@ -401,9 +421,9 @@ class Daemon(WatchService):
         log has the detail."""
         sec = self.settings.security
         async with self._camera_lock:
-            if name in self.cameras:
+            if name in self.camera_names():
                 raise RequestError(ErrorCode.CAMERA_EXISTS, f"a camera named {name!r} already exists")
-            if len(self.cameras) >= sec.max_cameras:
+            if len(self.camera_names()) >= sec.max_cameras:
                 raise RequestError(ErrorCode.TOO_MANY_CAMERAS, f"this daemon watches at most {sec.max_cameras} cameras "
                                    f"(security.max_cameras)")
             if not self._add_rate.allow():

@@ -43,6 +43,7 @@ class ErrorCode(str, Enum):
     MODEL_ERROR = "model_error"  # the model failed this request (out-of-memory included); the daemon goes on
     CANCELLED = "cancelled"  # the client cancelled the request
     SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
+    UNAVAILABLE = "unavailable"  # cluster: the camera's shard is gone and it waits for another; retry later
     INTERNAL = "internal"  # a bug or a state-directory failure; logged with a traceback
 
 

@@ -92,6 +92,30 @@ class _SnapshotCollector:
         gpu = GaugeMetricFamily("livewatch_gpu_memory_bytes", "GPU memory allocated by the model's process.")
         gpu.add_metric([], eng.get("gpu_memory_allocated", 0))
         yield gpu
+        if "cluster" in snap:
+            yield from _cluster_families(snap["cluster"])
+
+
+def _cluster_families(cluster: dict[str, Any]):
+    """The shards and the placement (a cluster's front only)."""
+    shards = cluster.get("shards", {})
+    up = GaugeMetricFamily("livewatch_shard_up", "1 when the shard is up (0 while it starts).", labels=["shard"])
+    cameras = GaugeMetricFamily("livewatch_shard_cameras", "Cameras placed on the shard.", labels=["shard"])
+    busy = GaugeMetricFamily("livewatch_shard_encode_load",
+                             "Encode seconds per second on the shard over the last minute (its measured load).",
+                             labels=["shard"])
+    for shard, figures in shards.items():
+        up.add_metric([shard], 1.0 if figures.get("state") == "up" else 0.0)
+        cameras.add_metric([shard], len(figures.get("cameras", [])))
+        if isinstance(figures.get("busy"), (int, float)):
+            busy.add_metric([shard], figures["busy"])
+    placed = GaugeMetricFamily("livewatch_camera_placement", "1 for the shard that runs the camera.",
+                               labels=["camera", "shard"])
+    for camera, shard in cluster.get("placement", {}).items():
+        placed.add_metric([camera, shard or ""], 1.0)
+    replaced = CounterMetricFamily("livewatch_cameras_replaced", "Cameras placed again after their shard was lost.")
+    replaced.add_metric([], cluster.get("replaced_cameras", 0))
+    yield from (up, cameras, busy, placed, replaced)
 
 
 class Metrics:

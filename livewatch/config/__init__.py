@@ -25,6 +25,7 @@ from livewatch.config.sections import (
     DEMO_CAMERA_URL,
     CameraSection,
     CaptureSection,
+    ClusterSection,
     EventsSection,
     FileConfig,
     LogSection,
@@ -43,7 +44,8 @@ from livewatch.names import CAMERA_NAME_RULE, is_camera_name
 from livewatch.server.limits import ServerLimits
 
 __all__ = [
-    "DEFAULT_MODEL_ID", "DEMO_CAMERA_URL", "Camera", "CameraSection", "CaptureSection", "FileConfig", "LogSection",
+    "DEFAULT_MODEL_ID", "DEMO_CAMERA_URL", "Camera", "CameraSection", "CaptureSection", "ClusterSection", "FileConfig",
+    "LogSection",
     "MemorySection", "ModelSection", "SecuritySection", "ServerSection", "Settings", "StateSection", "load_settings",
     "parse_config", "read_config_file", "with_credentials",
 ]
@@ -75,7 +77,8 @@ class Settings:
     events: EventsSection = EventsSection()
     watches: dict[str, WatchSpec] = field(default_factory=dict)
     webhook_secret: str | None = field(default=None, repr=False)
-    mqtt_password: str | None = field(default=None, repr=False)  # logged by the daemon once logging is set up (e.g. a world-readable token file)
+    mqtt_password: str | None = field(default=None, repr=False)
+    cluster: ClusterSection = ClusterSection()  # logged by the daemon once logging is set up (e.g. a world-readable token file)
 
     # The typed parameters each part takes, so the daemon passes objects, not keyword lists.
 
@@ -322,6 +325,9 @@ def load_settings(
     mqtt_password = _read_secret(source, "events.mqtt_password", ev.mqtt_password_env, ev.mqtt_password_file, env,
                                  warnings)
     state = Path(os.path.expanduser(cfg.state.dir)) if cfg.state.dir else default_state_dir(env)
+    if cfg.cluster.backend == "ray" and watches:
+        raise ConfigError(f"{source}: watches are not available with cluster.backend = \"ray\" yet "
+                          f"(remove the [watches] tables or use backend = \"local\")")
     return Settings(
         source=source,
         model=cfg.model,
@@ -338,4 +344,5 @@ def load_settings(
         watches=watches,
         webhook_secret=webhook_secret,
         mqtt_password=mqtt_password,
+        cluster=cfg.cluster,
     )

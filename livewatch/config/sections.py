@@ -301,6 +301,43 @@ class EventsSection(_Section):
         return value
 
 
+class ClusterSection(_Section):
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: this process runs the cameras and the model; ray: camera shards as Ray actors, "
+        "one per GPU, behind this process's server (pip install 'livewatch[ray]')."
+    )
+    address: str = Field(
+        "auto", min_length=1, description="Ray cluster to join: auto (this node's), HOST:PORT or ray://HOST:PORT."
+    )
+    namespace: str = Field(
+        "livewatch", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Ray namespace of the shards (one per daemon)."
+    )
+    shards: int = Field(
+        0, ge=0, le=4096, description="Shards to run; 0: one per gpus_per_shard GPUs of the cluster, as nodes come and go."
+    )
+    gpus_per_shard: float = Field(1.0, gt=0, le=16, description="GPUs each shard reserves (its actor's num_gpus).")
+    cpus_per_shard: float = Field(1.0, ge=0, le=256, description="CPUs each shard reserves (capture, JPEG, store).")
+    store_dir: str = Field(
+        "", description="Frame store every node reaches (a shared directory); required with backend = ray."
+    )
+    health_interval_s: float = Field(2.0, gt=0, le=60, description="Seconds between two health checks of the shards.")
+    shard_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A shard that does not answer a call this long is lost and replaced."
+    )
+    start_timeout_s: float = Field(
+        600.0, gt=0, le=3600, description="Seconds a new shard may take to start (model load, warm-up)."
+    )
+    rebalance_moves: int = Field(
+        2, ge=0, le=1024, description="Cameras moved per health check to even the shards out (0: never move)."
+    )
+
+    @model_validator(mode="after")
+    def _store(self) -> "ClusterSection":
+        if self.backend == "ray" and not self.store_dir:
+            raise ValueError("backend = \"ray\" needs store_dir: a directory every node of the cluster reaches")
+        return self
+
+
 class FileConfig(_Section):
     model: ModelSection = ModelSection()
     capture: CaptureSection = CaptureSection()
@@ -314,6 +351,7 @@ class FileConfig(_Section):
         description="Cameras by name; without a [cameras] table, the built-in test-pattern camera 'demo'.",
     )
     events: EventsSection = EventsSection()
+    cluster: ClusterSection = ClusterSection()
     watches: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], WatchSection] = Field(
         default_factory=dict, description="Watches by name: standing yes/no questions delivered as events."
     )

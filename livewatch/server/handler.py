@@ -55,7 +55,7 @@ class Service(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def memory_frames(self, camera: str) -> list[dict[str, Any]]:
+    async def memory_frames(self, camera: str) -> list[dict[str, Any]]:
         """The frames of the camera's context, by time (RequestError for an unknown camera)."""
 
     async def add_camera(self, name: str, url: str) -> str: ...
@@ -86,6 +86,7 @@ class CancelReason(str, Enum):
 
 
 _MAX_CAMERA_OPS = 4  # camera.add / camera.remove / watch.add / watch.remove in flight per connection
+_MAX_OTHERS = 16  # those and memory requests in flight per connection
 INTERNAL_MESSAGE = "internal error; see the daemon's log"
 
 
@@ -233,12 +234,12 @@ class Connection:
         elif isinstance(req, p.Status):
             status = self.service.status()
             self.send(p.status_message(req.id, status["cameras"], status["engine"], status["memory"],
-                                       status.get("watches"), status.get("server")))
+                                       status.get("watches"), status.get("server"), status.get("cluster")))
         elif isinstance(req, p.Memory):
-            try:
-                self.send(p.memory_message(req.id, req.camera, self.service.memory_frames(req.camera)))
-            except Exception as exc:
-                self._request_failed(req.id, exc, "conn.memory_failed")
+            if len(self._others) >= _MAX_OTHERS:
+                self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_OTHERS} requests other than questions in flight")
+            else:
+                self._spawn(self._memory(req))
         elif isinstance(req, (p.CameraAdd, p.CameraRemove, wp.WatchAdd, wp.WatchRemove)):
             if len(self._others) >= _MAX_CAMERA_OPS:
                 self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera or watch operations in flight")
@@ -343,6 +344,12 @@ class Connection:
             self._request_failed(req.id, exc, "conn.camera_add_failed")
         else:
             self.send(p.camera_added_message(req.id, req.name, redacted))
+
+    async def _memory(self, req: p.Memory) -> None:
+        try:
+            self.send(p.memory_message(req.id, req.camera, await self.service.memory_frames(req.camera)))
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.memory_failed")
 
     async def _camera_remove(self, req: p.CameraRemove) -> None:
         try:

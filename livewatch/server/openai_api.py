@@ -29,6 +29,7 @@ _STATUS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.BUSY: (429, "rate_limit_error"),
     ErrorCode.NO_FRAMES: (503, "service_unavailable"),
     ErrorCode.SHUTTING_DOWN: (503, "service_unavailable"),
+    ErrorCode.UNAVAILABLE: (503, "service_unavailable"),
     ErrorCode.CANCELLED: (499, "cancelled"),
     ErrorCode.MODEL_ERROR: (500, "server_error"),
     ErrorCode.INTERNAL: (500, "server_error"),

@@ -301,9 +301,13 @@ def error_message(request_id: RequestId | None, code: ErrorCode, message: str) -
 def status_message(
     request_id: RequestId, cameras: dict[str, Any], engine: dict[str, Any], memory: dict[str, Any],
     watches: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> str:
-    return _dump({"type": "status", "id": request_id, "cameras": cameras, "engine": engine, "memory": memory,
-                  "watches": watches or {}, "server": server or {}})
+    message = {"type": "status", "id": request_id, "cameras": cameras, "engine": engine, "memory": memory,
+               "watches": watches or {}, "server": server or {}}
+    if cluster is not None:
+        message["cluster"] = cluster
+    return _dump(message)
 
 
 def memory_message(request_id: RequestId, camera: str, frames: list[dict[str, Any]]) -> str:
