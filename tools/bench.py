@@ -28,6 +28,9 @@ Sections (each in the JSON; the markdown table summarises):
   kernels     (GPU, not by default) the decode step with PyTorch's kernels against the fused Triton kernels
   oom         (GPU, not by default) a real CUDA out-of-memory in the middle of a question
   agreement   (not by default) the fast path's greedy agreement with the eager path, on its own
+  shards      (GPU, not by default; alone, needs Ray) one Ray actor per GPU (num_gpus=1), each with its own model:
+              capacity's sweep on one shard alone, then on every shard at once in lockstep (same N each), and
+              the cameras kept fresh by one GPU against all of them (--shard-cameras N,N,...)
   floors      each measured figure against its physical floor (decode: LLM weight bytes / bandwidth; prefill and
               vision: FLOPs / matmul rate)
 Answers have a fixed length (end-of-turn ignored) so runs compare. Figures that depend on the machine are labelled
@@ -55,7 +58,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_memory  # noqa: E402
 from benchkit import (  # noqa: E402
-    agreement, capacity, ceilings, eager, fastpath, history, ingest, kernels, oom, prototype, scaling, watches,
+    agreement, capacity, ceilings, eager, fastpath, history, ingest, kernels, oom, prototype, scaling, shards, watches,
 )
 from benchkit.common import FULL, TINY, Plan, build_model, machine, warm_up  # noqa: E402
 from benchkit.report import floors, markdown  # noqa: E402
@@ -66,12 +69,15 @@ from livewatch.engine.synthetic import FrameBank  # noqa: E402
 
 @dataclass
 class Run:
-    """What a section is given: the model, the run's sizes, the frames, and the report so far."""
+    """What a section is given: the model, the run's sizes, the frames, the report so far, the command line.
+
+    A section of DRIVERLESS builds its models in its own processes: it gets no model and no frames (None)."""
 
     lm: LoadedModel
     plan: Plan
     bank: FrameBank
     report: dict[str, Any]
+    args: argparse.Namespace
 
 
 # Run in this order (fastpath compares itself with the livewatch section's eager path, so it needs it).
@@ -88,9 +94,11 @@ SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "capacity": lambda r: capacity.run(r.lm, r.plan),
     "watches": lambda r: watches.run(r.lm, r.plan),  # not by default: watch evaluation cost and watched cameras
     "history": lambda r: history.run(r.lm, r.plan),  # not by default: range questions, find, evidence ranking
+    "shards": lambda r: shards.run(r.args, r.plan, _ints(r.args.shard_cameras)),  # GPU, alone (DRIVERLESS)
     # new sections here (--sections lists this table's names)
 }
 NEEDS = {"fastpath": "livewatch"}  # a section that runs only when the one it needs runs too
+DRIVERLESS = {"shards"}  # sections whose own processes (Ray actors) build the models: run alone, no model here
 DEFAULT_SECTIONS = "prototype,livewatch,fastpath,scaling,capacity,ingest"  # also what the markdown table needs
 
 
@@ -108,6 +116,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", default=DEFAULT_SECTIONS,
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench")
+    parser.add_argument("--shard-cameras", help="shards: cameras per shard, comma-separated (default "
+                        f"{','.join(map(str, shards.CAMERAS))}; --tiny {','.join(map(str, shards.TINY_CAMERAS))})")
     parser.add_argument("--profile-decode", action="store_true",
                         help="print the GPU kernels of one eager decode step (batch 1 and 16) and exit")
     args = parser.parse_args(argv)
@@ -117,7 +127,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give --model, --arch ARCH --random-weights, or --tiny")
     if args.arch and not args.model and args.arch != "tiny" and not args.random_weights:
         parser.error("--arch needs --random-weights (weights are not downloaded)")
+    chosen = set(args.sections.split(","))
+    if chosen & DRIVERLESS and not chosen <= DRIVERLESS:
+        parser.error(f"{','.join(sorted(chosen & DRIVERLESS))} runs alone (its actors take the GPUs): "
+                     f"--sections {','.join(sorted(chosen & DRIVERLESS))}")
+    if chosen & DRIVERLESS and args.profile_decode:
+        parser.error("--profile-decode needs this process's model: not with --sections shards")
     return args
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(x) for x in text.split(",")) if text else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,23 +150,35 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging("warning", "console", stream=sys.stderr)
     t_start = time.time()
-    lm = build_model(args)
-    report: dict[str, Any] = {
-        "model": lm.model_id, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "plan": asdict(plan),
-        "machine": machine(lm),
-    }
-    print(f"[bench] {report['machine']['device_name']} {report['machine']['dtype']} model={lm.model_id}", flush=True)
-    report["ceilings"] = ceilings.run(lm.device, args.tiny)
-    print(f"[bench] ceilings {report['ceilings']}", flush=True)
-    bank = FrameBank(plan.frame_size)
-    warm_up(lm, bank)
-    if args.profile_decode:
-        kernels.profile_decode(lm, plan, bank)
-        return 0
-    run = Run(lm, plan, bank, report)
+    if sections <= DRIVERLESS:  # the section's actors build their own models on their GPUs: none here
+        report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "plan": asdict(plan),
+            "machine": shards.host(),
+        }
+        print(f"[bench] {report['machine']['gpus']} GPUs {report['machine']['gpu_names']}; no model in the driver",
+              flush=True)
+        run = Run(None, plan, None, report, args)  # type: ignore[arg-type]  # DRIVERLESS sections use neither
+    else:
+        lm = build_model(args)
+        report = {
+            "model": lm.model_id, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "plan": asdict(plan),
+            "machine": machine(lm),
+        }
+        print(f"[bench] {report['machine']['device_name']} {report['machine']['dtype']} model={lm.model_id}",
+              flush=True)
+        report["ceilings"] = ceilings.run(lm.device, args.tiny)
+        print(f"[bench] ceilings {report['ceilings']}", flush=True)
+        bank = FrameBank(plan.frame_size)
+        warm_up(lm, bank)
+        if args.profile_decode:
+            kernels.profile_decode(lm, plan, bank)
+            return 0
+        run = Run(lm, plan, bank, report, args)
     for name, section in SECTIONS.items():
         if name in sections and NEEDS.get(name, name) in sections:
             report[name] = section(run)
+            if name in DRIVERLESS:
+                report.setdefault("model", report[name].get("model"))
             print(f"[bench] {name} {json.dumps(report[name])}", flush=True)
     if {"livewatch", "scaling"} <= sections:
         report["floors"] = floors(lm, report["ceilings"], report["livewatch"], report["scaling"], report.get("fastpath"))

@@ -155,7 +155,7 @@ async def settle(worker: EngineWorker, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _sweep(lm: LoadedModel, plan: Plan, runs: list[tuple[int, int, int]],
+async def sweep(lm: LoadedModel, plan: Plan, runs: list[tuple[int, int, int]],
                  make_core: type[EngineCore]) -> list[dict[str, Any]]:
     """Each run: (cameras, window slack in pairs, encode step token budget)."""
     bank = FrameBank(target_size(*plan.frame_size, lm.spec))
@@ -211,10 +211,10 @@ def run(lm: LoadedModel, plan: Plan) -> dict[str, Any]:
     runs = [(n, plan.capacity_slack, budget) for n in plan.capacity_cameras]
     runs += [(n, 0, budget) for n in plan.capacity_no_slack]  # the same load without window slack
     runs += [(n, plan.capacity_slack, budget // 2) for n in plan.capacity_no_slack]  # and with shorter steps
-    results = asyncio.run(_sweep(lm, plan, runs, EngineCore))
+    results = asyncio.run(sweep(lm, plan, runs, EngineCore))
     free(lm.device)
     proto_runs = [(n, plan.capacity_slack, budget) for n in plan.capacity_prototype]
-    proto = asyncio.run(_sweep(lm, plan, proto_runs, PrototypeCore))
+    proto = asyncio.run(sweep(lm, plan, proto_runs, PrototypeCore))
     free(lm.device)
     kept = kept_fresh([r for r in results if r["window_slack_pairs"] == plan.capacity_slack
                        and r["encode_step_tokens"] == budget])

@@ -35,7 +35,7 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _write_stream(video: Path, seconds: float) -> None:
+def write_stream(video: Path, seconds: float) -> None:
     """1080p30 with a 1 s GOP, like most cameras: eight synthetic scenes, each panning for a second."""
     from clips import write_h264
 
@@ -113,7 +113,7 @@ def run(plan: Plan, frame_size: FrameSize) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="livewatch-bench-"))
     video = tmp / "1080p30.mp4"
     n = int(plan.ingest_seconds * 30)
-    _write_stream(video, plan.ingest_seconds)
+    write_stream(video, plan.ingest_seconds)
     full_cpu, full_sampled = _full_decode(video, frame_size)
     skip_cpu, skip_sampled, skip_stats = _livewatch_path(video, frame_size)
     scoring_ms = _scoring_ms(frame_size)
