@@ -118,7 +118,14 @@ class Daemon(WatchService):
         self.notifier.ready(f"serving {len(self.camera_names())} camera(s) on port {self.bound_port}")
 
     def _start_watches(self) -> WatchManager | None:
-        return start_watches(self.settings, self.worker, self.camera_names, self.store, self._describe, self.metrics)
+        assert self.worker is not None
+        store = self.store
+
+        def read_frame(camera: str, frame_id: int) -> bytes | None:
+            return store.read_frame(camera, frame_id) if store is not None else None
+
+        return start_watches(self.settings, self.worker.set_watches, self.camera_names, read_frame, self._describe,
+                             self.metrics)
 
     def _camera_specs(self) -> tuple[dict[str, SourceSpec | None], dict[str, str]]:
         """Every camera's open arguments. A configured camera that cannot work is a config error; a saved one

@@ -100,6 +100,10 @@ class RequestError(RecoverableError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[type[RequestError], tuple[ErrorCode, str]]:
+        """Pickled whole (a cluster shard's error crosses Ray to the front)."""
+        return (type(self), (self.code, str(self)))
+
 
 class CancelledRequest(RecoverableError):
     """A request stopped before it finished because its client or the daemon cancelled it."""

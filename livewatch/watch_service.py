@@ -23,7 +23,6 @@ from livewatch.engine.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, StorageError
 from livewatch.log import get_logger
 from livewatch.memory.jpegfile import thumbnail
-from livewatch.memory.store import FrameStore
 from livewatch.metrics import Metrics
 from livewatch.find import find as find_moments
 from livewatch.server.watchproto import Find, WatchAdd
@@ -55,13 +54,14 @@ def build_sinks(settings: Settings, on_sent: Callable[[str, float], None]) -> li
 
 def start_watches(
     settings: Settings,
-    worker: EngineWorker | None,
+    engine_set: Callable[[str, dict[str, str]], None],
     camera_names: Callable[[], Sequence[str]],
-    frames: FrameStore | None,
+    read_frame: Callable[[str, int], bytes | None],
     describe: Callable[[str, str, int], Awaitable[str]],
     metrics: Metrics,
 ) -> WatchManager:
-    assert worker is not None
+    """``engine_set(camera, {watch: condition})`` gives the engine a camera's watches (a cluster's front: to the
+    camera's shard); ``read_frame`` reads an event's evidence frame."""
     store = WatchStore(settings.state_dir)
     try:
         store.load()
@@ -69,16 +69,13 @@ def start_watches(
         aside = store.move_aside()
         log.error("watches.unreadable", error=str(exc), moved_to=str(aside) if aside else None)
 
-    def read_frame(camera: str, frame_id: int) -> bytes | None:
-        return frames.read_frame(camera, frame_id) if frames is not None else None
-
     def observe(sink: str, latency_s: float) -> None:
         metrics.event_latency.labels(sink).observe(latency_s)
 
     ev = settings.events
     sinks = build_sinks(settings, observe)
     manager = WatchManager(
-        store, settings.watches, worker.set_watches, camera_names, read_frame, describe,
+        store, settings.watches, engine_set, camera_names, read_frame, describe,
         sinks=sinks, tz=resolve_tz(settings.model.timezone), max_watches=ev.max_watches,
         describe_tokens=ev.describe_tokens, on_latency=observe,
     )

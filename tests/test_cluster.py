@@ -79,27 +79,37 @@ class RayCluster:
         name the cluster's temporary directory on their command line, and their children (the agents rename
         themselves)."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self._processes():
+            for pid in processes(str(self.temp).encode()):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             time.sleep(2)
         shutil.rmtree(self.temp, ignore_errors=True)
 
-    def _processes(self) -> set[int]:
-        parents: dict[int, int] = {}
-        found: set[int] = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if str(self.temp).encode() in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-        while more := {pid for pid, parent in parents.items() if parent in found} - found:
-            found |= more
-        return found - {os.getpid()}
+    def kill_node(self, node_id: str) -> None:
+        """A node lost at once: its raylet and everything under it killed (SIGKILL)."""
+        found = processes(f"--node_id={node_id}".encode())
+        assert found, f"no raylet for node {node_id}"
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def processes(marker: bytes) -> set[int]:
+    """The processes whose command line holds ``marker``, and all their descendants."""
+    parents: dict[int, int] = {}
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if marker in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    while more := {pid for pid, parent in parents.items() if parent in found} - found:
+        found |= more
+    return found - {os.getpid()}
 
 
 @pytest.fixture()
@@ -173,9 +183,18 @@ def test_shards_spread_answer_survive_a_kill_and_take_new_cameras(cluster: RayCl
             moment = found[-1]["moments"][0]
             with urllib.request.urlopen(f"http://127.0.0.1:{d.port}{moment['frame_url']}", timeout=10) as r:
                 assert r.read()[:2] == b"\xff\xd8"
-            refused = request(ws, {"type": "watch.add", "id": "w", "name": "w", "camera": "a",
-                                   "condition": "a person"})[-1]
-            assert refused["type"] == "error" and refused["code"] == "bad_request"
+            # a watch: evaluated by camera b's shard, its event decided and delivered by the front
+            with sync_connect(d.url) as events:
+                events.send(json.dumps({"type": "watch.subscribe", "id": "sub"}))
+                added = request(ws, {"type": "watch.add", "id": "w", "name": "anything", "camera": "b",
+                                     "condition": "something is visible", "on": 0.001, "off": 0.0, "confirm": 1})
+                assert added[-1]["type"] == "watch.added", added[-1]
+                while (event := json.loads(events.recv(timeout=60)))["type"] != "event":
+                    pass
+            assert event["watch"] == "anything" and event["camera"] == "b" and event["kind"] == "started"
+            assert status(ws)["watches"]["watches"]["anything"]["evaluations"] >= 1
+            with urllib.request.urlopen(f"http://127.0.0.1:{d.port}{event['frame_url']}", timeout=10) as r:
+                assert r.read()[:2] == b"\xff\xd8"  # its evidence frame, from the shared store
 
             # a star in camera a's memory, then its shard killed while it answers
             wait_until(lambda: status(ws)["memory"]["a"].get("star_memory_size", 0) >= 2, 60, interval=0.5)
@@ -232,10 +251,21 @@ def test_shards_spread_answer_survive_a_kill_and_take_new_cameras(cluster: RayCl
             assert added["type"] == "camera.added", added
             assert status(ws)["cluster"]["placement"]["c"] == empty[0]
 
+            # that node is lost (its raylet and shard killed): camera c goes back to the two shards left
+            cluster.kill_node(status(ws)["cluster"]["shards"][empty[0]]["node"])
+
+            def c_served_elsewhere() -> bool:
+                camera = status(ws)["cameras"]["c"]
+                return camera.get("state") == "streaming" and camera["shard"] not in (None, empty[0])
+
+            wait_until(c_served_elsewhere, 60, interval=0.5)
+            assert empty[0] not in status(ws)["cluster"]["shards"]
+            c_shard = status(ws)["cameras"]["c"]["shard"]
+
         with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
-        assert f'livewatch_camera_placement{{camera="c",shard="{empty[0]}"}} 1.0' in metrics
-        assert "livewatch_shard_encode_load" in metrics and "livewatch_cameras_replaced_total 1.0" in metrics
+        assert f'livewatch_camera_placement{{camera="c",shard="{c_shard}"}} 1.0' in metrics
+        assert "livewatch_shard_encode_load" in metrics and "livewatch_cameras_replaced_total 2.0" in metrics
         assert d.terminate(30) == 0
         events = [e.get("event") for e in d.logs()]
         assert "shard.lost" in events and "cluster.left" in events

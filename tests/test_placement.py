@@ -31,15 +31,15 @@ def test_new_cameras_spread_before_any_load_is_measured_then_follow_the_load() -
         p.add_camera(camera)
         target = p.choose()
         assert target is not None
-        p.assign(camera, target)
+        p.assign(camera, target, 0.0)
     assert placed(p) == {"s0": ["a", "c"], "s1": ["b", "d"]}
     # s0's two cameras cost 0.6 of its time, s1's two 0.2: the next cameras go to s1 until its estimate catches up
-    p.report("s0", 0.6, {"a", "c"})
-    p.report("s1", 0.2, {"b", "d"})
+    p.report("s0", 0.6, {"a", "c"}, 100.0)
+    p.report("s1", 0.2, {"b", "d"}, 100.0)
     assert p.camera_cost() == pytest.approx(0.2)
     for camera in "ef":
         p.add_camera(camera)
-        p.assign(camera, p.choose() or "")
+        p.assign(camera, p.choose() or "", 0.0)
     assert placed(p)["s1"] == ["b", "d", "e", "f"]
     assert p.estimate("s1") == pytest.approx(0.6)
 
@@ -50,7 +50,7 @@ def test_a_lost_shard_leaves_its_cameras_waiting_and_they_go_to_the_survivor() -
     p.add_shard("s1")
     for camera, shard in (("a", "s0"), ("b", "s1"), ("c", "s0")):
         p.add_camera(camera)
-        p.assign(camera, shard)
+        p.assign(camera, shard, 0.0)
     assert p.remove_shard("s0") == ["a", "c"]
     assert p.waiting() == ["a", "c"] and p.owner["b"] == "s1"
     assert p.choose() == "s1"
@@ -63,18 +63,18 @@ def test_moves_even_a_new_shard_out_a_few_at_a_time_and_never_churn() -> None:
     p.add_shard("s0")
     for i in range(6):
         p.add_camera(f"c{i}")
-        p.assign(f"c{i}", "s0")
+        p.assign(f"c{i}", "s0", 0.0)
     p.add_shard("s1")
-    first = p.moves(2)
+    first = p.moves(2, 200.0)
     assert len(first) == 2 and all(src == "s0" and dst == "s1" for _, src, dst in first)
     for camera, _, dst in first:
-        p.assign(camera, dst)
-    second = p.moves(5)
+        p.assign(camera, dst, 0.0)
+    second = p.moves(5, 200.0)
     for camera, _, dst in second:
-        p.assign(camera, dst)
+        p.assign(camera, dst, 0.0)
     assert sorted(len(v) for v in placed(p).values()) == [3, 3]
-    assert p.moves(5) == []  # balanced: nothing moves
-    assert p.moves(0) == []
+    assert p.moves(5, 200.0) == []  # balanced: nothing moves
+    assert p.moves(0, 200.0) == []
 
 
 def test_moves_follow_the_measured_load() -> None:
@@ -83,14 +83,32 @@ def test_moves_follow_the_measured_load() -> None:
         p.add_shard(shard)
     for camera, shard in (("a", "s0"), ("b", "s0"), ("c", "s1"), ("d", "s1")):
         p.add_camera(camera)
-        p.assign(camera, shard)
-    p.report("s0", 0.8, {"a", "b"})  # 0.4 a camera
-    p.report("s1", 0.1, {"c", "d"})
-    moves = p.moves(4)
+        p.assign(camera, shard, 0.0)
+    p.report("s0", 0.8, {"a", "b"}, 100.0)  # 0.4 a camera
+    p.report("s1", 0.1, {"c", "d"}, 100.0)
+    moves = p.moves(4, 200.0)
     assert moves and moves[0][1:] == ("s0", "s1")
-    p.report("s0", 0.4, {"a", "b"})
-    p.report("s1", 0.4, {"c", "d"})
-    assert p.moves(4) == []  # equal counts and loads
+    assert p.moves(4, 230.0) == []  # the measurements have not seen that move yet
+    p.report("s0", 0.4, {"a", "b"}, 300.0)
+    p.report("s1", 0.4, {"c", "d"}, 300.0)
+    assert p.moves(4, 300.0) == []  # equal counts and loads
+
+
+def test_a_camera_placed_within_the_load_window_counts_at_the_estimated_cost() -> None:
+    p = Placement(window=60.0)
+    p.add_shard("s0")
+    p.add_shard("s1")
+    for camera, shard in (("a", "s0"), ("b", "s1")):
+        p.add_camera(camera)
+        p.assign(camera, shard, 0.0)
+    p.report("s0", 0.5, {"a"}, 100.0)
+    p.report("s1", 0.5, {"b"}, 100.0)
+    p.add_camera("c")
+    p.assign("c", "s0", 110.0)
+    p.report("s0", 0.5, {"a", "c"}, 120.0)  # c runs, but the last minute's load hardly holds it yet
+    assert p.estimate("s0") == pytest.approx(1.0) and p.choose() == "s1"
+    p.report("s0", 1.0, {"a", "c"}, 180.0)
+    assert p.shards["s0"].unmeasured == set() and p.estimate("s0") == pytest.approx(1.0)
 
 
 @given(st.lists(st.integers(0, 3), min_size=1, max_size=40), st.integers(1, 4))
@@ -100,11 +118,11 @@ def test_moves_never_widen_the_count_gap(assignment: list[int], shards: int) -> 
         p.add_shard(f"s{s}")
     for i, s in enumerate(assignment):
         p.add_camera(f"c{i}")
-        p.assign(f"c{i}", f"s{s % shards}")
+        p.assign(f"c{i}", f"s{s % shards}", 0.0)
     before = [len(v.cameras) for v in p.shards.values()]
-    for camera, src, dst in p.moves(100):
+    for camera, src, dst in p.moves(100, 200.0):
         assert p.owner[camera] == src
-        p.assign(camera, dst)
+        p.assign(camera, dst, 0.0)
     after = [len(v.cameras) for v in p.shards.values()]
     assert max(after) - min(after) <= max(1, max(before) - min(before))
     assert sum(after) == len(assignment)
@@ -129,13 +147,15 @@ def test_cluster_configuration(tmp_path: Path) -> None:
     cfg.write_text('[cluster]\nbackend = "ray"\n')
     with pytest.raises(ConfigError, match="store_dir"):
         load_settings(cfg, environ={})
-    cfg.write_text('[cluster]\nbackend = "ray"\nstore_dir = "/srv/store"\nshards = 3\n'
-                   '[watches.w]\ncamera = "demo"\ncondition = "a person"\n')
-    with pytest.raises(ConfigError, match="watches are not available"):
+    cfg.write_text('[cluster]\nbackend = "ray"\nstore_dir = "/srv/store"\nshards = 3\nhealth_interval_s = 0\n')
+    with pytest.raises(ConfigError, match="cluster.health_interval_s"):
         load_settings(cfg, environ={})
     cfg.write_text('[cluster]\nbackend = "ray"\nstore_dir = "/srv/store"\ngpus_per_shard = 0.5\n')
     s = load_settings(cfg, environ={})
     assert s.cluster.backend == "ray" and s.cluster.gpus_per_shard == 0.5 and s.cluster.address == "auto"
+    cfg.write_text('[cluster]\nbackend = "ray"\nstore_dir = "/srv/store"\naddress = "ray://head:10001"\n')
+    with pytest.raises(ConfigError, match="cluster.address"):  # Ray Client cannot stream from actors
+        load_settings(cfg, environ={})
     cfg.write_text('[cluster]\nbackend = "kubernetes"\n')
     with pytest.raises(ConfigError, match="cluster.backend"):
         load_settings(cfg, environ={})
@@ -176,3 +196,21 @@ def test_the_single_machine_path_never_imports_ray(tmp_path: Path, tiny_model_di
                           str(free_port())],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_a_shards_errors_reach_the_front_as_public_errors_only() -> None:
+    import pickle
+
+    from livewatch.cluster.ray_backend import public_cause
+    from livewatch.errors import CameraError, EngineError, ErrorCode, RequestError
+
+    again = pickle.loads(pickle.dumps(RequestError(ErrorCode.NO_FRAMES, "no frames yet")))
+    assert again.code is ErrorCode.NO_FRAMES and str(again) == "no frames yet"  # Ray pickles a shard's errors
+    copied = public_cause(RequestError(ErrorCode.UNKNOWN_CAMERA, "no camera named 'x'"), "memory_frames")
+    assert isinstance(copied, RequestError) and copied.code is ErrorCode.UNKNOWN_CAMERA
+    assert isinstance(public_cause(CameraError("bad URL"), "attach"), CameraError)
+    oom = public_cause(EngineError("out of memory", out_of_memory=True), "ask")
+    assert isinstance(oom, EngineError) and oom.out_of_memory
+    hidden = public_cause(KeyError("/srv/secret/path on 10.0.0.7"), "evidence")
+    assert isinstance(hidden, RuntimeError) and "secret" not in str(hidden) and "KeyError" in str(hidden)
+    assert "unknown" in str(public_cause(None, "status"))

@@ -7,13 +7,19 @@ cost of the cameras placed on it since that measurement (at the mean camera cost
 cameras, then the shard id, so placing 20 cameras at start spreads them before any shard has measured anything, and
 in lazy mode (no encodes until a question) the counts decide.
 
+A camera placed less than ``window`` seconds ago (the span of the load measurement) still counts at the estimated
+cost: the shard's measured load does not hold it fully yet.
+
 Placement is sticky: a camera stays on its shard until that shard is lost or ``moves`` picks it to even the load
 out after a shard joins. ``moves`` moves a camera only across a gap of more than one and a half cameras' load, and at
 most ``limit`` per call, so a rebalance after a shard joins happens a few cameras at a time while questions go on.
+After moves made by load, no other move by load for ``window`` seconds: both shards' measurements must first see
+the change (moves by count, where nothing was measured, need no wait).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -28,9 +34,12 @@ class ShardLoad:
 
 
 class Placement:
-    def __init__(self) -> None:
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
         self.shards: dict[str, ShardLoad] = {}
         self.owner: dict[str, str | None] = {}  # every camera the front serves; None: waiting for a shard
+        self.placed_at: dict[str, float] = {}
+        self.last_move = -math.inf  # the last moves decided by load
 
     # -- shards -----------------------------------------------------------------------------------------------
 
@@ -45,12 +54,13 @@ class Placement:
             self.owner[camera] = None
         return orphans
 
-    def report(self, shard: str, busy: float, cameras: set[str]) -> None:
-        """A shard's measured load over the cameras it runs now."""
+    def report(self, shard: str, busy: float, cameras: set[str], now: float) -> None:
+        """A shard's measured load over the cameras it runs now (measured over the last ``window`` seconds)."""
         s = self.shards.get(shard)
         if s is not None:
             s.busy = max(0.0, busy)
-            s.unmeasured = s.cameras - cameras
+            s.unmeasured = {c for c in s.cameras
+                            if c not in cameras or now - self.placed_at.get(c, -math.inf) < self.window}
 
     # -- cameras ----------------------------------------------------------------------------------------------
 
@@ -60,12 +70,14 @@ class Placement:
     def remove_camera(self, camera: str) -> str | None:
         """Forget ``camera``; the shard it ran on, if any."""
         shard = self.owner.pop(camera, None)
+        self.placed_at.pop(camera, None)
         if shard is not None and shard in self.shards:
             self.shards[shard].cameras.discard(camera)
             self.shards[shard].unmeasured.discard(camera)
         return shard
 
-    def assign(self, camera: str, shard: str) -> None:
+    def assign(self, camera: str, shard: str, now: float) -> None:
+        self.placed_at[camera] = now
         old = self.owner.get(camera)
         if old is not None and old in self.shards:
             self.shards[old].cameras.discard(camera)
@@ -105,13 +117,15 @@ class Placement:
         cost = self.camera_cost()
         return min(self.shards, key=lambda s: (round(self.estimate(s, cost), 6), len(self.shards[s].cameras), s))
 
-    def moves(self, limit: int) -> list[tuple[str, str, str]]:
+    def moves(self, limit: int, now: float) -> list[tuple[str, str, str]]:
         """Up to ``limit`` (camera, from, to) moves that even the shards out, most loaded to least loaded. A move
         is made only while the gap between the two is over one and a half cameras' load (two cameras by count
         where no load was measured), so a balanced cluster never churns."""
         if limit <= 0 or len(self.shards) < 2:
             return []
         cost = self.camera_cost()
+        if cost > 0 and now - self.last_move < self.window:
+            return []
         loads = {s: self.estimate(s, cost) for s in self.shards}
         counts = {s: len(v.cameras) for s, v in self.shards.items()}
         members = {s: sorted(v.cameras) for s, v in self.shards.items()}
@@ -132,4 +146,6 @@ class Placement:
             loads[dst] += per_camera
             counts[src] -= 1
             counts[dst] += 1
+        if planned and cost > 0:
+            self.last_move = now
         return planned

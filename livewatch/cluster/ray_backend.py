@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from livewatch.cluster.shard import ShardHost
 from livewatch.config import Settings
+from livewatch.errors import CameraError, EngineError, RequestError
 from livewatch.log import get_logger
 
 log = get_logger("livewatch.cluster")
@@ -25,7 +26,11 @@ _STREAM_WINDOW = 64  # answer items a shard may run ahead of the front (Ray's ge
 
 
 class ShardGone(Exception):
-    """The shard's actor died, or did not answer in time."""
+    """The shard's actor died: the shard is lost."""
+
+
+class ShardTimeout(Exception):
+    """The shard did not answer a call in time (it may only be busy: one request fails, the health check decides)."""
 
 
 class RayBackend:
@@ -53,14 +58,20 @@ class RayBackend:
         ).remote(settings, shard_id, store_root)
 
     async def call(self, handle: Any, method: str, *args: Any, timeout: float) -> Any:
+        """``handle.method(*args)``. Its own RequestError, CameraError or EngineError arrives as raised (their texts
+        are public); any other exception of the method becomes a RuntimeError naming only its class."""
         try:
             return await asyncio.wait_for(getattr(handle, method).remote(*args), timeout)
-        except (RayActorError, GetTimeoutError, TimeoutError) as exc:
+        except (GetTimeoutError, TimeoutError) as exc:
+            raise ShardTimeout(f"{method} took over {timeout:g} s") from exc
+        except RayTaskError as exc:
+            raise public_cause(exc.cause, method) from None
+        except ActorUnavailableError as exc:  # a transient loss of contact, not a death
+            raise ShardTimeout(f"{method}: the shard is unreachable for now") from exc
+        except RayActorError as exc:
             raise ShardGone(type(exc).__name__) from exc
-        except RayTaskError as exc:  # the method's own exception (a RequestError, a CameraError): as it was raised
-            raise exc.as_instanceof_cause() from None
-        except RayError as exc:
-            raise ShardGone(type(exc).__name__) from exc
+        except RayError as exc:  # an unserializable result or argument, a lost object: this call failed
+            raise RuntimeError(f"{method} failed in Ray: {type(exc).__name__}") from exc
 
     async def stream(self, handle: Any, method: str, *args: Any) -> AsyncIterator[Any]:
         """The items of a shard's generator as it yields them; leaving early (or being cancelled) cancels it on
@@ -71,6 +82,10 @@ class RayBackend:
             async for ref in gen:
                 yield await ref
             finished = True
+        except RayTaskError as exc:
+            raise public_cause(exc.cause, method) from None
+        except ActorUnavailableError as exc:
+            raise ShardTimeout(f"{method}: the shard is unreachable for now") from exc
         except RayActorError as exc:
             raise ShardGone(type(exc).__name__) from exc
         finally:
@@ -89,3 +104,15 @@ class RayBackend:
     def shutdown(self) -> None:
         if ray.is_initialized():
             ray.shutdown()
+
+
+def public_cause(cause: BaseException | None, method: str) -> Exception:
+    """What the front raises for a shard method's own exception: a fresh copy of a public one, else a RuntimeError
+    that names only its class (Ray's text of a remote error holds the shard's traceback, host and paths)."""
+    if isinstance(cause, RequestError):
+        return RequestError(cause.code, str(cause))
+    if isinstance(cause, CameraError):
+        return CameraError(str(cause))
+    if isinstance(cause, EngineError):
+        return EngineError(str(cause), out_of_memory=cause.out_of_memory)
+    return RuntimeError(f"{method} failed on the shard: {type(cause).__name__ if cause else 'unknown error'}")

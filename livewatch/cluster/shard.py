@@ -1,9 +1,10 @@
 """One camera shard: the cameras placed on one GPU, with their capture, memory and engine (a Ray actor's body).
 
 ``ShardHost`` is the actor class (``ray.remote`` is applied by the front, so this module imports no Ray). It runs a
-``ShardDaemon``: the daemon's camera, memory and engine parts without the server, the watches or the state
+``ShardDaemon``: the daemon's camera, memory and engine parts without the server, the watch manager or the state
 directory. Frames and KV caches stay in this process; what leaves it is small: streamed answer text, status
-figures, evidence JPEGs.
+figures, evidence JPEGs, and watch results (the engine evaluates the watches of its cameras, which the front's
+watch manager sets; the results stream to the front, whose manager decides the events and delivers them).
 
 Each camera has a frame store of its own under the shared store directory, ``<store_dir>/cameras/<name>/``, so a
 camera that moves (its shard lost, or a rebalance) restores its star memory and stream window on the shard that
@@ -25,7 +26,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,13 @@ from livewatch.capture.source import SourceSpec
 from livewatch.config import Settings
 from livewatch.daemon import Daemon
 from livewatch.engine.core import EncodeReport
+from livewatch.engine.watcheval import WatchResult
 from livewatch.errors import ErrorCode, RequestError, StorageError
 from livewatch.log import configure_logging, get_logger
 from livewatch.memory.jpegfile import thumbnail
+from livewatch.memory.rebuild import camera_dir, read_frame_file
 from livewatch.memory.store import FrameStore
+from livewatch.names import is_camera_name
 from livewatch.server.handler import public_failure
 from livewatch.server.protocol import Ask
 from livewatch.server.watchproto import Find
@@ -44,10 +47,18 @@ from livewatch.server.watchproto import Find
 log = get_logger("livewatch.shard")
 
 LOAD_WINDOW_S = 60.0  # the measured encode load is over this much recent time
+RESULTS_KEPT = 256  # batches of watch results a shard keeps while the front does not read them
 
 
 def camera_store_dir(store_root: Path, camera: str) -> Path:
+    if not is_camera_name(camera):  # never a path out of the store (the protocol checked it already)
+        raise ValueError(f"invalid camera name: {camera[:80]!r}")
     return store_root / "cameras" / camera
+
+
+def stored_frame(store_root: Path, camera: str, frame_id: int) -> bytes | None:
+    """A frame of ``camera`` read from the shared store (by any process, while its shard writes)."""
+    return read_frame_file(camera_dir(camera_store_dir(store_root, camera), camera), frame_id)
 
 
 class EncodeLoad:
@@ -71,27 +82,57 @@ class EncodeLoad:
 
 
 class ShardDaemon(Daemon):
-    """The daemon's cameras and engine, without a server, watches or a state directory of its own."""
+    """The daemon's cameras and engine, without a server, a watch manager or a state directory of its own."""
 
     def __init__(self, settings: Settings, shard_id: str, store_root: Path) -> None:
-        super().__init__(replace(settings, watches={}))
+        super().__init__(settings)
         self.shard_id = shard_id
         self.store_root = store_root
         self.stores: dict[str, FrameStore] = {}
         self.load = EncodeLoad()
+        self.results: deque[list[WatchResult]] = deque(maxlen=RESULTS_KEPT)  # watch results the front has not read
+        self._results_ready = asyncio.Event()
 
     async def startup(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._start_engine()
 
+    def _watch_results(self, results: list[WatchResult]) -> None:
+        """On the engine thread: kept for the front (the oldest dropped when it does not read for long)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._keep_results, results)
+
+    def _keep_results(self, results: list[WatchResult]) -> None:
+        self.results.append(results)
+        self._results_ready.set()
+
+    async def next_results(self) -> list[WatchResult]:
+        """Every watch result kept since the last call (waits for one)."""
+        while not self.results:
+            self._results_ready.clear()
+            await self._results_ready.wait()
+        batch = [r for results in self.results for r in results]
+        self.results.clear()
+        return batch
+
+    def set_watches(self, camera: str, watches: dict[str, str]) -> None:
+        if self.worker is not None:
+            self.worker.set_watches(camera, watches)
+
+    async def describe(self, camera: str, question: str, tokens: int) -> str:
+        return await self._describe(camera, question, tokens)
+
     def _store_for(self, camera: str) -> FrameStore | None:
+        return self.stores.get(camera)  # opened by attach, on a thread
+
+    def _open_store(self, camera: str) -> FrameStore | None:
+        """The camera's own store (its check, or a rebuild of a damaged index, may take a while)."""
         try:
-            store = FrameStore(camera_store_dir(self.store_root, camera))
+            return FrameStore(camera_store_dir(self.store_root, camera))
         except StorageError as exc:  # the camera runs from RAM (status: disk_cache_enabled = false)
             log.error("store.unavailable", camera=camera, error=str(exc))
             return None
-        self.stores[camera] = store
-        return store
 
     def observe_encode(self, report: EncodeReport) -> None:
         super().observe_encode(report)
@@ -103,8 +144,12 @@ class ShardDaemon(Daemon):
         os.kill(os.getpid(), signal.SIGKILL)
 
     async def attach(self, name: str, spec: SourceSpec | None, untrusted: bool, error: str | None) -> None:
-        if name not in self.cameras:
-            await self._start_camera(name, spec, untrusted=untrusted, error=error)
+        if name in self.cameras:
+            return
+        store = await asyncio.to_thread(self._open_store, name)
+        if store is not None:
+            self.stores[name] = store
+        await self._start_camera(name, spec, untrusted=untrusted, error=error)
 
     async def detach(self, name: str, *, delete: bool) -> None:
         runtime = self.cameras.pop(name, None)
@@ -146,9 +191,22 @@ class ShardHost:
         log.info("shard.ready", shard=self.shard_id, device=str(lm.device), pid=os.getpid())
         return {"device": str(lm.device), "pid": os.getpid(), "node": _node_id()}
 
-    async def attach(self, name: str, spec: SourceSpec | None, untrusted: bool, error: str | None) -> None:
-        """Run camera ``name`` here, its memory restored from its store."""
+    async def attach(self, name: str, spec: SourceSpec | None, untrusted: bool, error: str | None,
+                     watches: dict[str, str]) -> None:
+        """Run camera ``name`` here, its memory restored from its store, evaluating ``watches`` (name -> condition)."""
         await self.daemon.attach(name, spec, untrusted, error)
+        self.daemon.set_watches(name, watches)
+
+    def set_watches(self, camera: str, watches: dict[str, str]) -> None:
+        self.daemon.set_watches(camera, watches)
+
+    async def watch_results(self) -> AsyncIterator[list[WatchResult]]:
+        """The watch results of this shard's cameras, as the engine produces them, for as long as the front reads."""
+        while True:
+            yield await self.daemon.next_results()
+
+    async def describe(self, camera: str, question: str, tokens: int) -> str:
+        return await self.daemon.describe(camera, question, tokens)
 
     async def detach(self, name: str, delete: bool) -> None:
         """Stop camera ``name`` here; ``delete``: its frames too (camera.remove), else they wait for its next shard."""

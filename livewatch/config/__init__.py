@@ -325,9 +325,6 @@ def load_settings(
     mqtt_password = _read_secret(source, "events.mqtt_password", ev.mqtt_password_env, ev.mqtt_password_file, env,
                                  warnings)
     state = Path(os.path.expanduser(cfg.state.dir)) if cfg.state.dir else default_state_dir(env)
-    if cfg.cluster.backend == "ray" and watches:
-        raise ConfigError(f"{source}: watches are not available with cluster.backend = \"ray\" yet "
-                          f"(remove the [watches] tables or use backend = \"local\")")
     return Settings(
         source=source,
         model=cfg.model,

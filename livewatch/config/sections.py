@@ -307,7 +307,8 @@ class ClusterSection(_Section):
         "one per GPU, behind this process's server (pip install 'livewatch[ray]')."
     )
     address: str = Field(
-        "auto", min_length=1, description="Ray cluster to join: auto (this node's), HOST:PORT or ray://HOST:PORT."
+        "auto", min_length=1, pattern=r"^(auto|[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$",
+        description="Ray cluster to join: auto (the cluster of this node) or the head's GCS address HOST:PORT.",
     )
     namespace: str = Field(
         "livewatch", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Ray namespace of the shards (one per daemon)."

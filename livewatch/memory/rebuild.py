@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +24,37 @@ INDEX_NAME = "index.sqlite3"
 LOST_FOUND = "lost+found"  # '+' is not allowed in camera names, so no camera directory can be this one
 FRAME_NAME = re.compile(r"(0|[1-9][0-9]{0,17})-([01])\.jpg")
 TMP_NAME = re.compile(r"(0|[1-9][0-9]{0,17})-[01]\.jpg\.tmp")
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
+    """A file's bytes, or None: never through a symlink, only a regular file (a FIFO cannot block the reader), at
+    most ``max_bytes``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        data = fh.read(max_bytes + 1)
+    return data if len(data) <= max_bytes else None
+
+
+def read_frame_file(directory: Path, pair_id: int, max_bytes: int = 16 << 20) -> bytes | None:
+    """The JPEG of pair ``pair_id``'s newest frame in a camera's directory of a store (read without the index,
+    so another process may read while the store's owner writes)."""
+    for name in (f"{pair_id}-1.jpg", f"{pair_id}-0.jpg"):
+        if (data := read_regular_file(directory / name, max_bytes)) is not None:
+            return data
+    return None
+
+
+def camera_dir(state_root: Path, camera: str) -> Path:
+    """Where a store opened on ``state_root`` keeps ``camera``'s frame files."""
+    if camera in ("", ".", "..", LOST_FOUND) or "/" in camera:
+        raise ValueError(f"invalid camera name for the frame store: {camera!r}")
+    return state_root / "frames" / camera
 
 
 @dataclass

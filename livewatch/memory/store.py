@@ -59,7 +59,8 @@ from livewatch.errors import StorageError
 from livewatch.log import get_logger
 from livewatch.memory.jpegfile import FrameMeta, PairRecord, decode_jpeg, tag_jpeg
 from livewatch.memory.rebuild import (
-    FRAME_NAME, INDEX_NAME, LOST_FOUND, TMP_NAME, RebuildReport, fsync_dir, move_index_aside, rebuild_index,
+    FRAME_NAME, INDEX_NAME, TMP_NAME, RebuildReport, camera_dir, fsync_dir, move_index_aside,
+    read_frame_file, read_regular_file, rebuild_index,
 )
 
 log = get_logger("livewatch.store")
@@ -132,15 +133,7 @@ def _is_frame_file(path: Path) -> bool:
 
 def _read_frame_file(path: Path) -> bytes | None:
     """A frame file's bytes, or None: never through a symlink, only a regular file, at most MAX_FRAME_FILE_BYTES."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FRAME_FILE_BYTES:
-            return None
-        return fh.read(MAX_FRAME_FILE_BYTES + 1)
+    return read_regular_file(path, MAX_FRAME_FILE_BYTES)
 
 
 class _CorruptIndex(Exception):
@@ -244,9 +237,7 @@ class FrameStore:
                 raise StorageError(f"cannot close the frame index {self.index_path}: {exc}") from exc
 
     def _dir(self, camera: str) -> Path:
-        if camera in ("", ".", "..", LOST_FOUND) or "/" in camera:
-            raise ValueError(f"invalid camera name for the frame store: {camera!r}")
-        return self.root / camera
+        return camera_dir(self.root.parent, camera)
 
     def read_pair(self, camera: str, record: PairRecord) -> list[np.ndarray] | None:
         """The decoded frames of a stored pair (a history question's), None when a file is missing or broken."""
@@ -260,18 +251,8 @@ class FrameStore:
         return images
 
     def read_frame(self, camera: str, pair_id: int, max_bytes: int = 16 << 20) -> bytes | None:
-        """The JPEG of pair ``pair_id``'s newest frame (None when it is not stored: left memory, or never saved).
-        Links are not followed; a file over ``max_bytes`` is not read."""
-        d = self._dir(camera)
-        for name in (f"{pair_id}-1.jpg", f"{pair_id}-0.jpg"):
-            try:
-                fd = os.open(d / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as fh:
-                data = fh.read(max_bytes + 1)
-            return data if len(data) <= max_bytes else None
-        return None
+        """The JPEG of pair ``pair_id``'s newest frame (None when it is not stored: left memory, or never saved)."""
+        return read_frame_file(self._dir(camera), pair_id, max_bytes)
 
     def _files(self, camera: str, record: PairRecord) -> list[Path]:
         d = self._dir(camera)
