@@ -80,3 +80,15 @@ def test_the_bench_uses_no_private_attribute_of_another_module() -> None:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             for name in re.findall(r"(?<!self)\.(_[a-z]\w*)", line):
                 assert name in allowed, f"{path.name}:{n}: {line.strip()}"
+
+
+def test_the_capacity_plan_prints_from_measurements() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "capacity_plan.py"), "--cameras", "1000", "--watches",
+                          "2", "--seconds", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    per_gpu, plan = report["per_gpu"], report["plan"]
+    assert per_gpu["watched_sustained"] == 64 and per_gpu["kept_fresh"] == 128  # the H100 bench results
+    assert plan["gpus"] == 16 and plan["gpus_surviving_one_node_loss"] == 24
+    assert 0.5 < plan["network_mbps_per_camera"] < 50  # a 1080p30 H.264 stream, measured
+    assert 0.05 < plan["disk_gb_per_camera_day"] < 10 and report["stream"]["frame_size"] == "420x224"

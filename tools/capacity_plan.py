@@ -47,7 +47,7 @@ def per_gpu() -> dict[str, Any]:
             "watched_sustained": watched, "device": json.loads(CAPACITY.read_text())["machine"].get("device_name")}
 
 
-def stream_figures(tmp: Path) -> dict[str, float]:
+def stream_figures(tmp: Path, seconds: float = SECONDS) -> dict[str, Any]:
     """The stream's bitrate, and the bytes on disk per stored pair of its frames at the model's cap."""
     import av
     import numpy as np
@@ -57,8 +57,8 @@ def stream_figures(tmp: Path) -> dict[str, float]:
     from livewatch.memory.store import FrameStore
 
     video = tmp / "1080p30.mp4"
-    write_stream(video, SECONDS)
-    bitrate = video.stat().st_size * 8 / SECONDS
+    write_stream(video, seconds)
+    bitrate = video.stat().st_size * 8 / seconds
     h, w = target_size(*FULL_HD, SPEC_3B)
     frames: list[np.ndarray] = []
     with av.open(str(video)) as container:
@@ -78,7 +78,7 @@ def stream_figures(tmp: Path) -> dict[str, float]:
     return {"bitrate_bps": bitrate, "bytes_per_pair": stored / max(1, pairs), "frame_size": f"{w}x{h}"}
 
 
-def plan(cameras: int, watches: int, node_gpus: int, gpu: dict[str, Any], stream: dict[str, float]) -> dict[str, Any]:
+def plan(cameras: int, watches: int, node_gpus: int, gpu: dict[str, Any], stream: dict[str, Any]) -> dict[str, Any]:
     per_gpu_cameras = gpu["watched_sustained"] if watches else gpu["kept_fresh"]
     gpus = math.ceil(cameras / per_gpu_cameras)
     nodes = math.ceil(gpus / node_gpus)
@@ -99,13 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=int, default=1000)
     parser.add_argument("--watches", type=int, default=2)
     parser.add_argument("--node-gpus", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=SECONDS, help="length of the 1080p stream written")
     args = parser.parse_args(argv)
     from livewatch.log import configure_logging
 
     configure_logging("warning", "console", stream=sys.stderr)
     gpu = per_gpu()
     with tempfile.TemporaryDirectory(prefix="livewatch-plan-") as tmp:
-        stream = stream_figures(Path(tmp))
+        stream = stream_figures(Path(tmp), args.seconds)
     result = {"per_gpu": gpu, "stream": {k: (round(v) if isinstance(v, float) else v) for k, v in stream.items()},
               "plan": plan(args.cameras, args.watches, args.node_gpus, gpu, stream)}
     print(json.dumps(result, indent=2))
