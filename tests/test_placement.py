@@ -214,3 +214,27 @@ def test_a_shards_errors_reach_the_front_as_public_errors_only() -> None:
     hidden = public_cause(KeyError("/srv/secret/path on 10.0.0.7"), "evidence")
     assert isinstance(hidden, RuntimeError) and "secret" not in str(hidden) and "KeyError" in str(hidden)
     assert "unknown" in str(public_cause(None, "status"))
+
+
+def test_the_ray_node_unit_verifies_and_keeps_the_daemons_network_hardening(tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    root = Path(__file__).resolve().parent.parent
+    unit = (root / "systemd" / "livewatch-ray.service").read_text()
+    target = tmp_path / "livewatch-ray.service"
+    target.write_text(unit.replace("/opt/livewatch/.venv/bin/ray", str(Path(sys.executable).parent / "ray")))
+    out = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+    daemon_unit = (root / "systemd" / "livewatch.service").read_text()
+    deny = re.search(r"^IPAddressDeny=.*$", daemon_unit, re.M)
+    assert deny and deny.group(0) in unit  # the kernel's last word on link-local addresses, on the shards too
+    for needed in ("User=livewatch", "RAY_AUTH_MODE=token", "ray start --block", "DevicePolicy=closed",
+                   "ProtectSystem=strict", "NoNewPrivileges=yes", "UMask=0077"):
+        assert needed in unit
+    rated = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(target)],
+                           capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", rated.stdout)
+    assert m and float(m.group(1)) <= 4.2, rated.stdout[-800:]
