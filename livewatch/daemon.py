@@ -17,12 +17,10 @@ The daemon is also the ``Service`` that connections call.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from livewatch.camera_runtime import CameraRuntime
@@ -39,8 +37,8 @@ from livewatch.errors import (
     ErrorCode,
     CameraError, ConfigError, EngineDiedError, FatalError, RequestError, StateDirBusyError, StorageError,
 )
-from livewatch.log import get_logger, redact_url
-from livewatch.memory.camera import CameraMemory, MemoryParams
+from livewatch.log import get_logger
+from livewatch.memory.camera import CameraMemory
 from livewatch.memory.store import FrameStore
 from livewatch.metrics import Metrics
 from livewatch.registry import CameraRegistry

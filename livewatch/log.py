@@ -12,9 +12,11 @@ URL with its password or the API token).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -137,3 +139,25 @@ def bind(**fields: Any) -> None:
 
 def unbind(*names: str) -> None:
     structlog.contextvars.unbind_contextvars(*names)
+
+
+class Throttle:
+    """At most one log line per key every ``interval`` seconds, so a flood (refused connections, a camera that
+    keeps failing, a lagging GPU) is a line a minute with a count rather than a line per occurrence, which
+    journald would rate-limit along with everything else."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._seen: dict[Hashable, tuple[int, float]] = {}  # occurrences held back since the last line, its time
+
+    def ready(self, key: Hashable = None) -> int:
+        """0: hold this occurrence back (counted); else log now: the occurrences since the last line, this one
+        included."""
+        held, last = self._seen.get(key, (0, -math.inf))
+        now = self._clock()
+        if now - last >= self.interval:
+            self._seen[key] = (0, now)
+            return held + 1
+        self._seen[key] = (held + 1, last)
+        return 0

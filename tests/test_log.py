@@ -68,3 +68,18 @@ def test_tracebacks_carry_no_locals_and_are_redacted_after_rendering() -> None:
         for secret in ("local-secret", "api-token-value", "hunter2", "hunter3"):
             assert secret not in text, (fmt, secret)
     structlog.reset_defaults()
+
+
+def test_a_throttle_lets_a_line_a_minute_through_per_key_with_the_count() -> None:
+    from livewatch.log import Throttle
+
+    now = [0.0]
+    t = Throttle(60.0, clock=lambda: now[0])
+    assert t.ready("a") == 1  # the first occurrence is logged at once
+    assert [t.ready("a") for _ in range(5)] == [0] * 5
+    assert t.ready("b") == 1  # keys are apart
+    now[0] = 59.9
+    assert t.ready("a") == 0
+    now[0] = 60.0
+    assert t.ready("a") == 7  # the six held back and this one
+    assert t.ready() == 1 and t.ready() == 0

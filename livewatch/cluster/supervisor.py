@@ -36,7 +36,7 @@ from livewatch.cluster.shard import LOAD_WINDOW_S, camera_store_dir
 from livewatch.config import Settings
 from livewatch.engine.watcheval import WatchResult
 from livewatch.errors import ErrorCode, RequestError
-from livewatch.log import get_logger
+from livewatch.log import Throttle, get_logger
 
 log = get_logger("livewatch.cluster")
 
@@ -86,7 +86,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._results: dict[str, asyncio.Task[None]] = {}
         self._next_start = 0.0
-        self._last_move = -LOAD_WINDOW_S
+        self._errors = Throttle()  # failures that repeat every round: a line a minute each
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -137,8 +137,9 @@ class Supervisor:
             try:
                 await step()
             except Exception as exc:  # a bug or a Ray failure in one step must not stop the others
-                log.error("cluster.step_failed", step=step.__name__, error=f"{type(exc).__name__}: {exc}",
-                          exc_info=exc)
+                if failures := self._errors.ready(("step", step.__name__)):
+                    log.error("cluster.step_failed", step=step.__name__, error=f"{type(exc).__name__}: {exc}",
+                              failures=failures, exc_info=exc)
 
     async def _check_all(self) -> None:
         await asyncio.gather(*(self._check(s) for s in list(self.shards.values()) if s.state == "up"))
@@ -150,7 +151,9 @@ class Supervisor:
             self.lost(shard, f"no status ({exc})")
             return
         except Exception as exc:
-            log.error("shard.status_failed", shard=shard.id, error=f"{type(exc).__name__}: {exc}")
+            if failures := self._errors.ready(("status", shard.id)):
+                log.error("shard.status_failed", shard=shard.id, error=f"{type(exc).__name__}: {exc}",
+                          failures=failures)
             return
         running = set(status["shard"]["cameras"])
         shard.status, shard.checked_at = status, time.time()
@@ -257,7 +260,9 @@ class Supervisor:
                 return
             except Exception as exc:  # the shard may run it half-started: the next health check stops the stray
                 self.placement.unassign(camera)
-                log.error("camera.attach_failed", camera=camera, shard=target, error=f"{type(exc).__name__}: {exc}")
+                if failures := self._errors.ready(("attach", camera)):  # retried every round: a line a minute
+                    log.error("camera.attach_failed", camera=camera, shard=target,
+                              error=f"{type(exc).__name__}: {exc}", failures=failures)
                 return
             cam.settled = True
             if self.watches.get(camera, {}) != sent:  # changed while it attached: the newest set wins
@@ -353,5 +358,7 @@ class Supervisor:
                 self.lost(shard, f"the watch results' stream broke ({exc})")
                 return
             except Exception as exc:
-                log.error("watches.results_stream_failed", shard=shard.id, error=f"{type(exc).__name__}: {exc}")
+                if failures := self._errors.ready(("results", shard.id)):
+                    log.error("watches.results_stream_failed", shard=shard.id, error=f"{type(exc).__name__}: {exc}",
+                              failures=failures)
                 await asyncio.sleep(1.0)

@@ -29,7 +29,7 @@ from livewatch.engine.generate import SamplingParams
 from livewatch.engine.scheduler import AskJob, Plan, Route, Scheduler, route
 from livewatch.engine.watcheval import WatchEvaluator, WatchResult
 from livewatch.errors import CancelledRequest, EngineError, RecoverableError
-from livewatch.log import bind, get_logger
+from livewatch.log import Throttle, bind, get_logger
 
 log = get_logger("livewatch.engine")
 INTERNAL = "internal error in the engine; the daemon's log has the detail"  # what a client sees of a bug
@@ -62,7 +62,7 @@ class EngineLoop:
         self.watch_versions: dict[str, int] = {}  # camera -> the context version its watches last saw
         self.watch_sets: dict[str, dict[str, str]] = {}  # camera -> the watches evaluated last
         self.watch_failures = 0  # evaluation steps that failed (out of memory, a model error)
-        self._watch_failure_logged = -math.inf
+        self._watch_failure_logged = Throttle()
 
     def has_work(self, now: float = math.inf) -> bool:
         return self.scheduler.has_work(now) or bool(self.batch.active)
@@ -124,9 +124,7 @@ class EngineLoop:
             oom = isinstance(exc, torch.OutOfMemoryError)
             if oom and self.core.lm.device.type == "cuda":
                 torch.cuda.empty_cache()
-            now = time.monotonic()
-            if now - self._watch_failure_logged >= 60.0:  # one line a minute, with the count
-                self._watch_failure_logged = now
+            if self._watch_failure_logged.ready():  # one line a minute, with the count
                 log.error("engine.watch_failed", cameras=len(due), error=type(exc).__name__, out_of_memory=oom,
                           failures=self.watch_failures, exc_info=not oom and not isinstance(exc, RuntimeError))
             for camera, version, _ in due:

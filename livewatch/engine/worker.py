@@ -38,7 +38,7 @@ from livewatch.engine.scheduler import AskJob, Scheduler
 from livewatch.engine.watcheval import WatchResult
 from livewatch.errors import CancelledRequest, EngineError, LivewatchError
 from livewatch.frames import FramePair
-from livewatch.log import bind, get_logger
+from livewatch.log import Throttle, bind, get_logger
 
 log = get_logger("livewatch.engine")
 
@@ -67,7 +67,7 @@ class EngineWorker:
         self.loop = EngineLoop(core, self.batch, self._sched, stopping=lambda: self._stopping,
                                encode_tokens=options.encode_step_tokens)
         self.lag_warning_s = options.lag_warning_s
-        self._lag_warned: dict[str, float] = {}  # camera -> when its lag was last logged
+        self._lag_warned = Throttle()  # a line per camera a minute
         self._cond = threading.Condition()
         self._stopping = False
         self._ready = threading.Event()
@@ -341,9 +341,7 @@ class EngineWorker:
         """An operator's signal that the GPU falls behind: at most one line per camera a minute."""
         if not self.eager or lag_s < self.lag_warning_s:
             return
-        now = time.monotonic()
-        if now - self._lag_warned.get(camera, -math.inf) >= 60.0:
-            self._lag_warned[camera] = now
+        if self._lag_warned.ready(camera):
             log.warning("engine.encode_lagging", camera=camera, lag_s=round(lag_s, 2), bound_s=self.lag_warning_s,
                         pending_encodes=len(self._sched.encodes))
 

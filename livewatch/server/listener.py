@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import resource
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any
 
-from livewatch.log import get_logger
+from livewatch.log import Throttle, get_logger
 from livewatch.server.guard import ConnectionGuard, descriptor_budget
 
 log = get_logger("livewatch.server")
@@ -43,7 +42,7 @@ class Listener:
         self.guard = guard
         self.handshake_timeout_s = handshake_timeout_s
         self._pending: dict[asyncio.BaseTransport, asyncio.TimerHandle] = {}
-        self._last_warning = float("-inf")
+        self._refusals = Throttle()
         self._server: asyncio.Server | None = None
 
     async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int,
@@ -78,9 +77,7 @@ class Listener:
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
         if not self.guard.acquire(peer):
-            now = time.monotonic()
-            if now - self._last_warning >= 60:  # a summary a minute, not a line per socket
-                self._last_warning = now
+            if self._refusals.ready():  # a summary a minute, not a line per socket
                 log.warning("conn.refused", reason="connection limit", open=self.guard.open, limit=self.guard.total,
                             per_peer_limit=self.guard.per_peer, refused_total=self.guard.refused)
             return None

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import json
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from livewatch.errors import ErrorCode
-from livewatch.log import get_logger
+from livewatch.log import Throttle, get_logger
 from livewatch.metrics import CONTENT_TYPE
 from livewatch.server.guard import ConnectionGuard
 from livewatch.server.handler import INTERNAL_MESSAGE
@@ -119,7 +118,7 @@ class HttpServer:
         self.app.router.add_get(_FRAME_ROUTE, self._frame)
         for path in WS_PATHS:
             self.app.router.add_get(path, self._websocket)
-        self._notes: dict[str, tuple[int, float]] = {}  # refusals since the last warning of each kind, its time
+        self._notes = Throttle()  # refusals: a summary a minute per kind
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
@@ -216,13 +215,8 @@ class HttpServer:
 
     def _note(self, event: str, path: str, **fields: str) -> None:
         """A summary a minute per kind of refusal, not a line per attempt (journald's rate limit)."""
-        count, last = self._notes.get(event, (0, float("-inf")))
-        now = time.monotonic()
-        if now - last >= 60:
-            log.warning(event, path=path[:128], attempts=count + 1, **fields)
-            self._notes[event] = (0, now)
-        else:
-            self._notes[event] = (count + 1, last)
+        if attempts := self._notes.ready(event):
+            log.warning(event, path=path[:128], attempts=attempts, **fields)
 
     # -- routes -----------------------------------------------------------------------------------------------------
 
