@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from livewatch.capture.source import SourceSpec
-from livewatch.cluster.ray_backend import ShardGone, ShardTimeout
 from livewatch.cluster.shard import raise_for, stored_frame
 from livewatch.cluster.supervisor import Shard, Supervisor
 from livewatch.config import EventsSection, Settings
@@ -94,19 +93,13 @@ class ClusterDaemon(Daemon):
 
     async def ask(self, request: Ask, camera: str, on_text: Callable[[str], None], client: str) -> Answered:
         shard = self.cluster.owner(camera)
-        try:
-            async for item in self.cluster.backend.stream(shard.handle, "ask", request, camera, client):
-                if "text" in item:
-                    on_text(item["text"])
-                    continue
-                raise_for(item)
-                answer = item["answer"]
-                return Answered(answer["text"], answer["metrics"], answer["evidence"])
-        except ShardGone as exc:
-            self.cluster.lost(shard, f"an answer's stream broke ({exc})")
-            raise self.cluster.unavailable(camera, "its shard stopped while answering") from None
-        except ShardTimeout:
-            raise self.cluster.unavailable(camera, "its shard is unreachable") from None
+        async for item in self.cluster.stream(shard, camera, "ask", request, camera, client):
+            if "text" in item:
+                on_text(item["text"])
+                continue
+            raise_for(item)
+            answer = item["answer"]
+            return Answered(answer["text"], answer["metrics"], answer["evidence"])
         raise RuntimeError(f"the answer from {shard.id} ended without a result")
 
     async def find(self, request: Find, progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
@@ -124,19 +117,13 @@ class ClusterDaemon(Daemon):
 
         async def search(shard: Shard, cameras: list[str]) -> list[dict[str, Any]]:
             sub = Find(request.id, request.query, tuple(cameras), request.since, request.until, request.top)
-            try:
-                async for item in self.cluster.backend.stream(shard.handle, "find", sub):
-                    if "progress" in item:
-                        steps[shard.id] = (int(item["progress"][0]), int(item["progress"][1]))
-                        progress(sum(d for d, _ in steps.values()), sum(t for _, t in steps.values()))
-                        continue
-                    raise_for(item)
-                    return list(item["result"])
-            except ShardGone as exc:
-                self.cluster.lost(shard, f"a search broke ({exc})")
-                raise self.cluster.unavailable(cameras[0], "its shard stopped while searching") from None
-            except ShardTimeout:
-                raise self.cluster.unavailable(cameras[0], "its shard is unreachable") from None
+            async for item in self.cluster.stream(shard, cameras[0], "find", sub):
+                if "progress" in item:
+                    steps[shard.id] = (int(item["progress"][0]), int(item["progress"][1]))
+                    progress(sum(d for d, _ in steps.values()), sum(t for _, t in steps.values()))
+                    continue
+                raise_for(item)
+                return list(item["result"])
             return []
 
         found = await asyncio.gather(*(search(self.cluster.shards[s], c) for s, c in by_shard.items()))

@@ -24,7 +24,7 @@ import asyncio
 import itertools
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,13 @@ class Supervisor:
         self.backend.shutdown()  # on the loop: nothing is served any more, and a thread could outlive the deadline
         log.info("cluster.left", shards=[s.id for s in shards])
 
+    def _failed(self, event: str, exc: Exception, *, trace: bool = False, **fields: str) -> None:
+        """A failure that repeats every round (one camera's attach, one shard's status): a line a minute for each
+        event and camera or shard, with the count; ``trace``: with the traceback (a bug, not a Ray failure)."""
+        if failures := self._errors.ready((event, *fields.values())):
+            log.error(event, **fields, error=f"{type(exc).__name__}: {exc}", failures=failures,
+                      exc_info=exc if trace else None)
+
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -137,9 +144,7 @@ class Supervisor:
             try:
                 await step()
             except Exception as exc:  # a bug or a Ray failure in one step must not stop the others
-                if failures := self._errors.ready(("step", step.__name__)):
-                    log.error("cluster.step_failed", step=step.__name__, error=f"{type(exc).__name__}: {exc}",
-                              failures=failures, exc_info=exc)
+                self._failed("cluster.step_failed", exc, trace=True, step=step.__name__)
 
     async def _check_all(self) -> None:
         await asyncio.gather(*(self._check(s) for s in list(self.shards.values()) if s.state == "up"))
@@ -151,9 +156,7 @@ class Supervisor:
             self.lost(shard, f"no status ({exc})")
             return
         except Exception as exc:
-            if failures := self._errors.ready(("status", shard.id)):
-                log.error("shard.status_failed", shard=shard.id, error=f"{type(exc).__name__}: {exc}",
-                          failures=failures)
+            self._failed("shard.status_failed", exc, shard=shard.id)
             return
         running = set(status["shard"]["cameras"])
         shard.status, shard.checked_at = status, time.time()
@@ -260,9 +263,7 @@ class Supervisor:
                 return
             except Exception as exc:  # the shard may run it half-started: the next health check stops the stray
                 self.placement.unassign(camera)
-                if failures := self._errors.ready(("attach", camera)):  # retried every round: a line a minute
-                    log.error("camera.attach_failed", camera=camera, shard=target,
-                              error=f"{type(exc).__name__}: {exc}", failures=failures)
+                self._failed("camera.attach_failed", exc, camera=camera, shard=target)  # retried every round
                 return
             cam.settled = True
             if self.watches.get(camera, {}) != sent:  # changed while it attached: the newest set wins
@@ -323,11 +324,23 @@ class Supervisor:
         shard = self.owner(camera)
         try:
             return await self.backend.call(shard.handle, method, *args, timeout=timeout or self.cfg.shard_timeout_s)
-        except ShardGone as exc:
+        except (ShardGone, ShardTimeout) as exc:
+            raise self._request_failed(shard, camera, method, exc) from None
+
+    async def stream(self, shard: Shard, camera: str, method: str, *args: Any) -> AsyncIterator[Any]:
+        """The items of ``method``'s generator on ``shard`` (which runs ``camera``), as ``call`` fails."""
+        try:
+            async for item in self.backend.stream(shard.handle, method, *args):
+                yield item
+        except (ShardGone, ShardTimeout) as exc:
+            raise self._request_failed(shard, camera, method, exc) from None
+
+    def _request_failed(self, shard: Shard, camera: str, method: str, exc: Exception) -> RequestError:
+        """A request's shard died (lost, the camera goes elsewhere) or did not answer in time: ``unavailable``."""
+        if isinstance(exc, ShardGone):
             self.lost(shard, f"{method} failed ({exc})")
-            raise self.unavailable(camera, "its shard stopped") from None
-        except ShardTimeout:
-            raise self.unavailable(camera, "its shard is busy or unreachable") from None
+            return self.unavailable(camera, "its shard stopped")
+        return self.unavailable(camera, "its shard is busy or unreachable")
 
     # -- watches --------------------------------------------------------------------------------------------
 
@@ -358,7 +371,5 @@ class Supervisor:
                 self.lost(shard, f"the watch results' stream broke ({exc})")
                 return
             except Exception as exc:
-                if failures := self._errors.ready(("results", shard.id)):
-                    log.error("watches.results_stream_failed", shard=shard.id, error=f"{type(exc).__name__}: {exc}",
-                              failures=failures)
+                self._failed("watches.results_stream_failed", exc, shard=shard.id)
                 await asyncio.sleep(1.0)
