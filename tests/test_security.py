@@ -388,3 +388,62 @@ def test_a_client_that_does_not_read_is_cut_off_by_bytes_queued(make_daemon) -> 
     assert closed == 1008
     assert any(e.get("event") == "conn.slow_consumer" and e.get("queued_bytes", 0) > 60000 for e in d.logs())
     assert d.health()[0] == 200
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def test_a_hostile_rtsp_camera_with_a_thousand_tracks_costs_one_setup(make_daemon) -> None:
+    """Finding 1 of the third review: an SDP of 1,000 H.264 tracks (after 200 audio ones), UDP transport asked for
+    in the URL, added over the API five times: each open sets up one track, descriptors and memory stay flat, and
+    removing the cameras gives their memory back."""
+    from hostile_rtsp import HostileRtsp
+
+    servers = [HostileRtsp(tracks=1000, audio=200) for _ in range(5)]
+    d = make_daemon(FAST_DEMO + "[security]\ncamera_adds_per_minute = 100\n"
+                    "[capture]\nopen_timeout_s = 3.0\nread_timeout_s = 3.0\n").start()
+    wait_frames(d)
+    pid = d.proc.pid
+    fds0, rss0 = _fds(pid), _rss_mb(pid)
+    peak = [fds0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], _fds(pid))
+            except OSError:
+                return
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with sync_connect(d.url) as ws:
+            for i, srv in enumerate(servers):
+                assert add(ws, f"evil{i}", srv.url + "#transport=udp")["type"] == "camera.added"
+            # every camera opens at least twice (the first open times out waiting for data, then a retry)
+            wait_until(lambda: all(s.describes >= 2 for s in servers), 90, interval=0.2)
+            rss_open = _rss_mb(pid)
+            assert all(s.setups <= s.describes for s in servers), [(s.setups, s.describes) for s in servers]
+            assert peak[0] - fds0 < 60, (fds0, peak[0])  # 5 cameras: a few descriptors each, not 2,000
+            assert ask_json(d, "still answering?", "--camera", "demo")["type"] == "answer"
+            for i in range(len(servers)):
+                assert request(ws, {"type": "camera.remove", "id": f"r{i}", "name": f"evil{i}"})["type"] == "camera.removed"
+        stop.set()
+        sampler.join()
+        wait_until(lambda: _fds(pid) <= fds0 + 4, 30, interval=0.2)
+        rss_after = _rss_mb(pid)
+        print(f"hostile RTSP x5: fds {fds0} -> peak {peak[0]} -> {_fds(pid)}; RSS {rss0:.0f} -> {rss_open:.0f} -> "
+              f"{rss_after:.0f} MB; SETUPs {[s.setups for s in servers]} for DESCRIBEs {[s.describes for s in servers]}")
+        assert rss_open - rss0 < 200, (rss0, rss_open)  # was ~300 MB per open of one such camera
+        assert rss_after - rss0 < 150, (rss0, rss_after)
+    finally:
+        stop.set()
+        for srv in servers:
+            srv.close()

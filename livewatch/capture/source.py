@@ -33,10 +33,12 @@ _INPUT_FORMAT_RE = re.compile(r"[a-z0-9_]{1,32}")
 
 @dataclass(frozen=True)
 class SourceLimits:
-    """The most a camera may cost: decoded pixels per frame and frames per second asked of a generator."""
+    """The most a camera may cost: decoded pixels per frame, frames per second asked of a generator, decoder
+    threads (with the pixel cap, the bound on the decoder's picture buffers)."""
 
     max_pixels: int = 3840 * 2160
     max_fps: float = 60.0
+    decoder_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class SourceSpec:
     redacted: str = ""
     host: str | None = None  # network sources: the checked host (what the network policy resolves)
     max_pixels: int = SourceLimits.max_pixels  # decoder cap (FFmpeg's max_pixels) and the open-time check
+    decoder_threads: int = SourceLimits.decoder_threads
 
 
 def _query_options(text: str) -> dict[str, str]:
@@ -221,7 +224,7 @@ def parse_source(url: str, timeout_s: float = 10.0, limits: SourceLimits = Sourc
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise CameraError(f"{redacted}: malformed URL ({exc})") from None
+        raise CameraError(f"{redacted}: malformed URL (brackets, port or host cannot be read)") from None
     if scheme in ("rtsp", "rtsps", "http", "https"):
         spec = _network(parts, scheme, redacted, timeout_s)
     elif scheme == "testsrc":
@@ -234,4 +237,4 @@ def parse_source(url: str, timeout_s: float = 10.0, limits: SourceLimits = Sourc
         raise CameraError(
             f"{redacted}: unsupported scheme {scheme!r} (use rtsp, rtsps, http, https, file, webcam or testsrc)"
         )
-    return replace(spec, max_pixels=limits.max_pixels)
+    return replace(spec, max_pixels=limits.max_pixels, decoder_threads=limits.decoder_threads)

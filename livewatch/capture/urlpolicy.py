@@ -202,9 +202,26 @@ _WHITELISTS: dict[str, tuple[str | None, str]] = {
 }
 
 
+# Per kind of source: the streams FFmpeg may create. A stream is what costs: RTSP sets up each one (with UDP
+# transport two sockets apiece) and the probe opens a decoder for each. A hostile SDP listing 1,000 tracks cost 1,000
+# SETUPs, 2,001 descriptors and ~300 MB per open (measured, PyAV 18.1 / FFmpeg 7); with these options one SETUP,
+# 3 descriptors and ~6 MB. RTSP takes the first video track only: other media are skipped while the SDP is read
+# and streams past ``max_streams`` are never created, so never set up. Containers keep a few streams (a video,
+# its audio, subtitles), at most 16.
+_STREAM_BOUNDS: dict[str, dict[str, str]] = {
+    "rtsp": {"allowed_media_types": "video", "max_streams": "1"},
+    "http": {"max_streams": "16"},
+    "file": {"max_streams": "16"},
+    "webcam": {"max_streams": "1"},
+    "testsrc": {"max_streams": "1"},
+}
+
+
 def ffmpeg_whitelists(kind: str) -> dict[str, str]:
+    """FFmpeg options that bound what a source of ``kind`` may reach and cost: protocol and format whitelists
+    and the stream bounds."""
     protocols, formats = _WHITELISTS[kind]
-    options = {"format_whitelist": formats}
+    options = {"format_whitelist": formats, **_STREAM_BOUNDS[kind]}
     if protocols is not None:
         options["protocol_whitelist"] = protocols
     return options

@@ -85,7 +85,7 @@ class Settings:
     def capture_params(self) -> CaptureParams:
         c = self.capture
         return CaptureParams(c.fps, c.open_timeout_s, c.read_timeout_s,
-                             SourceLimits(c.max_source_pixels, c.max_source_fps))
+                             SourceLimits(c.max_source_pixels, c.max_source_fps, c.decoder_threads))
 
     def server_limits(self) -> ServerLimits:
         srv = self.server

@@ -100,6 +100,7 @@ class CaptureSection(_Section):
         3840 * 2160, ge=64 * 64, le=16384 * 16384, description="Largest decoded frame a camera may send, in pixels."
     )
     max_source_fps: float = Field(60.0, gt=0, le=240, description="Highest frame rate asked of a generator or webcam.")
+    decoder_threads: int = Field(2, ge=1, le=16, description="Decoder threads per camera (FFmpeg's default is one per core).")
 
 
 class MemorySection(_Section):
