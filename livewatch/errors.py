@@ -105,6 +105,10 @@ class RequestError(RecoverableError):
         return (type(self), (self.code, str(self)))
 
 
+class TimeRangeError(RecoverableError, ValueError):
+    """A client's time (``since``/``until``) that cannot be read. The message is ours, safe to show the client."""
+
+
 class CancelledRequest(RecoverableError):
     """A request stopped before it finished because its client or the daemon cancelled it."""
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from livewatch.engine.prompt import resolve_tz
-from livewatch.errors import ErrorCode, RequestError
+from livewatch.errors import ErrorCode, RequestError, TimeRangeError
 from livewatch.server.watchproto import Find
 from livewatch.timerange import parse_range
 
@@ -32,7 +32,7 @@ async def find(daemon: Any, request: Find, progress: Callable[[int, int], None])
     try:
         since, until = parse_range(request.since, request.until, time.time(),
                                    resolve_tz(daemon.settings.model.timezone))
-    except ValueError as exc:
+    except TimeRangeError as exc:
         raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
     names = list(request.cameras) if request.cameras else sorted(daemon.cameras)
     unknown = [n for n in names if n not in daemon.cameras]

@@ -17,7 +17,7 @@ from typing import Any
 
 from livewatch.engine.generate import SamplingParams
 from livewatch.engine.prompt import resolve_tz
-from livewatch.errors import ErrorCode, RequestError
+from livewatch.errors import ErrorCode, RequestError, TimeRangeError
 from livewatch.server.protocol import Answered, Ask
 from livewatch.timerange import parse_range
 
@@ -30,7 +30,7 @@ async def ask_history(daemon: Any, request: Ask, camera: str, params: SamplingPa
     settings = daemon.settings
     try:
         since, until = parse_range(request.since, request.until, time.time(), resolve_tz(settings.model.timezone))
-    except ValueError as exc:
+    except TimeRangeError as exc:
         raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
     max_pairs = (settings.memory.star_frames + settings.memory.window_frames) // 2
     pairs = await daemon.cameras[camera].range_pairs(since, until, max_pairs)

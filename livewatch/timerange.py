@@ -12,16 +12,20 @@ import math
 import re
 from datetime import datetime, tzinfo
 
-_RELATIVE = re.compile(r"^([+-]?)(\d{1,6}(?:\.\d{1,3})?)([smhd])$")
+from livewatch.errors import TimeRangeError
+
+_RELATIVE = re.compile(r"^([+-]?)([0-9]{1,6}(?:\.[0-9]{1,3})?)([smhd])$")  # ASCII digits only
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_CHARS = 40
+_NOT_A_TIME = "{value!r} is not a time: use ISO 8601 (2026-11-27T14:03:00) or relative (-2h, -30m, -90s, -1d)"
+_EARLIEST, _LATEST = 0.0, 253370764800.0  # 1970-01-01 and 9999-01-01 UTC
 
 
 def parse_time(text: str, now: float, tz: tzinfo | None) -> float:
-    """Seconds since the epoch; ValueError with a message a client can act on."""
+    """Seconds since the epoch; TimeRangeError with a message a client can act on (never Python's own words)."""
     value = text.strip()
     if not value or len(value) > MAX_CHARS:
-        raise ValueError(f"a time is 1-{MAX_CHARS} characters: ISO 8601 or relative like -2h")
+        raise TimeRangeError(f"a time is 1-{MAX_CHARS} characters: ISO 8601 or relative like -2h")
     if value == "now":
         return now
     match = _RELATIVE.match(value)
@@ -29,16 +33,20 @@ def parse_time(text: str, now: float, tz: tzinfo | None) -> float:
         sign, amount, unit = match.groups()
         delta = float(amount) * _UNITS[unit]
         return now + delta if sign == "+" else now - delta  # "24h": 24 hours ago, as "-24h"
+    if not value.isascii():  # fromisoformat takes other scripts' digits; a client's time never needs them
+        raise TimeRangeError(_NOT_A_TIME.format(value=value))
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a time: use ISO 8601 (2026-11-27T14:03:00) or relative (-2h, -30m, "
-                         f"-90s, -1d)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz) if tz is not None else dt.astimezone()
-    stamp = dt.timestamp()
-    if not math.isfinite(stamp):
-        raise ValueError(f"{value!r} is out of range")
+        raise TimeRangeError(_NOT_A_TIME.format(value=value)) from None
+    try:  # the zone's conversion fails for instants near year 1 or 9999, with Python's own words
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=tz) if tz is not None else dt.astimezone()
+        stamp = dt.timestamp()
+    except (ValueError, OverflowError, OSError):
+        stamp = math.nan
+    if not (math.isfinite(stamp) and _EARLIEST <= stamp <= _LATEST):
+        raise TimeRangeError(f"{value!r} is out of range: times from 1970 to 9998")
     return stamp
 
 
@@ -47,5 +55,5 @@ def parse_range(since: str | None, until: str | None, now: float, tz: tzinfo | N
     end = parse_time(until, now, tz) if until else now
     start = parse_time(since, now, tz) if since else end - 3600.0
     if start >= end:
-        raise ValueError("'since' must be before 'until'")
+        raise TimeRangeError("'since' must be before 'until'")
     return start, end

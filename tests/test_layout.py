@@ -4,6 +4,10 @@
   between protocol requests and engine types).
 - No module reaches into another object's private attributes: ``obj._name`` only where this module itself
   assigns ``_name`` (its own objects, or attributes it attaches to a library's), besides ``self``/``cls``.
+- Client-facing errors carry our own words: where an exception's text goes into an error a client sees
+  (``RequestError``, ``ProtocolError``, ``OpenAIError``, ``WatchProtocolError``, ``CameraError``, ``EngineError``),
+  the exception was caught as one of livewatch's own classes, never a library's or Python's (whose text may hold
+  internals: "year 0 is out of range", a path, a library version).
 - Modules stay small (one idea each): at most ``MAX_LINES`` lines, except the Triton kernels, which keep every
   kernel beside its reference.
 """
@@ -67,3 +71,42 @@ def test_modules_stay_small() -> None:
     long = {str(p.relative_to(ROOT)): n for p in modules("livewatch", "tools")
             if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(ROOT)) not in LONG_ALLOWED}
     assert not long, long
+
+
+CLIENT_ERRORS = {"RequestError", "ProtocolError", "OpenAIError", "WatchProtocolError", "CameraError", "EngineError"}
+
+
+def _own_exception_classes() -> set[str]:
+    own: set[str] = set()
+    for path in modules("livewatch"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith(("Error", "Exception", "Request")):
+                own.add(node.name)
+    return own
+
+
+def _handler_types(handler: ast.ExceptHandler) -> list[str]:
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return [k.attr if isinstance(k, ast.Attribute) else k.id if isinstance(k, ast.Name) else "?" for k in kinds
+            if k is not None]
+
+
+def test_exception_text_reaches_clients_only_from_our_own_exceptions() -> None:
+    own = _own_exception_classes()
+    offenders = []
+    for path in modules("livewatch"):
+        for handler in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(handler, ast.ExceptHandler) or handler.name is None:
+                continue
+            foreign = [t for t in _handler_types(handler) if t not in own]
+            if not foreign:
+                continue
+            for node in ast.walk(ast.Module(body=handler.body, type_ignores=[])):
+                if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
+                        in CLIENT_ERRORS):
+                    continue
+                uses = any(isinstance(n, ast.Name) and n.id == handler.name
+                           for arg in [*node.args, *(k.value for k in node.keywords)] for n in ast.walk(arg))
+                if uses:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: text of {foreign} in a client error")
+    assert not offenders, offenders

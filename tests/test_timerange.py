@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from livewatch.errors import TimeRangeError
 from livewatch.timerange import parse_range, parse_time
 
 NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
@@ -30,6 +31,20 @@ def test_a_zone_without_offset_uses_the_daemons_zone() -> None:
 def test_refused_forms(text: str) -> None:
     with pytest.raises(ValueError):
         parse_time(text, NOW, timezone.utc)
+
+
+@pytest.mark.parametrize("text", ["-\u0663h", "\u0662\u0664h", "-\uff12h", "+\u09e8m", "\u0662\u0660\u0662\u0666-01-01",
+                                  "0001-01-01T00:00", "0001-01-01T00:00+00:00", "9999-12-31T23:59:59",
+                                  "9999-12-31T23:59:59-14:00", "1969-12-31T00:00+00:00"])
+def test_other_scripts_digits_and_instants_out_of_range_get_our_own_words(text: str) -> None:
+    """Arabic-Indic and fullwidth digits are not times; instants the zone conversion cannot take fail with our
+    message, never Python's ("year 0 is out of range")."""
+    for tz in (None, timezone.utc, ZoneInfo("Pacific/Kiritimati")):
+        with pytest.raises(TimeRangeError) as info:
+            parse_time(text, NOW, tz)
+        message = str(info.value)
+        assert "year" not in message and "isoformat" not in message.lower()
+        assert message.startswith(repr(text)) or message.startswith("a time is")
 
 
 def test_ranges() -> None:

@@ -32,7 +32,8 @@ from livewatch.engine.evidence import EvidenceRanker, evidence_list
 from livewatch.engine.layout import PrefixLayout, UpdateKind, pair_layout, plan_update
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.positions import text_positions
-from livewatch.engine.prompt import PromptTemplate, question_text, resolve_tz, system_text, watch_question
+from livewatch.engine.prompt import (ClientTextTokenizer, PromptTemplate, question_parts, resolve_tz, system_text,
+                                     watch_question_parts)
 from livewatch.engine.vision import VisionCache, shared_key
 from livewatch.engine.watcheval import WatchQuery
 from livewatch.errors import CancelledRequest, EngineError, ErrorCode, RequestError
@@ -106,6 +107,7 @@ class EngineCore:
         self.evidence_ranking = evidence_ranking  # rank each answer's frames by attention (one extra prefill)
         self.ranker = EvidenceRanker(lm)
         self.template = PromptTemplate.from_processor(lm.processor, "<|video_pad|>")
+        self.client_text = ClientTextTokenizer(lm.tokenizer)
         self._cameras: dict[str, _CameraState] = {}
         self._generation = 0
 
@@ -282,8 +284,8 @@ class EngineCore:
         state = self._state(camera)
         first, last = state.pairs[0].time, state.pairs[-1].end_time
         n_frames = sum(p.n_frames for p in state.pairs)
-        text = self.template.tail(question_text(question, first, last, n_frames, self.tz))
-        return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        parts = question_parts(question, first, last, n_frames, self.tz)
+        return self.client_text.ids(*self.template.tail_parts(parts))
 
     @torch.inference_mode()
     def prepare(
@@ -320,9 +322,8 @@ class EngineCore:
         if not state.cache_valid or state.layout is None:
             raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no encoded context")
         # no frame-times sentence (~70 tokens of digits): the watch asks about the newest frames only
-        suffix = self.lm.tokenizer(self.template.tail(watch_question(condition)), add_special_tokens=False)
-        return WatchQuery(camera, self.stacked_prefix(camera), state.layout.next_position,
-                          tuple(suffix["input_ids"]))
+        suffix = self.client_text.ids(*self.template.tail_parts(watch_question_parts(condition)))
+        return WatchQuery(camera, self.stacked_prefix(camera), state.layout.next_position, tuple(suffix))
 
     def encoded_version(self, camera: str) -> int | None:
         """The context version the camera's prefix holds, None unless it holds the newest."""

@@ -11,9 +11,13 @@ shared prefix in place (the head stays byte-identical while the oldest pair stay
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo
+
+from livewatch.errors import ErrorCode, RequestError
 
 _SENTINEL = "\x00LIVEWATCH_QUESTION\x00"
 
@@ -36,21 +40,73 @@ def system_text(camera: str, first: float, tz: tzinfo | None) -> str:
     )
 
 
+def question_parts(question: str, first: float, last: float, n_frames: int,
+                   tz: tzinfo | None) -> tuple[str, str, str]:
+    """A question's user text as (ours before, the client's, ours after)."""
+    return (f"The video holds {n_frames} frames taken from {iso_time(first, tz)} to {iso_time(last, tz)}.\n",
+            question, "")
+
+
 def question_text(question: str, first: float, last: float, n_frames: int, tz: tzinfo | None) -> str:
-    return (
-        f"The video holds {n_frames} frames taken from {iso_time(first, tz)} to {iso_time(last, tz)}.\n"
-        f"{question}"
-    )
+    return "".join(question_parts(question, first, last, n_frames, tz))
+
+
+def watch_question_parts(condition: str) -> tuple[str, str, str]:
+    """The fixed yes/no question of a watch (its answer is read from the first answer position's logits), as
+    (ours before, the client's condition, ours after). It is the whole suffix after the video: a watch is about
+    the newest frames, so it skips the frame-times sentence of questions (about 70 of the suffix's 130 tokens:
+    the cost of a watch is its suffix's length)."""
+    return ('Look at the most recent frames. Is the following true right now: "', condition,
+            '"? Answer with one word, yes or no.')
 
 
 def watch_question(condition: str) -> str:
-    """The fixed yes/no question of a watch (its answer is read from the first answer position's logits). It is
-    the whole suffix after the video: a watch is about the newest frames, so it skips the frame-times sentence
-    of questions (about 70 of the suffix's 130 tokens: the cost of a watch is its suffix's length)."""
-    return (
-        f'Look at the most recent frames. Is the following true right now: "{condition}"? '
-        f"Answer with one word, yes or no."
-    )
+    return "".join(watch_question_parts(condition))
+
+
+class ClientTextTokenizer:
+    """Token ids of a prompt piece that holds a client's text, such that the client's text never yields one of the
+    tokenizer's added tokens (``<|im_end|>``, ``<|video_pad|>``, and also Qwen's non-special ``<tool_call>`` and
+    ``<|fim_*|>``, which ``split_special_tokens`` would still match): typed into a question, a watch condition, a
+    find query or an OpenAI message, they would end the user's turn or forge a system turn or a video slot.
+
+    Text without any added token's string is tokenized whole, exactly as before (the common case; the engine's
+    reference tests compare against a whole-prompt tokenization). Otherwise our parts and the client's are
+    tokenized apart and every added token's string in the client's part is split after its first character, so
+    it is read as the plain characters it is. Either way the count of added tokens must be our parts' own, or the
+    request is refused. Look-alikes (fullwidth brackets) are plain text to the tokenizer already."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        added = tokenizer.get_added_vocab()
+        self.added_ids = frozenset(added.values())
+        self._pattern = (re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)))
+                         if added else None)
+
+    def ids(self, ours_before: str, client: str, ours_after: str) -> list[int]:
+        if self._pattern is None:
+            return self._encode(ours_before + client + ours_after)
+        if self._pattern.search(client) is None:
+            ids = self._encode(ours_before + client + ours_after)
+        else:
+            ids = self._encode(ours_before) + self._plain(client) + self._encode(ours_after)
+        expected = len(self._pattern.findall(ours_before)) + len(self._pattern.findall(ours_after))
+        if sum(1 for i in ids if i in self.added_ids) != expected:
+            raise RequestError(ErrorCode.BAD_REQUEST, "the text cannot be read as plain text")
+        return ids
+
+    def _plain(self, text: str) -> list[int]:
+        assert self._pattern is not None
+        out: list[int] = []
+        pos = 0
+        for match in self._pattern.finditer(text):
+            token = match.group()
+            out += self._encode(text[pos:match.start()]) + self._encode(token[:1]) + self._encode(token[1:])
+            pos = match.end()
+        return out + self._encode(text[pos:])
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tok(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
 @dataclass(frozen=True)
@@ -78,3 +134,8 @@ class PromptTemplate:
 
     def tail(self, user_text: str) -> str:
         return self.tail_format.replace(_SENTINEL, user_text)
+
+    def tail_parts(self, parts: tuple[str, str, str]) -> tuple[str, str, str]:
+        """(ours before, the client's, ours after) of a user text, widened to the whole tail."""
+        before, after = self.tail_format.split(_SENTINEL)
+        return before + parts[0], parts[1], parts[2] + after

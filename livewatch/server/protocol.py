@@ -176,8 +176,9 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "binary messages are not part of the protocol; send JSON text")
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except json.JSONDecodeError as exc:  # the position only: the decoder's words are not ours to pass on
+        position = int(exc.pos)
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not valid JSON (at character {position})") from None
     except (RecursionError, ValueError):  # nesting too deep; an integer of thousands of digits
         raise ProtocolError(ErrorCode.BAD_REQUEST, "not valid JSON: nested too deep or a number too long") from None
     if not isinstance(obj, dict):
