@@ -81,7 +81,7 @@ class Daemon(WatchService):
         self.openai = OpenAIRoutes(self, self.limits, self.inflight, self.metrics)
         self.url_policy = settings.security.url_policy()
         self._add_rate = RateLimit(settings.security.camera_adds_per_minute, 60.0)
-        self.guard = ConnectionGuard(srv.max_connections, srv.max_connections_per_peer)
+        self.guard = ConnectionGuard(srv.max_connections, srv.max_connections_per_peer, srv.reserved_connections)
         self.state_lock = StateDirLock(settings.state_dir)
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -404,7 +404,8 @@ class Daemon(WatchService):
             "memory": memory,
             "watches": self.watches.stats() if self.watches is not None else {},
             "server": {"connections": len(self.connections), "questions_in_flight": self.inflight.count,
-                       "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open},
+                       "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open,
+                       "tcp_unauthenticated": self.guard.unproven, "tcp_evicted": self.guard.evicted},
         }
 
     async def memory_frames(self, camera: str) -> list[dict[str, Any]]:

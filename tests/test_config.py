@@ -104,10 +104,10 @@ def test_unknown_timezone(tmp_path: Path) -> None:
 
 def test_token_from_environment_then_file(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("from-file\n")
+    token_file.write_text("from-file-0123456789abcdef\n")
     path = write(tmp_path, f"[server]\ntoken_env = 'MY_TOKEN'\ntoken_file = '{token_file}'\n")
-    assert load_settings(path, environ={"MY_TOKEN": "from-env"}).token == "from-env"
-    assert load_settings(path, environ={}).token == "from-file"
+    assert load_settings(path, environ={"MY_TOKEN": "from-env-0123456789abcdef"}).token == "from-env-0123456789abcdef"
+    assert load_settings(path, environ={}).token == "from-file-0123456789abcdef"
     assert "from-file" not in repr(load_settings(path, environ={}))
 
 
@@ -164,16 +164,26 @@ def test_security_section_is_validated(tmp_path: Path) -> None:
 def test_non_loopback_bind_without_a_token_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a loopback address, so a token is required"):
         load_settings(ROOT / "config.toml", host="0.0.0.0", environ={})
-    assert load_settings(ROOT / "config.toml", host="0.0.0.0", environ={"LIVEWATCH_TOKEN": "t"}).token == "t"
+    strong = "5f0c2a9e41d7b3c86e2f9a0d4b7c1e3a"
+    assert load_settings(ROOT / "config.toml", host="0.0.0.0", environ={"LIVEWATCH_TOKEN": strong}).token == strong
+
+
+@pytest.mark.parametrize("weak", ["t", "s3cret-token", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "abababababababababababab"])
+def test_a_token_too_weak_to_stop_guessing_is_a_config_error(weak: str) -> None:
+    # the right token is never refused, however many wrong ones came from its address: its length stops guessing
+    with pytest.raises(ConfigError, match="server.token .* too weak .* openssl rand -hex 16") as info:
+        load_settings(ROOT / "config.toml", environ={"LIVEWATCH_TOKEN": weak})
+    assert len(weak) < 3 or weak not in str(info.value)  # the token itself is never echoed
+    assert load_settings(ROOT / "config.toml", environ={"LIVEWATCH_TOKEN": "0123456789abcdef"}).token  # 64 bits
 
 
 def test_a_token_file_readable_by_others_gives_a_warning(tmp_path: Path) -> None:
     token = tmp_path / "token"
-    token.write_text("s3cret\n")
+    token.write_text("s3cret-0123456789abcdef\n")
     token.chmod(0o644)
     path = write(tmp_path, f"[server]\ntoken_file = '{token}'\n")
     settings = load_settings(path, environ={})
-    assert settings.token == "s3cret" and len(settings.warnings) == 1 and "chmod 600" in settings.warnings[0]
+    assert settings.token == "s3cret-0123456789abcdef" and len(settings.warnings) == 1 and "chmod 600" in settings.warnings[0]
     assert "s3cret" not in settings.warnings[0]
     token.chmod(0o600)
     assert load_settings(path, environ={}).warnings == ()

@@ -225,19 +225,19 @@ def test_token_rules(make_daemon) -> None:
     assert refused.proc.wait(60) == 78
     assert "is not a loopback address, so a token is required" in refused.log.read_text()
 
-    d = make_daemon(env={"LIVEWATCH_TOKEN": "s3cret-token"}).start()
-    for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+    d = make_daemon(env={"LIVEWATCH_TOKEN": "s3cret-token-0123456789abcdef"}).start()
+    for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token-0123456789abcdef"}):
         with pytest.raises(websockets.exceptions.InvalidStatus) as err:
             sync_connect(d.url, additional_headers=headers)
         assert err.value.response.status_code == 401
     assert d.health()[0] == 200  # health needs no token (probes)
     out = d.cli("ask", "hello?", token="wrong")
     assert out.returncode == 4 and "unauthorized" in out.stderr
-    wait_until(lambda: "no_frames" not in d.cli("ask", "hi?", token="s3cret-token").stderr, 30, interval=0.3)
-    assert ask_json(d, "hello?", token="s3cret-token")["type"] == "answer"
+    wait_until(lambda: "no_frames" not in d.cli("ask", "hi?", token="s3cret-token-0123456789abcdef").stderr, 30, interval=0.3)
+    assert ask_json(d, "hello?", token="s3cret-token-0123456789abcdef")["type"] == "answer"
     import urllib.request
 
-    req = urllib.request.Request(f"http://127.0.0.1:{d.port}/metrics", headers={"Authorization": "Bearer s3cret-token"})
+    req = urllib.request.Request(f"http://127.0.0.1:{d.port}/metrics", headers={"Authorization": "Bearer s3cret-token-0123456789abcdef"})
     with urllib.request.urlopen(req, timeout=5) as r:
         body = r.read().decode()
     assert 'livewatch_frames_sampled_total{camera="demo"}' in body and "livewatch_ttft_seconds_bucket" in body
@@ -363,6 +363,7 @@ def test_tls_and_browser_origins(make_daemon, tmp_path: Path) -> None:
     )
     config = FAST_DEMO + (
         f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\nallowed_origins = ["https://ops.example.com"]\n'
+        "max_connections_per_peer = 8\nhandshake_timeout_s = 4.0\n"
     )
     d = make_daemon(config)
     d.start(wait=False)
@@ -390,3 +391,31 @@ def test_tls_and_browser_origins(make_daemon, tmp_path: Path) -> None:
     assert err.value.response.status_code == 403
     with pytest.raises(Exception):
         sync_connect(d.url)  # plain ws:// to a TLS port fails
+
+    # sockets that never start their TLS handshake are counted from their accept (the daemon starts TLS itself on
+    # an admitted socket): an address past its bound replaces its own oldest, and each is closed at the deadline
+    idle = []
+    for _ in range(20):
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.connect(("127.0.0.1", d.port))
+        idle.append(s)
+    time.sleep(0.5)
+    with sync_connect(url, ssl=ctx) as ws:
+        ws.send(json.dumps({"type": "status", "id": 3}))
+        server = json.loads(ws.recv(timeout=10))["server"]
+    assert 8 <= server["tcp_connections"] <= 8 + 1 and server["tcp_unauthenticated"] <= 8, server
+    assert server["tcp_evicted"] >= 12, server
+
+    def closed(s: socket.socket) -> bool:
+        s.settimeout(0.05)
+        try:
+            return s.recv(1) == b""
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    wait_until(lambda: all(closed(s) for s in idle), 30, interval=0.5)
+    for s in idle:
+        s.close()

@@ -13,7 +13,7 @@ from media import wait_until
 from test_daemon import FAST_DEMO, make_daemon  # noqa: F401  (the fixture)
 from livewatch.memory.jpegfile import jpeg_size, read_frame_meta
 
-TOKEN = "tok-evidence-7"
+TOKEN = "tok-evidence-7-0123456789abcdef"
 
 
 def get(url: str, token: str | None = TOKEN) -> tuple[int, bytes]:

@@ -20,7 +20,7 @@ from websockets.sync.client import connect as sync_connect
 from daemon_helpers import DaemonProcess
 from media import wait_until, write_h264
 
-TOKEN = "tok-openai-3"
+TOKEN = "tok-openai-3-0123456789abcdef"
 QUESTION = "What moves in the picture?"
 SAMPLING = {"temperature": 0.8, "top_p": 0.9, "seed": 11, "max_tokens": 12}
 

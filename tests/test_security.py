@@ -288,14 +288,17 @@ def test_idle_sockets_cannot_exhaust_descriptors(make_daemon) -> None:
         assert d.health()[0] == 200
         before = status_json(d)["memory"]["demo"]["total_frames_added"]
         wait_until(lambda: status_json(d)["memory"]["demo"]["total_frames_added"] > before + 2, 30, interval=0.5)
-        assert status_json(d)["memory"]["demo"]["write_errors"] == 0
+        st = status_json(d)
+        assert st["memory"]["demo"]["write_errors"] == 0
+        assert st["server"]["tcp_connections"] <= 16 + 2  # the attacker's newest 16, and the status client's own
     finally:
         for s in idle:
             s.close()
     text = d.log.read_text()
     assert "Too many open files" not in text and "Traceback" not in text
-    refused = [e for e in d.logs() if e.get("event") == "conn.refused"]
-    assert len(refused) == 1 and refused[0]["per_peer_limit"] == 16  # logged once, not per socket
+    # at its bound, an address's newest idle socket takes the place of its oldest: logged once, not per socket
+    evicted = [e for e in d.logs() if e.get("event") == "conn.evicted"]
+    assert len(evicted) == 1 and evicted[0]["evicted_total"] >= 1
     limits = [e for e in d.logs() if e.get("event") == "server.connection_limit_lowered"]
     assert limits and limits[0]["limit"] < 640
 
@@ -329,8 +332,8 @@ def test_the_engine_thread_dying_fails_questions_and_stops_the_daemon(make_daemo
 
 
 def test_hostile_ids_names_and_strings_get_clear_errors(make_daemon) -> None:
-    d = make_daemon(env={"LIVEWATCH_TOKEN": "tok-secret"}).start()
-    headers = {"Authorization": "Bearer tok-secret"}
+    d = make_daemon(env={"LIVEWATCH_TOKEN": "tok-secret-0123456789abcdef"}).start()
+    headers = {"Authorization": "Bearer tok-secret-0123456789abcdef"}
     with sync_connect(d.url, additional_headers=headers) as ws:
         def raw(text: str) -> dict:
             ws.send(text)
@@ -354,20 +357,20 @@ def test_hostile_ids_names_and_strings_get_clear_errors(make_daemon) -> None:
     except urllib.error.HTTPError as e:
         full = json.loads(e.read())
     assert "demo" in full["cameras"]
-    assert "tok-secret" not in d.log.read_text()
+    assert "tok-secret-0123456789abcdef" not in d.log.read_text()
 
 
 def test_credentials_in_urls_and_query_strings_never_reach_logs_or_status(make_daemon, tmp_path: Path) -> None:
     port = free_port()
     config = (f'[cameras.door]\nurl = "rtsp://admin:hunter2@127.0.0.1:{port}/x?user=admin&pwd=hunter3"\n'
               f'[cameras.cam2]\nurl = "http://127.0.0.1:{port}/video.cgi?usr=viewer&password=hunter4"\n')
-    d = make_daemon(config, env={"LIVEWATCH_TOKEN": "tok-secret"})
+    d = make_daemon(config, env={"LIVEWATCH_TOKEN": "tok-secret-0123456789abcdef"})
     d.start(wait=False)
     wait_until(lambda: sum(1 for e in d.logs() if e.get("event") == "camera.backoff") >= 2, 60, interval=0.3)
-    st = d.cli("status", "--json", token="tok-secret")
+    st = d.cli("status", "--json", token="tok-secret-0123456789abcdef")
     assert st.returncode == 0
     text = d.log.read_text() + st.stdout
-    for secret in ("hunter2", "hunter3", "hunter4", "tok-secret"):
+    for secret in ("hunter2", "hunter3", "hunter4", "tok-secret-0123456789abcdef"):
         assert secret not in text, secret
     assert "pwd=***" in st.stdout and "password=***" in st.stdout
 

@@ -44,17 +44,27 @@ def test_origins() -> None:
 
 def test_wrong_tokens_are_counted_per_address_and_forgotten_after_the_period() -> None:
     now = [0.0]
-    guesses = Guesses(count=3, period=60, peers=2, clock=lambda: now[0])
-    for _ in range(3):
-        assert not guesses.blocked("10.0.0.1")
-        guesses.failed("10.0.0.1")
-    assert guesses.blocked("10.0.0.1") and not guesses.blocked("10.0.0.2")  # the owner elsewhere is not locked out
-    assert 59 < guesses.retry_after("10.0.0.1") <= 60
+    guesses = Guesses(count=3, period=60, peers=2, total=100, clock=lambda: now[0])
+    assert [guesses.wrong("10.0.0.1") for _ in range(4)] == [False, False, False, True]
+    assert not guesses.wrong("10.0.0.2")  # another address keeps its own count
+    assert 59 < guesses.retry_after("10.0.0.1") <= 60 and guesses.retry_after("10.0.0.2") == 0
     now[0] = 61
-    assert not guesses.blocked("10.0.0.1")
+    assert not guesses.wrong("10.0.0.1")
     for peer in ("a", "b", "c"):  # bounded: the oldest address is forgotten
-        guesses.failed(peer)
+        guesses.wrong(peer)
     assert len(guesses._wrong) == 2 and "10.0.0.1" not in guesses._wrong
+
+
+def test_wrong_tokens_from_everyone_have_a_limit_and_a_flood_adds_nothing() -> None:
+    now = [0.0]
+    guesses = Guesses(count=3, period=60, total=5, clock=lambda: now[0])
+    assert [guesses.wrong(f"10.0.0.{i}") for i in range(7)] == [False] * 5 + [True] * 2  # 7 addresses, 5 in all
+    assert 59 < guesses.retry_after("10.0.0.99") <= 60  # everyone waits for the global window
+    for _ in range(10_000):
+        guesses.wrong("10.0.0.1")
+    assert len(guesses._wrong["10.0.0.1"]._times) == 3 and len(guesses._all._times) == 5
+    now[0] = 60.5
+    assert not guesses.wrong("10.0.0.9")
 
 
 def test_hosts_that_may_reach_the_daemon_without_the_token() -> None:

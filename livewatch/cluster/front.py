@@ -187,7 +187,8 @@ class ClusterDaemon(Daemon):
             "memory": memory,
             "watches": self.watches.stats() if self.watches is not None else {},
             "server": {"connections": len(self.connections), "questions_in_flight": self.inflight.count,
-                       "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open},
+                       "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open,
+                       "tcp_unauthenticated": self.guard.unproven, "tcp_evicted": self.guard.evicted},
             "cluster": {
                 "backend": "ray", "shards_wanted": c.wanted, "replaced_cameras": c.replaced,
                 "shards": {s.id: {"state": s.state, "device": s.info.get("device"), "node": s.info.get("node"),

@@ -8,6 +8,7 @@ overrides and secrets from the environment or files) into a frozen ``Settings`` 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import ssl
 import tomllib
@@ -187,6 +188,19 @@ def read_config_file(path: Path) -> FileConfig:
     return parse_config(data, str(path))
 
 
+# A right token is always accepted, however many wrong ones its address sent (so a guesser cannot lock its owners
+# out), so the token's own strength is what stops guessing: 64 bits at 10,000 guesses a second (more than the HTTP
+# layer serves) take ~29 million years on average. `openssl rand -hex 16` gives 128.
+MIN_TOKEN_BITS = 64
+
+
+def token_bits(token: str) -> float:
+    """A generous estimate of a token's strength: its length times log2 of the distinct characters it uses (a
+    random hex token of 16 characters: 64 bits; 'aaaaaaaaaaaaaaaa': 0). It cannot tell a random token from a
+    chosen phrase of the same letters: it catches short and repetitive tokens, not every weak one."""
+    return len(token) * math.log2(len(set(token))) if token else 0.0
+
+
 def _read_secret(
     source: str, what: str, env_name: str, file_name: str, environ: dict[str, str], warnings: list[str] | None = None
 ) -> str | None:
@@ -304,6 +318,12 @@ def load_settings(
 
     warnings: list[str] = []
     token = _read_secret(source, "server.token", cfg.server.token_env, cfg.server.token_file, env, warnings)
+    if token and token_bits(token) < MIN_TOKEN_BITS:
+        raise ConfigError(
+            f"{source}: server.token (from {cfg.server.token_env} or server.token_file) is too weak to guard the "
+            f"daemon: about {token_bits(token):.0f} bits, {MIN_TOKEN_BITS} needed (a right token is never refused, "
+            f"so its length is what stops guessing). Make one with: openssl rand -hex 16"
+        )
     if not is_loopback(cfg.server.host) and not token:
         raise ConfigError(
             f"{source}: server.host = {cfg.server.host!r} is not a loopback address, so a token is "

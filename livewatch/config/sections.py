@@ -171,11 +171,16 @@ class ServerSection(_Section):
     max_connections_per_peer: int = Field(
         64, ge=1, le=65536, description="Open connections from one IP address (a reverse proxy counts as one)."
     )
+    reserved_connections: int = Field(
+        128, ge=0, le=65536,
+        description="Connections kept for clients that sent the token or cookie (at most half of max_connections).",
+    )
     session_hours: float = Field(
         12.0, gt=0, le=24 * 30, description="Hours a web page login (its session cookie) lasts."
     )
     handshake_timeout_s: float = Field(
-        5.0, gt=0, le=120, description="Seconds a new connection has to complete its HTTP request or upgrade."
+        5.0, gt=0, le=120,
+        description="Seconds from accept (TLS handshake included) a connection has to send the token or cookie.",
     )
     max_outbound_bytes: int = Field(
         8 * 1024 * 1024, ge=65536, le=1 << 30, description="Replies queued for a client that does not read, in bytes."

@@ -2,41 +2,126 @@
 
 Idle sockets are the cheapest attack on a daemon: each one holds a file descriptor until the handshake times out,
 and at the process's descriptor limit the frame store cannot open files and ``accept`` fails in a loop. So
-connections are counted from the moment they are accepted, in total and per peer address, and one over either
-bound is closed at once, before a byte is read. The total bound is kept below the descriptor limit
-(``descriptor_budget``) so that cameras, the frame store and the model always find descriptors.
+connections are counted from the moment they are accepted (before a TLS handshake), in total and per peer
+address, and one over a bound is closed at once, before a byte is read. The total bound is kept below the
+descriptor limit (``descriptor_budget``) so that cameras, the frame store and the model always find descriptors.
+
+A connection is *unproven* until one of its requests carries a valid token or session cookie (or, with no token
+configured, until its first request head arrives). Unproven connections may hold at most ``total - reserve``
+places: the reserve is for clients that proved themselves, so a flood without a token cannot keep the token's
+owners out. When the unproven places are full, a new connection takes the place of the oldest unproven one of
+the address that holds the most of them (its own, on a tie): each of N flooding addresses keeps about 1/N of the
+places, and a newcomer always gets in, so a token holder's new connection stands as long as its first request
+takes to arrive. The listener closes an unproven connection a few seconds after its accept
+(``server.handshake_timeout_s``), so places turn over in seconds, not keep-alive's 30.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    evict: Hashable | None = None  # an unproven connection to close for this one (already released)
 
 
 class ConnectionGuard:
-    """Open connections, in total and per peer IP address (event loop thread only)."""
+    """Open connections, in total, per peer IP address and unproven (event loop thread only). Connections are
+    any hashable key the caller chooses."""
 
-    def __init__(self, total: int, per_peer: int) -> None:
+    def __init__(self, total: int, per_peer: int, reserve: int = 0) -> None:
         self.total = total
         self.per_peer = per_peer
-        self.open = 0
+        self.reserve = reserve
         self.refused = 0
+        self.evicted = 0
+        self._peer_of: dict[Hashable, str] = {}
         self._peers: Counter[str] = Counter()
+        self._unproven: OrderedDict[Hashable, str] = OrderedDict()  # in accept order
+        self._unproven_of: Counter[str] = Counter()
 
-    def acquire(self, peer: str) -> bool:
-        if self.open >= self.total or self._peers[peer] >= self.per_peer:
-            self.refused += 1
-            return False
-        self.open += 1
+    @property
+    def open(self) -> int:
+        return len(self._peer_of)
+
+    @property
+    def unproven(self) -> int:
+        return len(self._unproven)
+
+    @property
+    def unproven_limit(self) -> int:
+        """Places unproven connections may hold: all but the reserve (never more than half of the total)."""
+        return max(1, self.total - min(self.reserve, self.total // 2))
+
+    def acquire(self, key: Hashable, peer: str) -> Admission:
+        """Admit ``key`` from ``peer`` as unproven, possibly in place of another unproven connection (``evict``:
+        the caller closes it, which releases it)."""
+        if key in self._peer_of:
+            raise ValueError("connection already admitted")
+        evict = None
+        if self._peers[peer] >= self.per_peer:
+            evict = self._victim(peer, own_only=True)
+            if evict is None:
+                return self._refuse()
+        elif self.open >= self.total or self.unproven >= self.unproven_limit:
+            evict = self._victim(peer, own_only=False)
+            if evict is None:
+                return self._refuse()
+        if evict is not None:  # its place is the newcomer's now; the caller's later release of it is a no-op
+            self.evicted += 1
+            self.release(evict)
+        self._peer_of[key] = peer
         self._peers[peer] += 1
+        self._unproven[key] = peer
+        self._unproven_of[peer] += 1
+        return Admission(True, evict)
+
+    def prove(self, key: Hashable) -> bool:
+        """A request on ``key`` authenticated: it no longer counts as unproven. True the first time."""
+        peer = self._unproven.pop(key, None)
+        if peer is None:
+            return False
+        self._drop_unproven(peer)
         return True
 
-    def release(self, peer: str) -> None:
-        self.open -= 1
+    def is_unproven(self, key: Hashable) -> bool:
+        return key in self._unproven
+
+    def release(self, key: Hashable) -> None:
+        peer = self._peer_of.pop(key, None)
+        if peer is None:
+            return
         self._peers[peer] -= 1
         if self._peers[peer] <= 0:
             del self._peers[peer]
+        if self._unproven.pop(key, None) is not None:
+            self._drop_unproven(peer)
+
+    def _victim(self, peer: str, *, own_only: bool) -> Hashable | None:
+        """The unproven connection a newcomer from ``peer`` replaces: the oldest of the address holding the most
+        unproven connections (``peer`` itself on a tie, or when ``own_only``), None when there is none."""
+        if not self._unproven:
+            return None
+        most = max(self._unproven_of.values())
+        if own_only or self._unproven_of[peer] == most:
+            target = peer
+        else:
+            target = next(p for p, n in self._unproven_of.items() if n == most)
+        return next((k for k, p in self._unproven.items() if p == target), None)
+
+    def _drop_unproven(self, peer: str) -> None:
+        self._unproven_of[peer] -= 1
+        if self._unproven_of[peer] <= 0:
+            del self._unproven_of[peer]
+
+    def _refuse(self) -> Admission:
+        self.refused += 1
+        return Admission(False)
 
 
 def descriptor_budget(soft_limit: int, configured: int, reserve: int) -> int:

@@ -1,10 +1,12 @@
 """The listening socket: admission of each TCP connection before a byte is read, and its first-request deadline.
 
-Every accepted connection is counted in the ``ConnectionGuard`` (in total and per peer) and closed at once when
-either bound is full, so idle sockets cannot take the descriptors the frame store and cameras need. A connection
-that has not sent a whole request head within ``handshake_timeout_s`` is closed (a slow-loris client), whatever
-protocol it later speaks. The HTTP protocol object (aiohttp's) sits behind a thin proxy that only forwards the
-transport's calls; ``mark_served`` is called by the application when a request head has arrived.
+Every accepted connection is counted in the ``ConnectionGuard`` (in total, per peer, and as unproven) and closed at
+once when a bound is full, or admitted in place of an unproven connection of the address that holds the most, so
+idle sockets can neither take the descriptors the frame store and cameras need nor keep the token's owners out.
+A connection that has not proved itself (a request with a valid token or cookie) within ``handshake_timeout_s`` of
+its accept is closed, TLS handshake included (a slow-loris client, or one that sends a request and idles). The
+HTTP protocol object (aiohttp's) sits behind a thin proxy that only forwards the transport's calls; the
+application calls ``prove`` when a request authenticated.
 """
 
 from __future__ import annotations
@@ -41,19 +43,21 @@ class Listener:
     def __init__(self, guard: ConnectionGuard, handshake_timeout_s: float) -> None:
         self.guard = guard
         self.handshake_timeout_s = handshake_timeout_s
-        self._pending: dict[asyncio.BaseTransport, asyncio.TimerHandle] = {}
+        self._deadlines: dict[_Guarded, asyncio.TimerHandle] = {}
+        self._by_transport: dict[asyncio.BaseTransport, _Guarded] = {}  # the transport the HTTP protocol sees
         self._refusals = Throttle()
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
 
     async def start(self, factory: Callable[[], asyncio.Protocol], host: str, port: int,
                     tls: ssl.SSLContext | None) -> int:
         """Bind and listen; the bound port (``port`` 0 picks a free one)."""
         loop = asyncio.get_running_loop()
-        # TLS: asyncio admits a connection to the protocol only after its handshake, which is therefore bounded by
-        # the same deadline (a socket that never finishes one is closed when it passes)
+        # TLS is started here, on the admitted connection, rather than by the server: so a socket is counted from
+        # its accept, and its handshake is bounded by the same first-request deadline
+        self._tls = tls
         self._server = await loop.create_server(
-            lambda: _Guarded(self, factory()), host, port, ssl=tls, reuse_address=True, backlog=512,
-            ssl_handshake_timeout=self.handshake_timeout_s if tls is not None else None)
+            lambda: _Guarded(self, factory()), host, port, reuse_address=True, backlog=512)
         return int(self._server.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:
@@ -65,68 +69,124 @@ class Listener:
             self._server.close()
             await self._server.wait_closed()
 
-    def mark_served(self, transport: Any) -> None:
-        """A request head arrived on ``transport``: its first-request deadline no longer applies."""
-        timer = self._pending.pop(transport, None)
-        if timer is not None:
-            timer.cancel()
+    def prove(self, transport: Any) -> None:
+        """A request on ``transport`` authenticated: the connection leaves the unproven pool and its deadline."""
+        conn = self._by_transport.get(transport)
+        if conn is not None and self.guard.prove(conn):
+            timer = self._deadlines.pop(conn, None)
+            if timer is not None:
+                timer.cancel()
+
+    def unproven(self, transport: Any) -> bool:
+        conn = self._by_transport.get(transport)
+        return conn is not None and self.guard.is_unproven(conn)
 
     # -- from the proxies -----------------------------------------------------------------------------------------
 
-    def admit(self, transport: asyncio.BaseTransport) -> str | None:
+    def admit(self, conn: _Guarded, transport: asyncio.BaseTransport) -> str | None:
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
-        if not self.guard.acquire(peer):
-            if self._refusals.ready():  # a summary a minute, not a line per socket
+        admission = self.guard.acquire(conn, peer)
+        if not admission.admitted:
+            if self._refusals.ready("refused"):  # a summary a minute, not a line per socket
                 log.warning("conn.refused", reason="connection limit", open=self.guard.open, limit=self.guard.total,
                             per_peer_limit=self.guard.per_peer, refused_total=self.guard.refused)
             return None
+        if isinstance(admission.evict, _Guarded):
+            admission.evict.abort()
+            if self._refusals.ready("evicted"):
+                log.warning("conn.evicted", reason="unproven connections full", unproven=self.guard.unproven,
+                            unproven_limit=self.guard.unproven_limit, evicted_total=self.guard.evicted)
         loop = asyncio.get_running_loop()
-        self._pending[transport] = loop.call_later(self.handshake_timeout_s, self._too_slow, transport)
+        self._deadlines[conn] = loop.call_later(self.handshake_timeout_s, self._too_slow, conn)
         return peer
 
-    def release(self, transport: asyncio.BaseTransport, peer: str) -> None:
-        self.mark_served(transport)
-        self.guard.release(peer)
+    def attach(self, conn: _Guarded, transport: asyncio.BaseTransport) -> None:
+        self._by_transport[transport] = conn
 
-    def _too_slow(self, transport: asyncio.BaseTransport) -> None:
-        if self._pending.pop(transport, None) is not None:
-            transport.abort()  # type: ignore[attr-defined]
+    def release(self, conn: _Guarded, transport: asyncio.BaseTransport | None) -> None:
+        timer = self._deadlines.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if transport is not None:
+            self._by_transport.pop(transport, None)
+        self.guard.release(conn)
+
+    def start_tls(self, conn: _Guarded, transport: asyncio.BaseTransport) -> asyncio.Task[None] | None:
+        if self._tls is None:
+            return None
+        return asyncio.get_running_loop().create_task(conn.start_tls(transport, self._tls))
+
+    def _too_slow(self, conn: _Guarded) -> None:
+        if self._deadlines.pop(conn, None) is not None and self.guard.is_unproven(conn):
+            conn.abort()
 
 
 class _Guarded(asyncio.Protocol):
-    """Forwards a transport's calls to the HTTP protocol once the connection is admitted."""
+    """Forwards a transport's calls to the HTTP protocol once the connection is admitted (and, with TLS, once its
+    handshake is done)."""
 
     def __init__(self, listener: Listener, inner: asyncio.Protocol) -> None:
         self._listener = listener
         self._inner = inner
-        self._transport: asyncio.BaseTransport | None = None
+        self._raw: asyncio.BaseTransport | None = None
+        self._transport: asyncio.BaseTransport | None = None  # what the inner protocol was given
         self._peer: str | None = None
+        self._tls_task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._peer = self._listener.admit(transport)
+        self._peer = self._listener.admit(self, transport)
         if self._peer is None:
             transport.abort()  # type: ignore[attr-defined]
             return
+        self._raw = transport
+        self._tls_task = self._listener.start_tls(self, transport)
+        if self._tls_task is None:
+            self._hand_over(transport)
+
+    async def start_tls(self, raw: asyncio.BaseTransport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # no timeout of its own: the first-request deadline closes a handshake that is too slow
+            transport = await loop.start_tls(raw, self, context, server_side=True)  # type: ignore[arg-type]
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.CancelledError, RuntimeError):
+            return  # a failed handshake: start_tls closed the socket, connection_lost releases it
+        if self._peer is not None and transport is not None:
+            self._hand_over(transport)
+
+    def _hand_over(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        self._listener.attach(self, transport)
         self._inner.connection_made(transport)
 
+    def abort(self) -> None:
+        target = self._transport or self._raw
+        if target is not None:
+            target.abort()  # type: ignore[attr-defined]
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._peer is None or self._transport is None:
+        if self._peer is None:
             return
-        self._listener.release(self._transport, self._peer)
         self._peer = None
-        self._inner.connection_lost(exc)
+        self._listener.release(self, self._transport)
+        if self._tls_task is not None and not self._tls_task.done():
+            self._tls_task.cancel()
+        if self._transport is not None:
+            self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._peer is not None:
+        if self._peer is not None and self._transport is not None:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._peer is not None else None
+        if self._peer is not None and self._transport is not None:
+            return self._inner.eof_received()
+        return None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._transport is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._transport is not None:
+            self._inner.resume_writing()

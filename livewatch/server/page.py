@@ -5,8 +5,9 @@ browser login that turns the token into a session cookie (``session.Sessions``).
     GET  /static/NAME      app.js, style.css
     GET  /session          {"auth_required", "logged_in"}: whether the page must show its login form
     POST /login            {"token": "..."} (JSON or a form): 204 with the cookie, 401 for a wrong token,
-                           429 for a peer with 10 wrong tokens in the last minute (logins and bearer headers
-                           alike, refused before the comparison), 403 from an origin that may not act here
+                           429 for a wrong token past 10 a minute from its address or 200 a minute from all
+                           (logins and bearer headers alike; a right token is always accepted), 403 from an
+                           origin that may not act here
     POST /logout           revokes the cookie and clears it
 
 The page is served with a strict Content-Security-Policy (its own scripts, styles, images and connections only;
@@ -39,11 +40,13 @@ PUBLIC_PATHS = ("/healthz", "/session", "/login", "/logout")
 
 class Page:
     def __init__(self, token: str | None, sessions: Sessions, guesses: Guesses,
-                 origin_ok: Callable[[web.Request], bool]) -> None:
+                 origin_ok: Callable[[web.Request], bool],
+                 too_many_guesses: Callable[[web.Request, str], web.Response]) -> None:
         self.token = token
         self.sessions = sessions
-        self.guesses = guesses  # the middleware refuses a peer past its wrong tokens before this runs
+        self.guesses = guesses  # wrong logins count with wrong bearer tokens
         self.origin_ok = origin_ok
+        self.too_many_guesses = too_many_guesses
         self._files = {path.name: (path.read_bytes(), _TYPES[path.suffix]) for path in WEBUI.iterdir()
                        if path.suffix in _TYPES}
 
@@ -88,7 +91,9 @@ class Page:
         except TimeoutError:
             return web.Response(status=408, text="the login took too long\n")
         if token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
-            self.guesses.failed(request.remote or "?")
+            peer = request.remote or "?"
+            if self.guesses.wrong(peer):
+                return self.too_many_guesses(request, peer)
             log.warning("http.login_failed", remote=request.remote)
             return web.Response(status=401, text="wrong token\n")
         response = web.Response(status=204, headers={"Cache-Control": "no-store"})

@@ -66,36 +66,39 @@ class Sessions:
 
 
 class Guesses:
-    """Wrong tokens per peer address (a login or a bearer header): at most ``count`` in any ``period`` seconds
-    (a ``RateLimit`` per address), then the peer is refused before its token is even compared, right or wrong.
-    Bounded: the ``peers`` most recently wrong are remembered."""
+    """Wrong tokens (a login or a bearer header), per peer address and from everyone: at most ``count`` a peer
+    and ``total`` in all in any ``period`` seconds (sliding windows); a wrong token past either is answered 429
+    instead of 401. Only wrong tokens are ever refused: a right one is compared first and always accepted, so no
+    guesser (another user of a shared address, a reverse proxy's other clients) can lock its owners out; the
+    token's own strength stops guessing (config.MIN_TOKEN_BITS). Bounded: the ``peers`` most recently wrong are
+    remembered, and a window stops counting once full (a flood adds nothing)."""
 
-    def __init__(self, count: int = 10, period: float = 60.0, peers: int = 4096,
+    def __init__(self, count: int = 10, period: float = 60.0, peers: int = 4096, total: int = 200,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.count, self.period, self.peers = count, period, peers
         self._clock = clock
         self._wrong: OrderedDict[str, RateLimit] = OrderedDict()
+        self._all = RateLimit(total, period, clock)
         self.refused = 0
 
-    def blocked(self, peer: str) -> bool:
-        window = self._wrong.get(peer)
-        if window is not None and window.full():
-            self.refused += 1
-            return True
-        return False
-
-    def failed(self, peer: str) -> None:
+    def wrong(self, peer: str) -> bool:
+        """Count a wrong token from ``peer``; True when it is past the peer's or everyone's limit (answer 429)."""
         window = self._wrong.get(peer)
         if window is None:
             window = self._wrong[peer] = RateLimit(self.count, self.period, self._clock)
             while len(self._wrong) > self.peers:
                 self._wrong.popitem(last=False)
         self._wrong.move_to_end(peer)
-        window.note()
+        over = not window.allow()
+        over = not self._all.allow() or over
+        if over:
+            self.refused += 1
+        return over
 
     def retry_after(self, peer: str) -> float:
         window = self._wrong.get(peer)
-        return window.retry_after() if window is not None else 0.0
+        return max(window.retry_after() if window is not None and window.full() else 0.0,
+                   self._all.retry_after() if self._all.full() else 0.0)
 
 
 def host_allowed(host: str | None, allowed_origins: tuple[str, ...]) -> bool:

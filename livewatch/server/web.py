@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from livewatch.errors import ErrorCode
 from livewatch.log import Throttle, get_logger
@@ -46,6 +48,9 @@ from livewatch.server.session import COOKIE, Guesses, Sessions, host_allowed, or
 
 log = get_logger("livewatch.server")
 WS_PATHS = ("/", "/ws")
+# what reading a request's body raises when the bytes are not what its headers say (a cut chunked body, a broken
+# transfer encoding): the client's fault, a 400, never a 500
+BODY_ERRORS = (RequestPayloadError, HttpProcessingError)
 _FRAME_ROUTE = r"/frames/{camera:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}}/{frame:[0-9]{1,15}}.jpg"
 
 
@@ -110,7 +115,7 @@ class HttpServer:
         self.listener = Listener(guard, options.handshake_timeout_s)
         self.sessions = Sessions(options.session_ttl_s)
         self.guesses = Guesses()
-        self.page = Page(options.token, self.sessions, self.guesses, self.origin_ok)
+        self.page = Page(options.token, self.sessions, self.guesses, self.origin_ok, self.too_many_guesses)
         self.app = web.Application(middlewares=[self._middleware], client_max_size=options.max_body_bytes)
         self.page.add_to(self.app)
         self.app.router.add_get("/healthz", self._health)
@@ -139,18 +144,17 @@ class HttpServer:
             await self._runner.cleanup()
         await self.listener.wait_closed()
 
-    # -- middleware: the first-request deadline, the token, body limits, no stack traces to clients ---------------
+    # -- middleware: proving the connection, the token, body limits, no stack traces to clients -------------------
 
     @web.middleware
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        self.listener.mark_served(request.transport)
         peer = request.remote or "?"
-        if ("Authorization" in request.headers or request.path == "/login") and self.guesses.blocked(peer):
-            self._note("http.guessing", request.path)
-            return refuse(request, 429, ErrorCode.RATE_LIMITED, "too many wrong tokens; retry in a minute",
-                          **{"Retry-After": str(int(self.guesses.retry_after(peer)) + 1)})
         by = request["auth"] = self._authenticated(request, peer)
+        if by is not None:  # the connection proved itself: out of the unproven pool, no first-request deadline
+            self.listener.prove(request.transport)
+        if request.get("guessing"):  # a wrong token past the limits: a right one never gets here
+            return self.too_many_guesses(request, peer)
         if by != "token" and not host_allowed(request.host, self.options.allowed_origins):
             return refuse(request, 421, ErrorCode.UNAUTHORIZED, "address the daemon by IP address, localhost, or a "
                           "host of server.allowed_origins (or send the token)")
@@ -165,10 +169,17 @@ class HttpServer:
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            # nothing here takes a compressed body: refused before aiohttp would inflate one (a bomb, or bytes
+            # that are not what the header says)
+            return refuse(request, 415, ErrorCode.BAD_REQUEST, "request bodies are not compressed here: send "
+                          "them without Content-Encoding")
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:  # a chunked body over the limit
             return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
+        except BODY_ERRORS:  # a body that breaks off, or bytes its headers misdescribe
+            return refuse(request, 400, ErrorCode.BAD_REQUEST, "the request body could not be read")
         except web.HTTPException as exc:  # 404, 405: no HTML page
             return refuse(request, exc.status, ErrorCode.BAD_REQUEST, exc.reason.lower())
         except Exception as exc:  # a bug: the client gets a fixed message, the log the detail (a minute apart)
@@ -182,7 +193,7 @@ class HttpServer:
 
     def _authenticated(self, request: web.Request, peer: str) -> str | None:
         """How the request proved it may act ("token", "cookie"; "open" without a token), or None. A wrong
-        bearer token counts as a guess."""
+        bearer token counts as a guess; past the guess limits the request is marked ``guessing``."""
         token = self.options.token
         if token is None:
             return "open"
@@ -190,8 +201,16 @@ class HttpServer:
         if header is not None:
             if check_bearer(header, token):
                 return "token"
-            self.guesses.failed(peer)
+            if self.guesses.wrong(peer):
+                request["guessing"] = True
+                return None
         return "cookie" if self.sessions.valid(request.cookies.get(COOKIE)) else None
+
+    def too_many_guesses(self, request: web.Request, peer: str) -> web.Response:
+        """A wrong token past the guess limits (the middleware's and the login's answer)."""
+        self._note("http.guessing", request.path)
+        return refuse(request, 429, ErrorCode.RATE_LIMITED, "wrong token, and too many wrong tokens; retry in a "
+                      "minute", **{"Retry-After": str(int(self.guesses.retry_after(peer)) + 1)})
 
     def browser_ok(self, request: web.Request) -> bool:
         """A request not proven by the token may act only from an allowed origin: anything but a GET (a
