@@ -123,7 +123,7 @@ class Daemon(WatchService):
             return store.read_frame(camera, frame_id) if store is not None else None
 
         return start_watches(self.settings, self.worker.set_watches, self.camera_names, read_frame, self._describe,
-                             self.metrics)
+                             self.metrics, self.inflight)
 
     def _camera_specs(self) -> tuple[dict[str, SourceSpec | None], dict[str, str]]:
         """Every camera's open arguments. A configured camera that cannot work is a config error; a saved one

@@ -26,7 +26,7 @@ from livewatch.memory.jpegfile import thumbnail
 from livewatch.metrics import Metrics
 from livewatch.find import find as find_moments
 from livewatch.server.watchproto import Find, WatchAdd
-from livewatch.watches.manager import WatchManager
+from livewatch.watches.manager import QuestionBudget, WatchManager
 from livewatch.watches.sinks import Sink, SinkOptions
 from livewatch.watches.webhook import WebhookSink
 from livewatch.watches.store import WatchStore, spec_of
@@ -59,6 +59,7 @@ def start_watches(
     read_frame: Callable[[str, int], bytes | None],
     describe: Callable[[str, str, int], Awaitable[str]],
     metrics: Metrics,
+    question_budget: QuestionBudget | None = None,
 ) -> WatchManager:
     """``engine_set(camera, {watch: condition})`` gives the engine a camera's watches (a cluster's front: to the
     camera's shard); ``read_frame`` reads an event's evidence frame."""
@@ -77,7 +78,8 @@ def start_watches(
     manager = WatchManager(
         store, settings.watches, engine_set, camera_names, read_frame, describe,
         sinks=sinks, tz=resolve_tz(settings.model.timezone), max_watches=ev.max_watches,
-        describe_tokens=ev.describe_tokens, on_latency=observe,
+        describe_tokens=ev.describe_tokens, on_latency=observe, question_budget=question_budget,
+        engine_share=ev.watch_engine_share, evaluations_per_s=settings.capture.fps / 2,
     )
     for sink in sinks:
         sink.start()

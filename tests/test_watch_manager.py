@@ -10,7 +10,10 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from livewatch.engine.watcheval import WatchResult
+from livewatch.errors import ErrorCode, RequestError
 from livewatch.watches.events import WatchEvent, WatchSpec
 from livewatch.watches.manager import MAX_DESCRIBES, WatchManager
 from livewatch.watches.store import WatchStore
@@ -125,4 +128,69 @@ def test_describe_follow_ups_are_capped(tmp_path: Path) -> None:
         await m.stop()
         m.on_results([result("w0", 0.1)])  # stopped: nothing applied any more
         assert m.watches["w0"].trigger.state == "on"
+    asyncio.run(main())
+
+
+def test_the_watch_load_projects_the_measured_cost_of_an_evaluation() -> None:
+    from livewatch.watches.load import WatchLoad
+
+    load = WatchLoad(limit=0.5, evaluations_per_s=0.5, window_s=60)
+    assert load.projected(100, 0.0) is None and load.admits(100, 0.0)  # nothing measured: max_watches bounds them
+    load.observe(1.0, 40.0, 4)  # 10 ms an evaluation
+    load.observe(2.0, 0.0, 0)  # a step without evaluations tells nothing
+    assert load.seconds_per_evaluation(2.0) == pytest.approx(0.010)
+    assert load.projected(100, 2.0) == pytest.approx(0.5)  # 100 watches x 0.5 a second x 10 ms
+    assert load.admits(100, 2.0) and not load.admits(101, 2.0)
+    assert load.share(1.5) is None  # under a second of wall time: no share yet
+    load.observe(3.0, 160.0, 4)  # dearer now: 25 ms on average over the window
+    assert load.seconds_per_evaluation(3.0) == pytest.approx(0.025) and not load.admits(41, 3.0)
+    assert load.share(3.0) == pytest.approx(0.2 / 2.04)
+    assert load.seconds_per_evaluation(100.0) is None and load.share(100.0) == 0.0  # the window moved on
+
+
+def test_a_watch_add_past_the_measured_engine_share_is_busy_and_descriptions_take_question_slots(
+        tmp_path: Path) -> None:
+    class Budget:
+        limit, count = 2, 0
+
+    budget = Budget()
+    started: list[str] = []
+
+    async def describe(camera: str, question: str, tokens: int) -> str:
+        started.append(camera)
+        assert budget.count >= 1  # the description holds a question slot while it runs
+        await asyncio.sleep(3600)
+        return ""
+
+    async def main() -> None:
+        now = [0.0]
+        m = WatchManager(WatchStore(tmp_path), {}, lambda c, w: None, lambda: ["door"], lambda c, i: b"\xff\xd8jpeg",
+                         describe, max_watches=64, question_budget=budget, engine_share=0.5, evaluations_per_s=0.5,
+                         clock=lambda: now[0])
+        m.start()
+        await m.add(WatchSpec("a", "door", "a person", confirm=1, describe=True))
+        await m.add(WatchSpec("b", "door", "a car", confirm=1, describe=True))
+        for t in range(1, 31):  # each evaluation costs 0.2 s: two watches at 0.5 a second take 20%
+            now[0] = float(t)
+            m.on_results([WatchResult("door", "a", 0.1, 7, 1.0, t, 400.0, "a person"),
+                          WatchResult("door", "b", 0.1, 7, 1.0, t, 400.0, "a car")])
+        await m.add(WatchSpec("c", "door", "a dog"))  # 30%
+        await m.add(WatchSpec("d", "door", "a cat"))  # 40%
+        await m.add(WatchSpec("e", "door", "a bird"))  # 50%
+        with pytest.raises(RequestError) as info:
+            await m.add(WatchSpec("f", "door", "a fox"))  # 60%
+        message = str(info.value)
+        assert info.value.code is ErrorCode.BUSY and "6 watches would take 60%" in message and "200.0 ms" in message
+        await m.add(WatchSpec("a", "door", "a person, again", confirm=1, describe=True))  # a replacement fits
+        assert m.stats()["engine_share"] == pytest.approx(30 * 0.4 / 29.4, abs=1e-4)
+        budget.count = budget.limit  # the daemon's questions fill the budget: a start goes without a description
+        m.on_results([WatchResult("door", "b", 0.99, 7, 1.0, 40, 1.0, "a car")])
+        await asyncio.sleep(0)
+        assert started == [] and m.describes_skipped == 1
+        budget.count = 0
+        m.on_results([WatchResult("door", "a", 0.99, 7, 1.0, 41, 1.0, "a person, again")])
+        await asyncio.sleep(0.05)
+        assert started == ["door"] and budget.count == 1
+        await m.stop()
+        assert budget.count == 0  # a cancelled description gives its slot back
     asyncio.run(main())

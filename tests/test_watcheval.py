@@ -98,3 +98,37 @@ def test_the_engine_step_evaluates_watches_once_per_context_version(lm) -> None:
     loop.scheduler.set_watches("door", {})
     loop.scheduler.push_context("door", pairs, 3, eager=False)
     assert run() == [] and core.needs_encode("door")  # unwatched and lazy: not encoded, not evaluated
+
+
+def test_many_watches_are_evaluated_a_bounded_batch_a_step_round_robin_across_cameras(lm) -> None:
+    """A step evaluates at most ``watch_batch`` watches, so a question waits for one bounded forward; the rest run
+    in the next steps (the loop says it has work), cameras taking turns; a camera whose context moves on before
+    all its watches were evaluated carries on with the ones that waited longest."""
+    from livewatch.engine.batch import BatchDecoder
+    from livewatch.engine.loop import EngineLoop
+
+    core = EngineCore(lm, timezone="UTC")
+    loop = EngineLoop(core, BatchDecoder(core, 2, 2048, use_graphs=False), watch_batch=3)
+    door = {f"d{i}": f"{CONDITIONS[i % 3]} ({i})" for i in range(5)}
+    loop.scheduler.set_watches("door", door)
+    loop.scheduler.set_watches("yard", {"y0": CONDITIONS[0]})
+    loop.scheduler.push_context("door", [make_pair(i, T0 + 2 * i) for i in range(2)], 1, eager=False)
+    loop.scheduler.push_context("yard", [make_pair(20 + i, T0 + 2 * i) for i in range(2)], 1, eager=False)
+    steps = []
+    while loop.has_work():
+        watches = loop.step().watches
+        if watches:
+            steps.append([(r.camera, r.watch) for r in watches])
+    assert all(len(s) <= 3 for s in steps)
+    assert steps[0][:2] == [("door", "d0"), ("yard", "y0")]  # cameras take turns
+    assert sorted(w for s in steps for _, w in s) == sorted([*door, "y0"])  # each once for version 1
+    # version 2 arrives after one chunk of it: the rest of version 2 goes on with the watches not yet evaluated
+    loop.scheduler.push_context("door", [make_pair(i, T0 + 2 * i) for i in range(3)], 2, eager=False)
+    first = [r.watch for r in loop.step().watches]
+    assert len(first) == 3 and loop.has_work()
+    loop.scheduler.push_context("door", [make_pair(i, T0 + 2 * i) for i in range(4)], 3, eager=False)
+    second = []
+    while loop.has_work():
+        second += [r.watch for r in loop.step().watches if r.version == 3]
+    assert second[:2] == [w for w in door if w not in first]  # those that waited go first
+    assert sorted(second) == sorted(door)

@@ -73,7 +73,7 @@ class ClusterDaemon(Daemon):
 
     def _start_watches(self) -> WatchManager | None:
         return start_watches(self.settings, self.cluster.set_watches, self.camera_names, self._read_frame,
-                             self._describe, self.metrics)
+                             self._describe, self.metrics, self.inflight)
 
     def _on_results(self, results: Any) -> None:
         if self.watches is not None:

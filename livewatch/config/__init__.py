@@ -124,6 +124,7 @@ class Settings:
             encode_mode=m.encode_mode, max_queued=self.server.max_inflight_total, slots=m.batch_size,
             max_len=m.max_kv_tokens, cuda_graphs=m.cuda_graphs == "auto", fused_kernels=m.fused_kernels == "auto",
             warm_up=m.warm_up, encode_batch=m.encode_batch, encode_step_tokens=m.encode_step_tokens,
+            watch_batch=m.watch_batch,
             encode_gather_s=m.encode_gather_s,
             encode_graphs=m.cuda_graphs == "auto", lag_warning_s=m.encode_lag_warning_s,
         )

@@ -45,6 +45,9 @@ class ModelSection(_Section):
     encode_step_tokens: int = Field(
         4096, ge=256, le=65536, description="New prefix tokens one encode step computes at most (questions wait)."
     )
+    watch_batch: int = Field(
+        32, ge=1, le=4096, description="Watch evaluations one engine step runs at most (questions wait for a step)."
+    )
     encode_lag_warning_s: float = Field(
         10.0, gt=0, le=86400, description="Eager mode: log a warning when a camera's prefix falls this far behind."
     )
@@ -269,6 +272,9 @@ class EventsSection(_Section):
     queue_size: int = Field(256, ge=1, le=100000, description="Events a sink holds while it cannot deliver.")
     describe_tokens: int = Field(48, ge=1, le=512, description="Length of a 'describe' watch's description.")
     max_watches: int = Field(256, ge=1, le=4096, description="Watches at once (config and API).")
+    watch_engine_share: float = Field(
+        0.5, gt=0, le=1, description="Largest measured share of the engine's time watches may take; watch.add past it is busy."
+    )
     webhook_url: str = Field("", description="POST every event as JSON here (http:// or https://); empty: off.")
     webhook_secret_env: str = Field(
         "LIVEWATCH_WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",

@@ -52,7 +52,8 @@ class StepResult:
 
 class EngineLoop:
     def __init__(self, core: EngineCore, batch: BatchDecoder, scheduler: Scheduler | None = None,
-                 stopping: Callable[[], bool] = lambda: False, encode_tokens: int | None = None) -> None:
+                 stopping: Callable[[], bool] = lambda: False, encode_tokens: int | None = None,
+                 watch_batch: int = 32) -> None:
         self.core = core
         self.batch = batch
         self.scheduler = scheduler or Scheduler()
@@ -61,11 +62,15 @@ class EngineLoop:
         self.watch_eval: WatchEvaluator | None = None  # built at the first watch
         self.watch_versions: dict[str, int] = {}  # camera -> the context version its watches last saw
         self.watch_sets: dict[str, dict[str, str]] = {}  # camera -> the watches evaluated last
+        # camera -> (the version being evaluated, its watches done so far, the watches' turn: longest waiting first)
+        self._watch_round: dict[str, tuple[int, set[str], list[str]]] = {}
+        self.watch_batch = watch_batch  # watch evaluations one step runs at most
+        self.watches_pending = False  # the last step left watches of a context version unevaluated
         self.watch_failures = 0  # evaluation steps that failed (out of memory, a model error)
         self._watch_failure_logged = Throttle()
 
     def has_work(self, now: float = math.inf) -> bool:
-        return self.scheduler.has_work(now) or bool(self.batch.active)
+        return self.scheduler.has_work(now) or bool(self.batch.active) or self.watches_pending
 
     def plan(self, now: float = math.inf) -> Plan:
         return self.scheduler.plan(self.batch.free_slots(), decoding=bool(self.batch.active), now=now)
@@ -95,28 +100,43 @@ class EngineLoop:
         return result
 
     def _evaluate_watches(self, watches: dict[str, dict[str, str]], result: StepResult) -> None:
-        """Every watch of every watched camera whose prefix holds a context its watches have not seen yet, in one
-        batched forward (however the prefix got there: an eager encode, or a question's)."""
-        due = []
+        """The watches of watched cameras whose prefix holds a context they have not all seen yet (however the
+        prefix got there: an eager encode, or a question's), at most ``watch_batch`` in one batched forward: a
+        question waits for one such forward, not for every watch of every camera (256 watches in one step held a
+        question 8 s on a CPU). The rest run in the next steps, taken round-robin across cameras and, within a
+        camera, the longest unevaluated first, so a camera whose context moves on faster than its watches are
+        evaluated still has each watch evaluated in turn."""
         for camera in list(self.watch_versions):
             if camera not in watches:
                 del self.watch_versions[camera]
+                self._watch_round.pop(camera, None)
+        per_camera: list[tuple[str, int, tuple[int, float], list[str]]] = []
         for camera in watches:
             if self.watch_sets.get(camera) != watches[camera]:  # a watch added or changed: evaluate at once
                 self.watch_sets[camera] = watches[camera]
                 self.watch_versions.pop(camera, None)
+                self._watch_round[camera] = (-1, set(), list(watches[camera]))
             version = self.core.encoded_version(camera)
             end = self.core.context_end(camera)
-            if version is not None and end is not None and self.watch_versions.get(camera) != version:
-                due.append((camera, version, end))
-        if not due:
+            if version is None or end is None or self.watch_versions.get(camera) == version:
+                continue
+            seen_version, done, order = self._watch_round.get(camera, (-1, set(), list(watches[camera])))
+            if seen_version != version:
+                done = set()
+            self._watch_round[camera] = (version, done, order)
+            per_camera.append((camera, version, end, [n for n in order if n not in done]))
+        self.watches_pending = False
+        if not per_camera:
             return
+        names: list[tuple[str, str]] = []
+        for depth in range(max(len(todo) for *_, todo in per_camera)):  # round-robin across cameras
+            names += [(camera, todo[depth]) for camera, _, _, todo in per_camera if depth < len(todo)]
+        names = names[: self.watch_batch]
         bind(camera=None, request=None)
         t0 = time.perf_counter()
         try:
             if self.watch_eval is None:
                 self.watch_eval = WatchEvaluator(self.core.lm)
-            names = [(camera, name) for camera, _, _ in due for name in watches[camera]]
             queries = [self.core.watch_query(camera, watches[camera][name]) for camera, name in names]
             probabilities = self.watch_eval.probabilities(queries)
         except Exception as exc:  # a model failure or a bug: these versions go unevaluated, the engine goes on
@@ -125,19 +145,28 @@ class EngineLoop:
             if oom and self.core.lm.device.type == "cuda":
                 torch.cuda.empty_cache()
             if self._watch_failure_logged.ready():  # one line a minute, with the count
-                log.error("engine.watch_failed", cameras=len(due), error=type(exc).__name__, out_of_memory=oom,
-                          failures=self.watch_failures, exc_info=not oom and not isinstance(exc, RuntimeError))
-            for camera, version, _ in due:
+                log.error("engine.watch_failed", cameras=len(per_camera), error=type(exc).__name__,
+                          out_of_memory=oom, failures=self.watch_failures,
+                          exc_info=not oom and not isinstance(exc, RuntimeError))
+            for camera, version, _, _ in per_camera:
                 self.watch_versions[camera] = version
             return
         ms = (time.perf_counter() - t0) * 1e3
-        info = {camera: (version, end) for camera, version, end in due}
+        info = {camera: (version, end) for camera, version, end, _ in per_camera}
         for (camera, name), p in zip(names, probabilities):
             version, (frame_id, frame_time) = info[camera]
             result.watches.append(WatchResult(camera, name, p, frame_id, frame_time, version, ms,
                                               watches[camera][name]))
-        for camera, version, _ in due:
-            self.watch_versions[camera] = version
+            _, done, order = self._watch_round[camera]
+            done.add(name)
+            order.remove(name)
+            order.append(name)  # evaluated: to the back of the camera's turn
+        self.watches_pending = False
+        for camera, version, _, _ in per_camera:
+            if not set(watches[camera]) - self._watch_round[camera][1]:
+                self.watch_versions[camera] = version
+            else:
+                self.watches_pending = True
 
     def _admit(self, job: AskJob) -> Outcome | None:
         bind(camera=job.camera, request=job.id)

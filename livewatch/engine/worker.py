@@ -65,7 +65,7 @@ class EngineWorker:
         self._sched = Scheduler(max_queued=options.max_queued, encode_batch=options.encode_batch,
                                 encode_gather_s=options.encode_gather_s)
         self.loop = EngineLoop(core, self.batch, self._sched, stopping=lambda: self._stopping,
-                               encode_tokens=options.encode_step_tokens)
+                               encode_tokens=options.encode_step_tokens, watch_batch=options.watch_batch)
         self.lag_warning_s = options.lag_warning_s
         self._lag_warned = Throttle()  # a line per camera a minute
         self._cond = threading.Condition()

@@ -27,6 +27,7 @@ from livewatch.errors import ErrorCode, RequestError
 from livewatch.log import get_logger
 from livewatch.server.watchproto import event_message
 from livewatch.watches.events import WatchEvent, WatchSpec
+from livewatch.watches.load import WatchLoad
 from livewatch.watches.policy import Trigger
 from livewatch.watches.store import WatchStore
 
@@ -68,6 +69,13 @@ class _Watch:
                 "last_event_latency_s": self.last_latency_s}
 
 
+class QuestionBudget(Protocol):
+    """Questions in flight in the daemon and their limit (``server.handler.InflightCounter``)."""
+
+    limit: int
+    count: int
+
+
 class WatchManager:
     def __init__(
         self,
@@ -82,6 +90,10 @@ class WatchManager:
         max_watches: int = 256,
         describe_tokens: int = 48,
         on_latency: Callable[[str, float], None] | None = None,
+        question_budget: QuestionBudget | None = None,
+        engine_share: float = 1.0,
+        evaluations_per_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.configured = dict(configured)
@@ -94,6 +106,9 @@ class WatchManager:
         self.max_watches = max_watches
         self.describe_tokens = describe_tokens
         self._on_latency = on_latency
+        self._budget = question_budget  # descriptions are questions: they take a slot of the daemon's budget
+        self.load = WatchLoad(engine_share, evaluations_per_s)
+        self._clock = clock
         self.watches: dict[str, _Watch] = {}
         self._subscribers: dict[str, tuple[frozenset[str] | None, Callable[[str], None]]] = {}
         self._evidence: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -101,7 +116,7 @@ class WatchManager:
         self._lock = asyncio.Lock()  # watch.add / watch.remove one at a time: the store and the set stay in step
         self._stopped = False
         self.events_sent = 0
-        self.describes_skipped = 0  # describe follow-ups not started: MAX_DESCRIBES were running
+        self.describes_skipped = 0  # describe follow-ups not started: MAX_DESCRIBES or the question budget was full
         self.results_dropped = 0  # evaluations not applied: not finite, or a bug (logged)
 
     # -- the set of watches -------------------------------------------------------------------------------------
@@ -161,6 +176,13 @@ class WatchManager:
                 raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {spec.camera!r}")
             if spec.name not in self.watches and len(self.watches) >= self.max_watches:
                 raise RequestError(ErrorCode.BUSY, f"at most {self.max_watches} watches (events.max_watches)")
+            if spec.name not in self.watches and not self.load.admits(len(self.watches) + 1, self._clock()):
+                cost = self.load.seconds_per_evaluation(self._clock()) or 0.0
+                share = self.load.projected(len(self.watches) + 1, self._clock()) or 0.0
+                raise RequestError(ErrorCode.BUSY, f"the engine has no room for another watch: "
+                                   f"{len(self.watches) + 1} watches would take {share:.0%} of its time at the "
+                                   f"measured {cost * 1e3:.1f} ms per evaluation (events.watch_engine_share is "
+                                   f"{self.load.limit:.0%})")
             await asyncio.to_thread(self.store.add, spec.name, spec)
             self._install(spec)
             log.info("watch.added", watch=spec.name, camera=spec.camera)
@@ -207,8 +229,11 @@ class WatchManager:
     # -- evaluations to events ----------------------------------------------------------------------------------
 
     def on_results(self, results: Sequence[WatchResult]) -> None:
+        """One engine step's evaluations (they share the step's ``eval_ms``)."""
         if self._stopped:
             return
+        if results and math.isfinite(results[0].eval_ms) and results[0].eval_ms >= 0:
+            self.load.observe(self._clock(), results[0].eval_ms, len(results))
         cameras = set(self._camera_names())
         for result in results:
             try:
@@ -238,7 +263,8 @@ class WatchManager:
         for sink in self.sinks:
             sink.watch_state(watch.spec, on=transition.kind == "started")
         if transition.kind == "started" and watch.spec.describe:
-            if len(self._tasks) < MAX_DESCRIBES:
+            budget = self._budget
+            if len(self._tasks) < MAX_DESCRIBES and (budget is None or budget.count < budget.limit):
                 self._spawn(self._follow_with_description(watch, event))
             else:
                 self.describes_skipped += 1
@@ -263,11 +289,16 @@ class WatchManager:
         self.events_sent += 1
 
     async def _follow_with_description(self, watch: _Watch, event: WatchEvent) -> None:
+        if self._budget is not None:
+            self._budget.count += 1
         try:
             text = await self._describe(event.camera, DESCRIBE_QUESTION, self.describe_tokens)
         except Exception as exc:  # the event went out already; the description is a bonus
             log.warning("watch.describe_failed", watch=event.watch, error=type(exc).__name__)
             return
+        finally:
+            if self._budget is not None:
+                self._budget.count -= 1
         if self.watches.get(watch.spec.name) is watch and not self._stopped:
             self._publish(watch, event.described(_printable(text.strip())), observed=False)
 
@@ -320,7 +351,12 @@ class WatchManager:
     def stats(self) -> dict[str, Any]:
         return {"watches": {n: w.describe() for n, w in self.watches.items()}, "events_sent": self.events_sent,
                 "subscribers": len(self._subscribers), "describes_skipped": self.describes_skipped,
+                "engine_share": _rounded(self.load.share(self._clock())), "engine_share_limit": self.load.limit,
                 "results_dropped": self.results_dropped, "sinks": {s.name: s.stats() for s in self.sinks}}
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
 
 
 def _printable(text: str) -> str:
