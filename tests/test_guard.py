@@ -8,7 +8,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livewatch.server.guard import ConnectionGuard, descriptor_budget
+from livewatch.server.guard import ConnectionGuard, descriptor_budget, peer_key
 
 
 def test_per_peer_and_total_bounds_without_unproven_connections_to_evict() -> None:
@@ -80,6 +80,14 @@ def test_the_reserve_is_at_most_half_of_the_total() -> None:
     assert ConnectionGuard(total=10, per_peer=1, reserve=100).unproven_limit == 5
     assert ConnectionGuard(total=1, per_peer=1, reserve=100).unproven_limit == 1
     assert descriptor_budget(1024, 512, 256) == 512 and descriptor_budget(300, 512, 256) == 44
+
+
+def test_an_ipv6_host_counts_as_its_slash_64() -> None:
+    """One host commonly holds a /64: its addresses one by one would be millions of shares of the places."""
+    assert peer_key("2001:db8:1:2:aaaa::1") == peer_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+    assert peer_key("::ffff:192.0.2.7") == "192.0.2.7" == peer_key("192.0.2.7")
+    assert peer_key("fe80::1%eth0") == "fe80::/64" and peer_key("?") == "?"
 
 
 @settings(max_examples=200, deadline=None)

@@ -81,9 +81,9 @@ def test_wrong_tokens_never_lock_the_right_token_out(daemon: DaemonProcess) -> N
 ROUTES_WITH_BODIES = ["/login", "/logout", "/v1/chat/completions", "/", "/nope"]
 ROUTES_WITHOUT = ["/healthz", "/metrics", "/session", "/", "/static/app.js", "/frames/demo/1.jpg", "/v1/models",
                   "/ws"]
-ENCODINGS = [None, "gzip", "deflate", "br", "identity, gzip", "bogus"]
+ENCODINGS = [None, "gzip", "deflate", "br", "identity, gzip", "bogus", "identity\r\nContent-Encoding: gzip"]
 CONTENT_TYPES = ["application/json", "application/json; charset=nope", "application/x-www-form-urlencoded; charset=latin-1"]
-TRANSFERS = ["length", "chunked", "bad-chunk", "cut-short"]
+TRANSFERS = ["length", "chunked", "gzip-chunked", "bad-chunk", "cut-short"]
 
 
 def raw_status(port: int, head: str, body: bytes, transfer: str) -> int | None:
@@ -93,6 +93,9 @@ def raw_status(port: int, head: str, body: bytes, transfer: str) -> int | None:
             s.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         elif transfer == "chunked":
             s.sendall(head.encode() + b"Transfer-Encoding: chunked\r\n\r\n"
+                      + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        elif transfer == "gzip-chunked":  # a transfer coding under chunked: the body is not gzip either
+            s.sendall(head.encode() + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
                       + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
         elif transfer == "bad-chunk":
             s.sendall(head.encode() + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + body + b"\r\n0\r\n\r\n")

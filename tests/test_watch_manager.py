@@ -135,7 +135,8 @@ def test_the_watch_load_projects_the_measured_cost_of_an_evaluation() -> None:
     from livewatch.watches.load import WatchLoad
 
     load = WatchLoad(limit=0.5, evaluations_per_s=0.5, window_s=60)
-    assert load.projected(100, 0.0) is None and load.admits(100, 0.0)  # nothing measured: max_watches bounds them
+    assert load.projected(100, 0.0) is None  # nothing measured: a burst of additions waits for the first step
+    assert load.admits(16, 0.0) and not load.admits(17, 0.0)
     load.observe(1.0, 40.0, 4)  # 10 ms an evaluation
     load.observe(2.0, 0.0, 0)  # a step without evaluations tells nothing
     assert load.seconds_per_evaluation(2.0) == pytest.approx(0.010)
@@ -145,7 +146,9 @@ def test_the_watch_load_projects_the_measured_cost_of_an_evaluation() -> None:
     load.observe(3.0, 160.0, 4)  # dearer now: 25 ms on average over the window
     assert load.seconds_per_evaluation(3.0) == pytest.approx(0.025) and not load.admits(41, 3.0)
     assert load.share(3.0) == pytest.approx(0.2 / 2.04)
-    assert load.seconds_per_evaluation(100.0) is None and load.share(100.0) == 0.0  # the window moved on
+    # the window moved on with no evaluation (cameras offline): nothing taken, the last cost kept for the cap
+    assert load.share(100.0) == 0.0 and load.seconds_per_evaluation(100.0) == pytest.approx(0.025)
+    assert not load.admits(41, 100.0)
 
 
 def test_a_watch_add_past_the_measured_engine_share_is_busy_and_descriptions_take_question_slots(

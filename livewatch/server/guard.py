@@ -18,6 +18,7 @@ takes to arrive. The listener closes an unproven connection a few seconds after 
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
@@ -122,6 +123,21 @@ class ConnectionGuard:
     def _refuse(self) -> Admission:
         self.refused += 1
         return Admission(False)
+
+
+def peer_key(address: str) -> str:
+    """Who a connection or a guess counts against: its IPv4 address, or the /64 network of an IPv6 address (one
+    host commonly holds a whole /64, so counting its addresses one by one would give it millions of shares of the
+    places and of the guess limits). An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def descriptor_budget(soft_limit: int, configured: int, reserve: int) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from livewatch.log import Throttle, get_logger
-from livewatch.server.guard import ConnectionGuard, descriptor_budget
+from livewatch.server.guard import ConnectionGuard, descriptor_budget, peer_key
 
 log = get_logger("livewatch.server")
 
@@ -85,7 +85,7 @@ class Listener:
 
     def admit(self, conn: _Guarded, transport: asyncio.BaseTransport) -> str | None:
         peername = transport.get_extra_info("peername")
-        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
+        peer = peer_key(str(peername[0])) if isinstance(peername, tuple) and peername else "?"
         admission = self.guard.acquire(conn, peer)
         if not admission.admitted:
             if self._refusals.ready("refused"):  # a summary a minute, not a line per socket
@@ -149,7 +149,7 @@ class _Guarded(asyncio.Protocol):
         try:
             # no timeout of its own: the first-request deadline closes a handshake that is too slow
             transport = await loop.start_tls(raw, self, context, server_side=True)  # type: ignore[arg-type]
-        except (OSError, ssl.SSLError, ConnectionError, asyncio.CancelledError, RuntimeError):
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.CancelledError, RuntimeError, TypeError):
             return  # a failed handshake: start_tls closed the socket, connection_lost releases it
         if self._peer is not None and transport is not None:
             self._hand_over(transport)

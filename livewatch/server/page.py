@@ -26,6 +26,7 @@ from pathlib import Path
 from aiohttp import web
 
 from livewatch.log import get_logger
+from livewatch.server.guard import peer_key
 from livewatch.server.session import COOKIE, Guesses, Sessions
 
 log = get_logger("livewatch.server")
@@ -91,7 +92,7 @@ class Page:
         except TimeoutError:
             return web.Response(status=408, text="the login took too long\n")
         if token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
-            peer = request.remote or "?"
+            peer = peer_key(request.remote or "?")
             if self.guesses.wrong(peer):
                 return self.too_many_guesses(request, peer)
             log.warning("http.login_failed", remote=request.remote)

@@ -39,7 +39,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from livewatch.errors import ErrorCode
 from livewatch.log import Throttle, get_logger
 from livewatch.metrics import CONTENT_TYPE
-from livewatch.server.guard import ConnectionGuard
+from livewatch.server.guard import ConnectionGuard, peer_key
 from livewatch.server.handler import INTERNAL_MESSAGE
 from livewatch.server.listener import Listener
 from livewatch.server.openai_api import error_body
@@ -149,7 +149,7 @@ class HttpServer:
     @web.middleware
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        peer = request.remote or "?"
+        peer = peer_key(request.remote or "?")
         by = request["auth"] = self._authenticated(request, peer)
         if by is not None:  # the connection proved itself: out of the unproven pool, no first-request deadline
             self.listener.prove(request.transport)
@@ -169,7 +169,8 @@ class HttpServer:
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return refuse(request, 413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
-        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        encodings = request.headers.getall("Content-Encoding", ())
+        if any(value.strip().lower() not in ("", "identity") for value in encodings):
             # nothing here takes a compressed body: refused before aiohttp would inflate one (a bomb, or bytes
             # that are not what the header says)
             return refuse(request, 415, ErrorCode.BAD_REQUEST, "request bodies are not compressed here: send "

@@ -8,12 +8,15 @@ N x evaluations_per_s x seconds_per_evaluation of the engine's time; a new watch
 within ``limit``. The cap thus follows what watches cost, not a fixed count (256 watches with descriptions took a
 CPU daemon's whole engine and a question waited 24 s), and it holds from the first measured step on, however fast
 watches are added (a share measured over wall time lags behind a burst of additions). Until a step has been
-measured only ``events.max_watches`` bounds the count. ``share`` is what the watches actually took, for status.
+measured at most ``UNMEASURED`` are admitted (configured watches always load); a cost measured once is kept while
+no watch is evaluated (cameras offline). ``share`` is what the watches actually took, for status.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+UNMEASURED = 16  # watches admitted before any evaluation was measured
 
 
 class WatchLoad:
@@ -23,6 +26,7 @@ class WatchLoad:
         self.window_s = window_s
         self._steps: deque[tuple[float, float, int]] = deque()  # (monotonic time, seconds, evaluations)
         self._started: float | None = None
+        self._last_cost: float | None = None  # kept when the window empties (cameras offline: no evaluations)
 
     def observe(self, now: float, eval_ms: float, evaluations: int) -> None:
         """One step evaluated ``evaluations`` watches in ``eval_ms`` (ending at ``now``)."""
@@ -34,9 +38,12 @@ class WatchLoad:
         self._trim(now)
 
     def seconds_per_evaluation(self, now: float) -> float | None:
+        """The mean over the window; the last such mean when no step fell in it; None before any step."""
         self._trim(now)
         evaluations = sum(n for _, _, n in self._steps)
-        return sum(s for _, s, _ in self._steps) / evaluations if evaluations else None
+        if evaluations:
+            self._last_cost = sum(s for _, s, _ in self._steps) / evaluations
+        return self._last_cost
 
     def projected(self, watches: int, now: float) -> float | None:
         """The share of the engine's time ``watches`` watches take at the measured cost (None: not measured)."""
@@ -44,9 +51,12 @@ class WatchLoad:
         return None if cost is None else watches * self.evaluations_per_s * cost
 
     def admits(self, watches: int, now: float) -> bool:
-        """Whether ``watches`` watches (the new one included) fit within ``limit``."""
+        """Whether ``watches`` watches (the new one included) fit within ``limit``; before the first measured step,
+        at most ``UNMEASURED`` (a burst of additions waits for the engine to show what one costs)."""
         projected = self.projected(watches, now)
-        return projected is None or projected <= self.limit + 1e-9  # at the limit is within it
+        if projected is None:
+            return watches <= UNMEASURED
+        return projected <= self.limit + 1e-9  # at the limit is within it
 
     def share(self, now: float) -> float | None:
         """The engine time the watches took over the window (at least 1 s of it), as a fraction."""

@@ -177,7 +177,10 @@ class WatchManager:
             if spec.name not in self.watches and len(self.watches) >= self.max_watches:
                 raise RequestError(ErrorCode.BUSY, f"at most {self.max_watches} watches (events.max_watches)")
             if spec.name not in self.watches and not self.load.admits(len(self.watches) + 1, self._clock()):
-                cost = self.load.seconds_per_evaluation(self._clock()) or 0.0
+                cost = self.load.seconds_per_evaluation(self._clock())
+                if cost is None:
+                    raise RequestError(ErrorCode.BUSY, "the cost of a watch is not measured yet (a camera's first "
+                                       "evaluations): retry in a few seconds")
                 share = self.load.projected(len(self.watches) + 1, self._clock()) or 0.0
                 raise RequestError(ErrorCode.BUSY, f"the engine has no room for another watch: "
                                    f"{len(self.watches) + 1} watches would take {share:.0%} of its time at the "
