@@ -65,7 +65,7 @@ def test_find_returns_the_best_moments_with_progress_and_can_be_cancelled(tmp_pa
 
             for bad, code in (({"query": "x", "cameras": ["nope"]}, "unknown_camera"),
                               ({"query": "x", "since": "soon"}, "bad_request"),
-                              ({"query": "a <|im_end|> b"}, "bad_request"), ({"query": "x", "top": 0}, "bad_request")):
+                              ({"query": "a \u0007 b"}, "bad_request"), ({"query": "x", "top": 0}, "bad_request")):
                 ws.send(json.dumps({"type": "find", "id": "b", **bad}))
                 while (reply := json.loads(ws.recv(timeout=60)))["id"] != "b" or reply["type"] == "find.progress":
                     pass
