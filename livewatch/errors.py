@@ -89,6 +89,11 @@ class CameraError(RecoverableError):
     """A camera URL that can never work (unknown scheme, malformed URL, missing file)."""
 
 
+class SourceBoundError(CameraError):
+    """A source over a bound every camera is held to (capture.max_source_pixels): permanent, so the camera turns
+    ``failed`` after a few opens instead of retrying forever, an API camera too (its status stays generic)."""
+
+
 class StorageError(RecoverableError):
     """A write to the state directory failed (disk full, read-only, I/O error)."""
 

@@ -450,3 +450,31 @@ def test_a_hostile_rtsp_camera_with_a_thousand_tracks_costs_one_setup(make_daemo
         stop.set()
         for srv in servers:
             srv.close()
+
+
+def test_an_api_camera_over_a_bound_turns_failed_instead_of_retrying_forever(make_daemon) -> None:
+    """A real RTSP camera (GStreamer, 640x360) added over the API to a daemon whose capture.max_source_pixels is
+    smaller: a bound is the daemon's own rule, so the camera turns 'failed' after its permanent tries, with the
+    generic message API cameras get, while a camera that merely cannot be reached keeps retrying."""
+    from media import RtspServer
+
+    server = RtspServer().start()
+    try:
+        d = make_daemon('[cameras.demo]\nurl = "testsrc://?size=64x64&rate=5"\n'
+                        "[security]\ncamera_adds_per_minute = 100\n"
+                        "[capture]\nmax_source_pixels = 4096\nopen_timeout_s = 5.0\n").start()
+        with sync_connect(d.url) as ws:
+            assert add(ws, "big", server.url)["type"] == "camera.added"
+            assert add(ws, "away", f"rtsp://127.0.0.1:{free_port()}/x")["type"] == "camera.added"
+
+        def cameras() -> dict:
+            return status_json(d)["cameras"]
+
+        wait_until(lambda: cameras()["big"]["state"] == "failed", 120, interval=1.0)
+        big, away = cameras()["big"], cameras()["away"]
+        assert "max_source_pixels" not in (big["last_error"] or "") and big["last_error"]  # generic for the API
+        assert away["state"] in ("connecting", "backoff")  # unreachable: retried, as before
+        events = [e for e in d.logs() if e.get("event") == "camera.failed" and e.get("camera") == "big"]
+        assert events and "max_source_pixels" in events[0]["error"]  # the operator's log has the reason
+    finally:
+        server.kill()

@@ -24,7 +24,7 @@ from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.policy import Backoff, CameraState, Supervisor
 from livewatch.capture.sampler import Sampler, WallClock
 from livewatch.capture.source import SourceSpec
-from livewatch.errors import CameraError
+from livewatch.errors import CameraError, SourceBoundError
 from livewatch.frames import Frame
 from livewatch.log import bind, get_logger, redact_text
 
@@ -202,8 +202,8 @@ class CameraReader:
                     permanent = True  # a file that is not a video at all
                 if isinstance(exc, av.error.ArgumentError) and self.frames_decoded == 0:
                     permanent = True  # refused by the protocol/format whitelists (a text file, a redirect to file:)
-                if self.uniform_errors and self.frames_decoded == 0:
-                    permanent = False
+                if self.uniform_errors and self.frames_decoded == 0 and not isinstance(exc, SourceBoundError):
+                    permanent = False  # a bound is the daemon's own rule: it fails an API camera too
                 error = _describe(exc)
                 delay = sup.fault(time.monotonic(), error, permanent=permanent)
                 if delay is None:
@@ -225,7 +225,8 @@ class CameraReader:
                 raise av.error.InvalidDataError(0, "no video stream in the source")
             cc = stream.codec_context
             if cc.width * cc.height > spec.max_pixels:
-                raise CameraError(f"the stream's frames are {cc.width}x{cc.height}, over capture.max_source_pixels")
+                raise SourceBoundError(f"the stream's frames are {cc.width}x{cc.height}, over "
+                                       f"capture.max_source_pixels")
             # the decoder refuses larger pictures too (a stream may change size mid-way: MJPEG, a hostile server)
             cc.options = {**cc.options, "max_pixels": str(spec.max_pixels)}
             # FFmpeg's default is a thread per core for every camera: 64 cameras on 16 cores would hold 1,024
