@@ -221,8 +221,11 @@ def test_detector_probe_does_not_learn() -> None:
 
 
 def test_cost_per_pair() -> None:
-    """The scorer runs for every pair on the capture threads: keep it in the low milliseconds (~2 ms on this
-    repository's 2-core machine with 10 stars; the bound leaves room for a busy CI box)."""
+    """The scorer runs for every pair on the capture threads: no pathological cost. Only a bound against a
+    runaway (a loop over pixels in Python): the figure itself is the bench's (tools/bench_memory.py), since a
+    timed test on a loaded 2-core box measures the box. With a car in view and 10 stars to compare against,
+    this machine gave 19-25 ms of thread CPU per pair before the local-light test and about 3 ms more with it
+    (cProfile: 40.5 -> 43.8 ms for 10 pairs); the previous bound of 20 ms failed a full run on the old code."""
     r = scene(Thing("car", "red", 0.05, 0.5, 0.75, 20.0, 100.0))
     model = ImportanceModel()
     stars = [s.signature for s in pairs(model, r, 0, 40)[-10:]]
@@ -230,7 +233,7 @@ def test_cost_per_pair() -> None:
     t0 = time.thread_time()
     for i in range(0, 20, 2):
         model.score_pair(frames[i], 40.0 + i, frames[i + 1], 41.0 + i, stars)
-    assert (time.thread_time() - t0) / 10 < 0.02
+    assert (time.thread_time() - t0) / 10 < 0.06
 
 
 def test_signature_type() -> None:
