@@ -67,10 +67,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from livewatch.memory.cells import CELL, CLIP_LEVEL, KERNEL, cell_means, median
+from livewatch.memory.locallight import without_light
+
 ANALYSIS_WIDTH = 160
-CELL = 5  # analysis pixels per cell side: the grid that signatures keep (17x32 cells for 16:9)
-_KERNEL = np.ones((3, 3), np.uint8)
-CLIP_LEVEL = 240  # a channel this bright in the analysis image may hide clipped source pixels
 Y, CLIP, CR, CB = 0, 1, 2, 3  # planes of an analysis image
 
 
@@ -142,21 +142,9 @@ def analysis_image(image: np.ndarray) -> Analysis:
     planes = np.empty((4, ah, aw), np.float32)
     planes[Y], planes[CR], planes[CB] = cv2.split(ycc)
     top = cv2.max(cv2.max(small[..., 0], small[..., 1]), small[..., 2])
-    planes[CLIP] = cv2.dilate(cv2.threshold(top, CLIP_LEVEL - 1, 255, cv2.THRESH_BINARY)[1], _KERNEL)
+    planes[CLIP] = cv2.dilate(cv2.threshold(top, CLIP_LEVEL - 1, 255, cv2.THRESH_BINARY)[1], KERNEL)
     cells = cv2.resize(ycc, (aw // CELL, ah // CELL), interpolation=cv2.INTER_AREA)
     return Analysis(planes, cells)
-
-
-def cell_means(values: np.ndarray) -> np.ndarray:
-    """Mean over CELL x CELL blocks of an (h, w) float32 array (h, w multiples of CELL)."""
-    h, w = values.shape[:2]
-    return cv2.resize(values, (w // CELL, h // CELL), interpolation=cv2.INTER_AREA)
-
-
-def _median(a: np.ndarray) -> float:
-    """Median (the upper one for even sizes) of a non-empty 1-D array; np.median costs 8x more here."""
-    k = len(a) // 2
-    return float(np.partition(a, k)[k])
 
 
 @functools.lru_cache(maxsize=8)
@@ -184,9 +172,9 @@ def fit_tone(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
         x, y, px, py = x[ok], y[ok], px[ok], py[ok]
     # start from "no change but an offset", so that an object does not pull the first least-squares pass
     d = y - x
-    shift = _median(d)
+    shift = median(d)
     res = np.abs(d - shift)
-    sigma = max(1.4826 * _median(res), 0.5)
+    sigma = max(1.4826 * median(res), 0.5)
     keep = res < max(3.0 * sigma, 3.0)
     s = x * np.float32(1 / 255.0)
     u = s - np.float32(0.5)
@@ -199,7 +187,7 @@ def fit_tone(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
         a = design[keep]
         coef = np.linalg.solve(a.T @ a + ridge * len(a), a.T @ y[keep]).astype(np.float32)
         res = np.abs(y - design @ coef)
-        sigma = max(1.4826 * _median(res[keep]), 0.5)
+        sigma = max(1.4826 * median(res[keep]), 0.5)
         keep = res < max(3.0 * sigma, 3.0)
     return coef, sigma
 
@@ -256,7 +244,7 @@ def fit_chroma(src: np.ndarray, dst: np.ndarray, trusted: np.ndarray) -> ChromaF
         part = np.partition(g, (k50, k75))
         upper = float(part[k75])
         design = np.stack([np.ones_like(px), px, py], axis=1)
-        keep = np.abs(g - float(part[k50])) < max(3.0 * 1.4826 * _median(np.abs(g - float(part[k50]))), 0.1)
+        keep = np.abs(g - float(part[k50])) < max(3.0 * 1.4826 * median(np.abs(g - float(part[k50]))), 0.1)
         if int(keep.sum()) >= 10:
             a = design[keep]
             plane = np.linalg.solve(a.T @ a + np.diag([0.0, 1e-3, 1e-3]).astype(np.float32) * len(a),
@@ -269,60 +257,9 @@ def fit_chroma(src: np.ndarray, dst: np.ndarray, trusted: np.ndarray) -> ChromaF
         r = d - plane[0] * s
     else:
         r = d - s
-    offset = np.array([_median(r[0]), _median(r[1])], np.float32)
-    sigma = max(1.4826 * _median(np.abs(r - offset[:, None]).sum(axis=0)), 0.5)
+    offset = np.array([median(r[0]), median(r[1])], np.float32)
+    sigma = max(1.4826 * median(np.abs(r - offset[:, None]).sum(axis=0)), 0.5)
     return ChromaFit(plane, upper, offset, sigma)
-
-
-LIGHT_NCC = 0.8  # a cell whose texture correlates this well with the background's is lit, not covered
-COVERED_NCC = 0.5  # a textured cell correlating less than this is covered by something else
-LIGHT_TEXTURE = 1.5  # grey levels of texture (std over a cell) a cell needs for its correlation to mean anything
-
-
-_RAMP = (np.arange(CELL, dtype=np.float32) - (CELL - 1) / 2)
-
-
-def _detrended(d: np.ndarray) -> np.ndarray:
-    """(ch, CELL, cw, CELL) zero-mean cells without their plane: a light's slope across a cell (a headlight's pool
-    falls off by tens of grey levels over a few cells) is not texture."""
-    ramp = _RAMP
-    norm = np.float32(CELL * float((ramp * ramp).sum()))
-    sy = (d * ramp[None, :, None, None]).sum(axis=(1, 3)) / norm
-    sx = (d * ramp[None, None, None, :]).sum(axis=(1, 3)) / norm
-    return d - sy[:, None, :, None] * ramp[None, :, None, None] - sx[:, None, :, None] * ramp[None, None, None, :]
-
-
-def light_cells(frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray,
-                changed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per CELL x CELL cell: (lit, covered). ``lit``: a changed cell (``changed``: its fraction of changed pixels
-    >= 0.3) where the background's texture is still there at its place, scaled with the light (correlation >=
-    LIGHT_NCC, gain 0.2..5, texture within a factor 2.5 of the gain's: the background is an average of slightly
-    shaken frames, softer than any one). ``covered``: textured, the background's texture under this light would
-    stand twice over the noise, and the correlation is under COVERED_NCC: what the background showed there is
-    hidden. Flat, clipped, noise-bound and in-between cells are neither: they say nothing. The noise is this
-    frame's own: the median over cells of what is left of the frame's texture after the background's, scaled
-    by the cell's gain (a shadow's misfit of the global light model does not count as noise)."""
-    h, w = frame_y.shape
-    ch, cw = h // CELL, w // CELL
-    f = frame_y[: ch * CELL, : cw * CELL].reshape(ch, CELL, cw, CELL)
-    b = bg_y[: ch * CELL, : cw * CELL].reshape(ch, CELL, cw, CELL)
-    fm, bm = f.mean(axis=(1, 3)), b.mean(axis=(1, 3))
-    fd, bd = _detrended(f - fm[:, None, :, None]), _detrended(b - bm[:, None, :, None])
-    fs, bs = np.sqrt((fd * fd).mean(axis=(1, 3))), np.sqrt((bd * bd).mean(axis=(1, 3)))
-    cov = (fd * bd).mean(axis=(1, 3))
-    ncc = cov / np.maximum(fs * bs, 1e-3)
-    texture_gain = cov / np.maximum(bs * bs, 1e-3)
-    left = fd - texture_gain[:, None, :, None] * bd
-    noise = max(_median(np.sqrt((left * left).mean(axis=(1, 3))).reshape(-1)), 0.3)
-    gain = fm / np.maximum(bm, 1.0)
-    ratio = fs / np.maximum(bs, 1e-3) / np.maximum(gain, 1e-3)
-    clipped = (clip[: ch * CELL, : cw * CELL].reshape(ch, CELL, cw, CELL).max(axis=(1, 3)) > 0) | \
-        (b.max(axis=(1, 3)) >= CLIP_LEVEL)
-    textured = (bs >= max(LIGHT_TEXTURE, 1.5 * noise)) & ~clipped
-    lit = (changed >= 0.3) & textured & (ncc >= LIGHT_NCC) & (gain >= 0.2) & (gain <= 5.0) & (ratio >= 0.4) & \
-        (ratio <= 2.5)
-    covered = textured & (ncc < COVERED_NCC) & (gain * bs >= 2.0 * noise)
-    return lit, covered
 
 
 def _relight(planes: np.ndarray, coef: np.ndarray, chroma: ChromaFit) -> np.ndarray:
@@ -440,7 +377,7 @@ class ChangeDetector:
         colour_switch = cupper < 0.5 or cgain >= 4.0
         changed = raw  # what the background does not learn from: light explained or not (no ghost of a pool)
         if not colour_switch and raw.any():
-            raw = self._without_light(raw, x[Y], relit[Y], x[CLIP])
+            raw = without_light(raw, x[Y], relit[Y], x[CLIP])
         # a change over most of the frame is global unless local light explains nearly all of it (a cloud's
         # shadow over half the view is light; a flash through blinds, which light explains only in part, is not)
         unexplained = float(raw.mean())
@@ -454,8 +391,8 @@ class ChangeDetector:
             return self._quiet(a, not self.ready, kind, f), changed, relit, prev_relit, (fit_y, chroma.sigma)
         if not self.ready:
             return self._quiet(a, True, "", f), changed, relit, prev_relit, (fit_y, chroma.sigma)
-        clean = cv2.morphologyEx(raw, cv2.MORPH_OPEN, _KERNEL)
-        clean = cv2.morphologyEx(clean, cv2.MORPH_CLOSE, _KERNEL)
+        clean = cv2.morphologyEx(raw, cv2.MORPH_OPEN, KERNEL)
+        clean = cv2.morphologyEx(clean, cv2.MORPH_CLOSE, KERNEL)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(clean, connectivity=8)
         total = float(clean.size)
         areas = stats[1:, cv2.CC_STAT_AREA]
@@ -473,36 +410,6 @@ class ChangeDetector:
             light=f.light, colour=f.colour, noise=f.noise, dynamic=f.dynamic, global_change="", warming_up=False,
         )
         return result, changed, relit, prev_relit, (fit_y, chroma.sigma)
-
-    @staticmethod
-    def _without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray) -> np.ndarray:
-        """``raw`` without what local light explains (a cloud's shadow, a headlight's pool): a connected region of
-        changed pixels most of whose cells are lit (at least 2, at least half of its cells, and under 15% of those
-        with something to say covered) is light falling differently on the same scene, but for its covered cells
-        (an object in the shadow). An object covers the background's texture in most of its textured cells; a
-        region that says little (flat, clipped: a car on a smooth road, whose edge cells alone may look lit)
-        stays change."""
-        lit, covered = light_cells(frame_y, bg_y, clip, cell_means(raw.astype(np.float32)))
-        n, labels = cv2.connectedComponents(raw, connectivity=8)
-        if n <= 1:
-            return raw
-        ch, cw = lit.shape
-        cell_labels = labels[: ch * CELL, : cw * CELL].reshape(ch, CELL, cw, CELL).max(axis=(1, 3))
-        lit_n = np.bincount(cell_labels[lit], minlength=n)
-        covered_n = np.bincount(cell_labels[covered], minlength=n)
-        cells_n = np.bincount(cell_labels.reshape(-1), minlength=n)
-        light = (lit_n >= 2) & (lit_n >= 0.5 * cells_n) & (covered_n <= 0.15 * (lit_n + covered_n))
-        light[0] = False
-        if not light.any():
-            return raw
-        # in a lit region only what covers the background stays change (an object in a shadow, or at its edge),
-        # with a cell around it for its outline; the rest is the light
-        keep = cv2.dilate(covered.astype(np.uint8), _KERNEL)
-        keep_px = np.repeat(np.repeat(keep, CELL, axis=0), CELL, axis=1)
-        out = raw.copy()
-        region = light[labels[: ch * CELL, : cw * CELL]]
-        out[: ch * CELL, : cw * CELL][region & (keep_px == 0)] = 0
-        return out
 
     def _learn(self, x: np.ndarray, raw: np.ndarray, relit: np.ndarray, prev_relit: np.ndarray, dt: float,
                result: FrameChange, sigmas: tuple[float, float]) -> None:
@@ -545,7 +452,7 @@ class ChangeDetector:
             step = np.where(raw.astype(bool), np.float32(1.0), np.float32(max(rate, 1.0 / self.frames)))
             self._bg = relit + step * (x - relit)
             return
-        fg = cv2.dilate(raw, _KERNEL).astype(bool)
+        fg = cv2.dilate(raw, KERNEL).astype(bool)
         step = np.where(fg, np.float32(0.0), np.float32(rate))
         bg = relit + step * (x - relit)
         fg_s += np.float32(dt)
