@@ -48,11 +48,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_memory import EPOCH, SAMPLE_FPS, NewScorer, _shows_event  # noqa: E402  (the same harness and clock)
 from livewatch.frames import Frame  # noqa: E402
 
-EPOCH = 1_800_000_000.0
 SIZE = (360, 640)  # rendered (height, width); the memory sees the model's cap of it
-SAMPLE_FPS = 1.0
 
 
 @dataclass(frozen=True)
@@ -346,16 +345,10 @@ class Result:
 
 
 def run(scene: Scene) -> Result:
-    from bench_memory import NewScorer
-
     scorer = NewScorer()
     for frame in frames(scene):
         scorer.add(frame)
     return Result(scene, scorer.finish(), list(scorer.admissions), scorer.cpu, scorer.scored)
-
-
-def _shows(scene: Scene, t: float) -> bool:
-    return any(a.start - 1.0 <= s < a.end + 1.0 for a in scene.events for s in (t, t + 1.0 / SAMPLE_FPS))
 
 
 def judge(results: list[Result]) -> dict[str, dict[str, Any]]:
@@ -369,7 +362,7 @@ def judge(results: list[Result]) -> dict[str, dict[str, Any]]:
         row["clips"] += 1
         row["hours"] += r.scene.seconds / 3600.0
         later = [t for t, _ in r.admissions if t >= 2.0 / SAMPLE_FPS]
-        row["false_stars"] += sum(1 for t in later if not _shows(r.scene, t))
+        row["false_stars"] += sum(1 for t in later if not _shows_event(r.scene, t))
         for a in r.scene.events:
             if a.area < 0.02 or a.duration < 2.0:
                 continue

@@ -161,8 +161,7 @@ class EngineLoop:
             done.add(name)
             order.remove(name)
             order.append(name)  # evaluated: to the back of the camera's turn
-        self.watches_pending = False
-        for camera, version, _, _ in per_camera:
+        for camera, version, _, _ in per_camera:  # watches_pending is False since the start of this call
             if not set(watches[camera]) - self._watch_round[camera][1]:
                 self.watch_versions[camera] = version
             else:

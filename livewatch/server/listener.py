@@ -77,10 +77,6 @@ class Listener:
             if timer is not None:
                 timer.cancel()
 
-    def unproven(self, transport: Any) -> bool:
-        conn = self._by_transport.get(transport)
-        return conn is not None and self.guard.is_unproven(conn)
-
     # -- from the proxies -----------------------------------------------------------------------------------------
 
     def admit(self, conn: _Guarded, transport: asyncio.BaseTransport) -> str | None:
