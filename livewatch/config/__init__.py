@@ -191,13 +191,14 @@ def read_config_file(path: Path) -> FileConfig:
 
 # A right token is always accepted, however many wrong ones its address sent (so a guesser cannot lock its owners
 # out), so the token's own strength is what stops guessing: 64 bits at 10,000 guesses a second (more than the HTTP
-# layer serves) take ~29 million years on average. `openssl rand -hex 16` gives 128.
+# layer serves) take ~29 million years on average. `openssl rand -hex 16` has 128 bits (the estimate says ~118).
 MIN_TOKEN_BITS = 64
 
 
 def token_bits(token: str) -> float:
-    """A generous estimate of a token's strength: its length times log2 of the distinct characters it uses (a
-    random hex token of 16 characters: 64 bits; 'aaaaaaaaaaaaaaaa': 0). It cannot tell a random token from a
+    """A generous estimate of a token's strength: its length times log2 of the distinct characters it uses
+    ('0123456789abcdef': 64 bits; a random 32-character hex token, 128 bits of entropy, ~118; a random
+    16-character one usually repeats characters and scores ~50; 'aaaaaaaaaaaaaaaa': 0). It cannot tell a random token from a
     chosen phrase of the same letters: it catches short and repetitive tokens, not every weak one."""
     return len(token) * math.log2(len(set(token))) if token else 0.0
 
