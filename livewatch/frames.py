@@ -36,6 +36,7 @@ class FramePair:
     second: Frame
     importance: float = 0.0
     star: bool = False  # in the star memory (set by the memory when it publishes its context)
+    why: str = ""  # a star's reason for being one (``StarMemory``'s decision)
 
     @property
     def time(self) -> float:

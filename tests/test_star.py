@@ -68,6 +68,46 @@ def test_full_memory_evicts_the_weakest_effective() -> None:
     assert stars.offer(3, 0.0, 0.8, sigs[2]).reason == "weaker_than_all"
 
 
+def test_a_full_memory_lets_the_second_star_of_an_event_go_before_a_distinct_event() -> None:
+    """Rule 4b: a person caught walking in (episode 1) and standing (episode 1 again) hold two places while there
+    is room; when a new event needs one, the later of the two goes (the arrival stays), not the oldest star; a
+    later pair clearly more important than the arrival keeps its place instead; a candidate that is itself the
+    second of a star's event does not take a place."""
+    things = [Thing(k, c, 0.04, x, y, 10.0, 100.0) for (k, c), (x, y) in zip(LOOKS[:6], PLACES[:6])]
+    sigs = [signatures(t, times=[10.0])[0] for t in things]
+    stars = StarMemory(3, 0.6, half_life_s=600)
+    assert stars.offer(1, 0.0, 0.9, sigs[0], episode=1).reason == "free_slot"
+    assert stars.offer(2, 2.0, 0.92, sigs[1], episode=1).reason == "free_slot"  # room: both stay for now
+    assert stars.offer(3, 20.0, 0.8, sigs[2], episode=2).reason == "free_slot"
+    decision = stars.offer(4, 40.0, 0.85, sigs[3], episode=3)
+    assert decision.reason == "replaced_same_event" and decision.evicted == 2 and stars.ids() == [1, 3, 4]
+    assert [e.why for e in stars.entries] == ["free_slot", "free_slot", "replaced_same_event"]
+    # the second pair of a star's event, not clearly more important: refused; clearly more: it replaces it
+    assert stars.offer(5, 42.0, 0.9, sigs[4], episode=3).reason == "same_event"
+    decision = stars.offer(6, 42.0, 0.97, sigs[5], episode=3)
+    assert decision.reason == "replaced_same_event" and decision.evicted == 4 and stars.ids() == [1, 3, 6]
+
+
+def test_a_full_memory_lets_the_nearer_of_two_similar_stars_go_before_the_oldest() -> None:
+    """Rule 4c, with the distance given: stars 2 and 3 are two views of one moment (0.3 apart), so the less
+    important of them leaves for a distinct candidate, though star 1 is the oldest and weakest; without such a
+    pair the weakest effective star leaves (rule 4d)."""
+    table = {frozenset((2, 3)): 0.3}
+    sigs = {i: signatures(Thing(*LOOKS[i], 0.04, *PLACES[i], 10.0, 100.0), times=[10.0])[0] for i in range(1, 6)}
+    ids = {id(v): k for k, v in sigs.items()}
+
+    def distance(a, b) -> float:
+        return table.get(frozenset((ids[id(a)], ids[id(b)])), 0.95)
+
+    stars = StarMemory(3, 0.6, half_life_s=600, distance=distance)
+    for i, (t, imp) in enumerate([(0.0, 0.7), (100.0, 0.9), (104.0, 0.85)], start=1):
+        stars.offer(i, t, imp, sigs[i])
+    decision = stars.offer(4, 200.0, 0.8, sigs[4])
+    assert decision.reason == "replaced_nearest" and decision.evicted == 3 and stars.ids() == [1, 2, 4]
+    decision = stars.offer(5, 300.0, 0.8, sigs[5])
+    assert decision.reason == "replaced_weaker" and decision.evicted == 1
+
+
 def test_the_scene_reference_holds_a_place_only_until_an_event_needs_it() -> None:
     quiet, = signatures(times=[10.0])
     event, = signatures(Thing("car", "red", 0.05, 0.5, 0.7, 10.0, 5.0), times=[10.0])

@@ -267,6 +267,29 @@ def test_restored_window_longer_than_capacity_is_trimmed_through_the_star_memory
     )
 
 
+def test_stars_keep_why_they_were_kept_across_a_restart_and_an_index_from_before_migrates(tmp_path: Path) -> None:
+    before = fill(tmp_path, BIG_WINDOW, 40)
+    stars = {cam: {p.id: p.why for p in ctx if p.star} for cam, ctx in before.items()}
+    assert all(stars.values()) and all(why for s in stars.values() for why in s.values())
+    assert {"reference", "free_slot"} & {why for s in stars.values() for why in s.values()}
+    mems = restored(tmp_path)
+    assert {cam: {p.id: p.why for p in m.context()[0] if p.star} for cam, m in mems.items()} == stars
+    for m in mems.values():
+        assert all(p.why == "" for p in m.context()[0] if not p.star)
+        m.store.close()  # type: ignore[union-attr]
+    # an index written before stars kept their reason: 13 columns; it opens with the column added, roles kept
+    index = tmp_path / "frames" / "index.sqlite3"
+    with closing(sqlite3.connect(index)) as db:
+        db.execute("ALTER TABLE pairs DROP COLUMN why")
+        db.commit()
+    with capture_logs() as logs:
+        mems = restored(tmp_path)
+    assert not [e for e in logs if e["event"] in ("store.index_corrupt", "store.index_rebuilt")]
+    for cam, m in mems.items():
+        assert {p.id for p in m.context()[0] if p.star} == set(stars[cam])
+        assert all(p.why == "" for p in m.context()[0])
+
+
 # -- the JPEG comment segment ---------------------------------------------------------------------------------
 
 
@@ -367,7 +390,7 @@ def test_planted_rows_links_and_bombs_in_the_state_directory_are_harmless(tmp_pa
     # a row whose id is a path, a frame file that is a link to /dev/zero, a JPEG declaring 32767x32767
     with sqlite3.connect(frames / "index.sqlite3") as db:
         db.execute("INSERT INTO pairs VALUES ('door', '../../outside/private', 0, 0, 1.0, 1.0, 1.0, 1.0, 1, 0.5, 1, 0,"
-                   " 10)")
+                   " 10, '<img src=x onerror=alert(1)>')")
     (frames / "door" / f"{first.id}-0.jpg").unlink()
     (frames / "door" / f"{first.id}-0.jpg").symlink_to("/dev/zero")
     bomb = bytearray((frames / "door" / f"{second.id}-0.jpg").read_bytes())

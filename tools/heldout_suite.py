@@ -280,6 +280,15 @@ def frames(scene: Scene, jpeg_quality: int = 60) -> Iterator[Frame]:
         yield Frame(i, EPOCH + t, t, img)
 
 
+def write_scene(path: Path, scene: Scene, fps: int = 5) -> Path:
+    """The scene as an MP4 (H.264, a keyframe a second, no B-frames, 400 kbit/s at 5 fps), for a file camera."""
+    from clips import write_h264  # the one H.264 writer of the tests and the bench (tools/clips.py)
+
+    court = Courtyard(scene)
+    return write_h264(path, scene.seconds, fps, SIZE, gop=fps, preset="veryfast", b_frames=0, bitrate=80_000 * fps,
+                      image=lambda i: court.frame(i / fps))
+
+
 # -- the classes ---------------------------------------------------------------------------------------------------
 
 _COLOURS = [(0.55, 0.04, 0.04), (0.03, 0.05, 0.35), (0.6, 0.45, 0.03), (0.03, 0.3, 0.06), (0.7, 0.7, 0.68),

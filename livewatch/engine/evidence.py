@@ -44,7 +44,7 @@ def evidence_list(camera: str, pairs: Sequence[FramePair], shares: Sequence[floa
         pair = pairs[i]
         items.append({
             "frame_id": pair.id, "time": pair.time, "end_time": pair.end_time, "star": pair.star,
-            "importance": round(pair.importance, 4),
+            "importance": round(pair.importance, 4), "why": pair.why if pair.star else "",
             "attention": round(shares[i], 4) if shares is not None else None,
             "url": f"/frames/{camera}/{pair.id}.jpg",
         })

@@ -141,7 +141,8 @@ class CameraMemory:
         for slot in self._slots.values():
             slot.signature = pair_signature(slot.pair.first.image, slot.pair.second.image, self.importance)
             if slot.record.is_star:
-                stars.append(StarEntry(slot.record.id, slot.pair.time, slot.record.importance, slot.signature))
+                stars.append(StarEntry(slot.record.id, slot.pair.time, slot.record.importance, slot.signature,
+                                       why=slot.record.why))
         self.stars.restore(stars)
         for rec, nbytes in state.archived:
             self.history.add(rec, nbytes)
@@ -169,14 +170,15 @@ class CameraMemory:
             self._offer_star(pid)
         self._leave_window(pid)
 
-    def _offer_star(self, pid: int) -> None:
+    def _offer_star(self, pid: int, episode: int = -1) -> None:
         """Offer a pair to the star memory; a star it displaces leaves memory unless the window holds it."""
         slot = self._slots[pid]
-        decision = self.stars.offer(pid, slot.pair.time, slot.record.importance, slot.signature)
+        decision = self.stars.offer(pid, slot.pair.time, slot.record.importance, slot.signature, episode)
         if not decision.admitted:  # the star memory's rule 5 decides whether it is the scene's reference
             reference = self.stars.offer_reference(pid, slot.pair.time, slot.signature)
             decision = reference if reference.admitted else decision
         slot.record.is_star = decision.admitted
+        slot.record.why = decision.reason if decision.admitted else ""
         if decision.admitted:
             self.stars_admitted[decision.reason] += 1
             log.info(
@@ -187,6 +189,7 @@ class CameraMemory:
             self.stars_rejected[decision.reason] += 1
         if decision.evicted is not None:
             self._slots[decision.evicted].record.is_star = False
+            self._slots[decision.evicted].record.why = ""
             self._forget_if_unused(decision.evicted)
 
     # -- intake -------------------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ class CameraMemory:
             jpegs=blobs,
         )
         self._slots[pid] = _Stored(pair, record, sig, saved=False)
-        self._offer_star(pid)
+        self._offer_star(pid, scored.episode)
         self.window.append(pid)
         if len(self.window) > self.params.window_pairs + self.params.window_slack:
             while len(self.window) > self.params.window_pairs:  # with slack, several leave at once
@@ -277,8 +280,9 @@ class CameraMemory:
             if len(self.window) > 1:
                 self._leave_window(self.window.popleft())
             else:  # only stars (and at most one window pair) left: the oldest star goes
-                oldest = self.stars.entries.pop(0).pair_id
+                oldest = self.stars.pop_oldest().pair_id
                 self._slots[oldest].record.is_star = False
+                self._slots[oldest].record.why = ""
                 self._forget_if_unused(oldest)
 
     def bytes_in_memory(self) -> int:
@@ -342,7 +346,7 @@ class CameraMemory:
 
     def context(self) -> tuple[list[FramePair], int]:
         """Star U window, ordered by time, with the version that changes exactly when the set changes."""
-        pairs = sorted((replace(s.pair, star=s.record.is_star) for s in self._slots.values()),
+        pairs = sorted((replace(s.pair, star=s.record.is_star, why=s.record.why) for s in self._slots.values()),
                        key=lambda p: (p.time, p.id))
         return pairs, self.version
 

@@ -3,6 +3,8 @@ importance model (no dependency on either)."""
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -21,3 +23,9 @@ def median(a: np.ndarray) -> float:
     """Median (the upper one for even sizes) of a non-empty 1-D array; np.median costs 8x more here."""
     k = len(a) // 2
     return float(np.partition(a, k)[k])
+
+
+@functools.lru_cache(maxsize=8)
+def grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal (1, w) and vertical (h, 1) coordinates in -1..1."""
+    return (np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :], np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None])

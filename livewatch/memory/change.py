@@ -39,18 +39,25 @@ detector and OpenCV's background subtractors cut down to what one sampled frame 
    pool sweeping by leaves no ghost. On ``tools/heldout_suite.py`` (quick subset): cloud shadows 360 -> 120
    false stars an hour, headlight sweeps 140 -> 62, events in shadows and after sweeps recalled as before.
 6. **The lightning rule** (Frigate's name). When more than ``lightning_area`` of the frame (40%) changed at
-   once (and local light does not explain all but a quarter of it), or the colour left the picture (three quarters of the colourful pixels lost half their colour: the
-   switch to infrared) or came back, the change is global: nothing counts as local change, and the background
-   restarts from this frame and warms up again (during warm-up a pixel that still differs is replaced, so
-   neither a flash nor the old light lingers).
+   once (and local light does not explain all but a quarter of it), or the colour left the whole picture or came
+   back to all of it (the switch to or from infrared, decided by spatial spread: ``livewatch.memory.colour``; a
+   colourful object over part of a grey scene is an object), the change is global: nothing counts as local
+   change in that frame, and the background restarts from it.
 7. **The update.** Background pixels follow the frame with a time constant of ``adapt_s`` (10 s); changed pixels
    are frozen, so an object passing through leaves no ghost when it goes and stays visible for as long as it
    stays. A pixel that stays changed for ``stationary_s`` (60 s) is taken into the background at once: a parked
    car becomes scene, and its leaving is then a change like its arrival. Rates are per second of frame time,
    not per frame, so they hold at any sampling rate; a gap in the stream counts at most ``max_dt_s``.
 
-The first ``warmup_frames`` frames (6: 6 s at the default 1 fps) only build the model: change reads zero while
-``warming_up`` is true, so a camera's first seconds never make stars.
+**No blind time.** For ``warmup_frames`` frames (6) after the background (re)starts, it *settles*: it averages
+the new frames quickly, and change is detected as usual from the frame after the restart. After a global change,
+the background from before it is kept while settling: what it explains under the new frame's light (fitted
+anew) is not change, so the light coming back after a flash, or the rest of a switch, is learned at once, while
+an object arriving 1 s after the switch differs from both and is an event. A camera's second frame only measures
+(with one frame before it, swaying leaves and an arrival look alike; the first two frames make the scene's
+reference pair); during its first frames a pixel's motion term is the mean of its squared frame differences so
+far without the largest, so leaves swaying in every frame raise their thresholds while an arrival, one
+difference, does not.
 
 Cost, measured on this repository's 2-core CPU: 0.9-1.0 ms of CPU per frame at 224x420 (analysis image 0.25,
 the two light fits 0.3, thresholds, blobs and update 0.4) before the local-light test, which adds ~1.5 ms per frame
@@ -60,14 +67,15 @@ with change in it (cell statistics 1.2 ms), all of it numpy and OpenCV on 85x160
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from livewatch.memory.cells import CELL, CLIP_LEVEL, KERNEL, cell_means, median
+from livewatch.memory.cells import CELL, CLIP_LEVEL, KERNEL, cell_means
+from livewatch.memory.colour import ChromaFit, colour_switch, fit_chroma
+from livewatch.memory.tone import apply_tone, fit_tone
 from livewatch.memory.locallight import without_light
 
 ANALYSIS_WIDTH = 160
@@ -147,121 +155,6 @@ def analysis_image(image: np.ndarray) -> Analysis:
     return Analysis(planes, cells)
 
 
-@functools.lru_cache(maxsize=8)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontal (1, w) and vertical (h, 1) coordinates in -1..1."""
-    return (np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :], np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None])
-
-
-def fit_tone(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
-    """The light between two luma planes: dst ~ c0 + c1*u + c2*u^2 + (c3*x + c4*y + c5*x^2 + c6*y^2)*s, with
-    s = src/255, u = s - 0.5 and x, y the pixel's position in -1..1: a quadratic tone curve (exposure, gain,
-    gamma-like contrast) and a gain that varies smoothly across the frame (sun and shade sweeping, vignetting, a
-    flood light from one side, and the way back from it). Fitted robustly on every fourth row and column (a
-    median start, then three least-squares passes without the pixels beyond 3 robust sigmas); returns the
-    coefficients and the robust scale (1.4826 MAD) of the inliers' residuals. Clipped pixels (< 5 or > 250) do
-    not vote."""
-    h, w = src.shape
-    gx, gy = _grid(h, w)
-    x = src[1::4, 1::4].reshape(-1)
-    y = dst[1::4, 1::4].reshape(-1)
-    px = np.broadcast_to(gx, (h, w))[1::4, 1::4].reshape(-1)
-    py = np.broadcast_to(gy, (h, w))[1::4, 1::4].reshape(-1)
-    ok = (x > 5) & (x < 250) & (y > 5) & (y < 250)
-    if int(ok.sum()) >= 50:
-        x, y, px, py = x[ok], y[ok], px[ok], py[ok]
-    # start from "no change but an offset", so that an object does not pull the first least-squares pass
-    d = y - x
-    shift = median(d)
-    res = np.abs(d - shift)
-    sigma = max(1.4826 * median(res), 0.5)
-    keep = res < max(3.0 * sigma, 3.0)
-    s = x * np.float32(1 / 255.0)
-    u = s - np.float32(0.5)
-    design = np.stack([np.ones_like(u), u, u * u, px * s, py * s, px * px * s, py * py * s], axis=1)
-    coef = np.array([127.5 + shift, 255.0, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32)
-    ridge = np.diag(np.array([1e-6, 1e-6, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3], np.float32))  # a narrow range of grey or
-    for _ in range(3):  # of positions says little about curvature or slopes: keep them near zero then
-        if int(keep.sum()) < 20:
-            break
-        a = design[keep]
-        coef = np.linalg.solve(a.T @ a + ridge * len(a), a.T @ y[keep]).astype(np.float32)
-        res = np.abs(y - design @ coef)
-        sigma = max(1.4826 * median(res[keep]), 0.5)
-        keep = res < max(3.0 * sigma, 3.0)
-    return coef, sigma
-
-
-def apply_tone(coef: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``fit_tone``'s model applied to a whole (h, w) luma plane, clipped to 0..255."""
-    gx, gy = _grid(*values.shape)
-    s = values * np.float32(1 / 255.0)
-    u = s - np.float32(0.5)
-    out = coef[0] + u * (coef[1] + coef[2] * u) + s * ((coef[3] + coef[5] * gx) * gx + (coef[4] + coef[6] * gy) * gy)
-    return np.clip(out, 0.0, 255.0, out=out)
-
-
-@dataclass(frozen=True)
-class ChromaFit:
-    """dst - 128 ~ G(x, y) * (src - 128) + offset, G = g0 + gx * x + gy * y (a light field scales colour as it
-    scales luma)."""
-
-    gain: np.ndarray  # (g0, gx, gy)
-    upper: float  # 75th percentile of the per-pixel gains
-    offset: np.ndarray  # (2,) white balance
-    sigma: float  # robust scale of |residual| summed over both channels
-
-    def field(self, h: int, w: int) -> np.ndarray:
-        gx, gy = _grid(h, w)
-        return self.gain[0] + self.gain[1] * gx + self.gain[2] * gy
-
-
-def fit_chroma(src: np.ndarray, dst: np.ndarray, trusted: np.ndarray) -> ChromaFit:
-    """The chroma half of the light between two frames, for (2, h, w) planes (Cr, Cb), on ``trusted`` pixels of
-    every fourth row and column.
-
-    The gain toward grey is measured on the background's colourful pixels (|Cr - 128| + |Cb - 128| > 8) as the
-    projection of each pixel's new chroma on its old one; a plane over the frame is fitted to those gains (one
-    robust pass). Their 75th percentile tells whether most of the colour left (< 0.5: the picture went
-    monochrome; an object covers far less). When the background has almost no colour, a frame with colour over a
-    fifth of it is the colour coming back (gain 4)."""
-    h, w = src.shape[1:]
-    gx, gy = _grid(h, w)
-    sel = trusted[1::4, 1::4].reshape(-1)
-    s = src[:, 1::4, 1::4].reshape(2, -1)[:, sel] - np.float32(128.0)
-    d = dst[:, 1::4, 1::4].reshape(2, -1)[:, sel] - np.float32(128.0)
-    plane = np.array([1.0, 0.0, 0.0], np.float32)
-    if s.shape[1] < 20:
-        return ChromaFit(plane, 1.0, np.zeros(2, np.float32), 1.0)
-    colourful = np.abs(s).sum(axis=0) > 8.0
-    upper = 1.0
-    if int(colourful.sum()) >= max(20, s.shape[1] // 20):
-        sc, dc = s[:, colourful], d[:, colourful]
-        g = (sc * dc).sum(axis=0) / (sc * sc).sum(axis=0)
-        px = np.broadcast_to(gx, (h, w))[1::4, 1::4].reshape(-1)[sel][colourful]
-        py = np.broadcast_to(gy, (h, w))[1::4, 1::4].reshape(-1)[sel][colourful]
-        k50, k75 = len(g) // 2, (3 * len(g)) // 4
-        part = np.partition(g, (k50, k75))
-        upper = float(part[k75])
-        design = np.stack([np.ones_like(px), px, py], axis=1)
-        keep = np.abs(g - float(part[k50])) < max(3.0 * 1.4826 * median(np.abs(g - float(part[k50]))), 0.1)
-        if int(keep.sum()) >= 10:
-            a = design[keep]
-            plane = np.linalg.solve(a.T @ a + np.diag([0.0, 1e-3, 1e-3]).astype(np.float32) * len(a),
-                                    a.T @ g[keep]).astype(np.float32)
-        plane[0] = min(max(float(plane[0]), 0.0), 4.0)
-        field = ChromaFit(plane, upper, np.zeros(2, np.float32), 0.0).field(h, w)[1::4, 1::4].reshape(-1)[sel]
-        r = d - field[None, :] * s
-    elif float(np.mean(np.abs(d).sum(axis=0) > 8.0)) > 0.2:
-        plane[0] = upper = 4.0
-        r = d - plane[0] * s
-    else:
-        r = d - s
-    offset = np.array([median(r[0]), median(r[1])], np.float32)
-    sigma = max(1.4826 * median(np.abs(r - offset[:, None]).sum(axis=0)), 0.5)
-    return ChromaFit(plane, upper, offset, sigma)
-
-
 def _relight(planes: np.ndarray, coef: np.ndarray, chroma: ChromaFit) -> np.ndarray:
     """Planes under the frame's light: the tone model on luma, the chroma fit on chroma. The clip plane stays as
     observed, so a pixel frozen while clipped keeps distrusting its chroma until it is seen again."""
@@ -271,6 +164,66 @@ def _relight(planes: np.ndarray, coef: np.ndarray, chroma: ChromaFit) -> np.ndar
     out[CR:] = (planes[CR:] - np.float32(128.0)) * chroma.field(*planes.shape[1:]) + \
         (chroma.offset + np.float32(128.0))[:, None, None]
     return out
+
+
+def _exceeds(x: np.ndarray, relit: np.ndarray, unclipped: np.ndarray, thr_y2: np.ndarray,
+             thr_c2: np.ndarray) -> np.ndarray:
+    """uint8 mask of the pixels whose luma or chroma residual against ``relit`` exceeds the squared thresholds."""
+    diff = np.abs(x - relit)
+    res_y = diff[Y]
+    if not unclipped.all():
+        # A clipped channel is a bound, not a value: where the background clipped, the scene may be brighter
+        # than predicted (only darker is change); where the frame clips, it may be darker than predicted.
+        signed = x[Y] - relit[Y]
+        bg_clip, x_clip = relit[CLIP] >= 1.0, x[CLIP] >= 1.0
+        res_y = np.where(bg_clip & ~x_clip, np.maximum(-signed, 0.0), res_y)
+        res_y = np.where(x_clip & ~bg_clip, np.maximum(signed, 0.0), res_y)
+        res_y = np.where(x_clip & bg_clip, 0.0, res_y)
+    res_c = diff[CR] + diff[CB]
+    res_c *= unclipped  # where a colour channel clips (now or when last learned) chroma says nothing
+    return ((res_y * res_y > thr_y2) | (res_c * res_c > thr_c2)).astype(np.uint8)
+
+
+def _clipping_jumped(bg: np.ndarray, x: np.ndarray) -> bool:
+    """Most of the frame clips where the background did not, or the reverse (an exposure step of x2.5 on a
+    bright scene): what is left unclipped says nothing reliable about the light, so the change is global."""
+    now, before = float(x[CLIP].mean()) / 255.0, float(bg[CLIP].mean()) / 255.0
+    return max(now, before) > 0.5 and max(now, before) > 2.0 * min(now, before)
+
+
+def _differs(ref: np.ndarray, x: np.ndarray, thr_y2: np.ndarray, thr_c2: np.ndarray) -> np.ndarray:
+    """``_exceeds`` against another background ``ref``, relit to this frame's light by its own fits, without what
+    local light explains."""
+    unclipped = (x[CLIP] < 1.0) & (ref[CLIP] < 1.0)
+    coef, _ = fit_tone(ref[Y], x[Y])
+    relit = _relight(ref, coef, fit_chroma(ref[CR:], x[CR:], unclipped))
+    raw = _exceeds(x, relit, unclipped, thr_y2, thr_c2)
+    return without_light(raw, x[Y], relit[Y], x[CLIP]) if raw.any() else raw
+
+
+_SPREAD_KERNEL = np.ones((5, 5), np.uint8)
+
+
+def _spread(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(2, h, w) motion terms from per-pixel value ranges: the squared range of luma and of chroma (|Cr| + |Cb|),
+    the largest over each pixel's 5x5 neighbourhood."""
+    width = high - low
+    out = np.empty((2, *low.shape[1:]), np.float32)
+    out[0] = cv2.dilate(width[Y] * width[Y], _SPREAD_KERNEL)
+    c = width[CR] + width[CB]
+    out[1] = cv2.dilate(c * c, _SPREAD_KERNEL)
+    return out
+
+
+@dataclass(frozen=True)
+class _Learning:
+    """What ``_compare`` hands to ``_learn``."""
+
+    changed: np.ndarray  # uint8: the change the background does not learn from (local light included)
+    against_new: np.ndarray  # uint8: change against the current background alone (before a global change aside)
+    relit: np.ndarray  # the background under this frame's light
+    prev_relit: np.ndarray  # the previous frame under this frame's light
+    sigmas: tuple[float, float]  # the fits' luma and chroma residual scales
 
 
 class ChangeDetector:
@@ -284,11 +237,18 @@ class ChangeDetector:
         self._motion: np.ndarray | None = None  # (2, h, w): luma and chroma mean squared frame differences
         self._fg_s: np.ndarray | None = None  # (h, w): seconds each pixel has been changed without a break
         self._noise: tuple[float, float] | None = None  # running luma and chroma noise (robust residual scales)
+        self._before: np.ndarray | None = None  # the background before a global change, while settling after it
+        # or while ``_absorbed`` holds pixels: what was change (an object) when the background restarted
+        self._absorbed: np.ndarray | None = None
+        self._absorbed_s = 0.0
+        self._first: tuple[np.ndarray, np.ndarray] | None = None  # a camera's first frames: per pixel the
+        # lowest and highest values seen so far
         self._last_t = float("-inf")
 
     @property
-    def ready(self) -> bool:
-        return self._bg is not None and self.frames >= self.params.warmup_frames
+    def settling(self) -> bool:
+        """Within ``warmup_frames`` of the background's (re)start: a camera's first frames or a global change."""
+        return self._bg is None or self.frames <= self.params.warmup_frames
 
     def observe(self, image: np.ndarray, t: float) -> FrameChange:
         a = analysis_image(image)
@@ -299,8 +259,8 @@ class ChangeDetector:
         dt = min(max(t - self._last_t, 0.0), self.params.max_dt_s)
         self._last_t = max(self._last_t, t)
         self.frames += 1
-        result, raw, relit, prev_relit, sigmas = self._compare(a)
-        self._learn(a.planes, raw, relit, prev_relit, dt, result, sigmas)
+        result, learning = self._compare(a)
+        self._learn(a.planes, dt, result, learning)
         return result
 
     def probe(self, image: np.ndarray) -> FrameChange:
@@ -316,10 +276,16 @@ class ChangeDetector:
         h, w = x.shape[1:]
         self._bg = x.copy()
         self._prev = x.copy()
-        self._motion = np.full((2, h, w), (self.params.min_luma / self.params.k) ** 2, np.float32)
+        self._motion = self._motion_prior((2, h, w))
         self._fg_s = np.zeros((h, w), np.float32)
         self._noise = None
+        self._before = None
+        self._absorbed = None
+        self._first = (x.copy(), x.copy())
         self.frames = 1
+
+    def _motion_prior(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.full(shape, (self.params.min_luma / self.params.k) ** 2, np.float32)
 
     def _quiet(self, a: Analysis, warming_up: bool, global_change: str = "", f: _Global | None = None) -> FrameChange:
         f = f or _Global()
@@ -329,9 +295,7 @@ class ChangeDetector:
             global_change=global_change, warming_up=warming_up,
         )
 
-    def _compare(
-        self, a: Analysis
-    ) -> tuple[FrameChange, np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    def _compare(self, a: Analysis) -> tuple[FrameChange, _Learning]:
         p = self.params
         x = a.planes
         bg, prev, motion = self._bg, self._prev, self._motion
@@ -346,51 +310,55 @@ class ChangeDetector:
         if self._noise is not None:
             sigma_y = min(sigma_y, 2.0 * self._noise[0] + 0.5)
             sigma_c = min(sigma_c, 2.0 * self._noise[1] + 0.5)
-        cgain, cupper = float(chroma.gain[0]), chroma.upper
         relit = _relight(bg, coef, chroma)
         prev_relit = _relight(prev, coef, chroma)
-        signed = x[Y] - relit[Y]
-        diff = np.abs(x - relit)
-        res_y = diff[Y]
-        if not unclipped.all():
-            # A clipped channel is a bound, not a value: where the background clipped, the scene may be brighter
-            # than predicted (only darker is change); where the frame clips, it may be darker than predicted.
-            bg_clip, x_clip = bg[CLIP] >= 1.0, x[CLIP] >= 1.0
-            res_y = np.where(bg_clip & ~x_clip, np.maximum(-signed, 0.0), res_y)
-            res_y = np.where(x_clip & ~bg_clip, np.maximum(signed, 0.0), res_y)
-            res_y = np.where(x_clip & bg_clip, 0.0, res_y)
-        res_y2 = res_y * res_y
-        res_c = diff[CR] + diff[CB]
-        res_c *= unclipped  # where a colour channel clips (now or when last learned) chroma says nothing
+        if self._first is not None:
+            # a camera's first frames, before motion is learned: the range of what each pixel and its neighbours
+            # showed so far stands for it (swaying leaves and a fan have shown most of their values within a
+            # few frames; an arrival over still scenery brings a new one)
+            motion = _spread(*self._first)
         k2 = np.float32(p.k * p.k)
         thr_y2 = np.maximum(k2 * (np.float32(sigma_y * sigma_y) + np.float32(0.5) * motion[0]),
                             np.float32(p.min_luma ** 2))
         thr_c2 = np.maximum(k2 * (np.float32(sigma_c * sigma_c) + np.float32(0.5) * motion[1]),
                             np.float32(p.min_chroma ** 2))
-        raw = ((res_y2 > thr_y2) | (res_c * res_c > thr_c2)).astype(np.uint8)
+        raw = _exceeds(x, relit, unclipped, thr_y2, thr_c2)
         f = _Global(
             gain=float(coef[1] / 255.0), offset=float(coef[0] - 127.5),
             light=float(np.mean(np.abs(relit[Y, ::3, ::3] - bg[Y, ::3, ::3]))),
-            colour=cgain, noise=sigma_y,
+            colour=float(chroma.gain[0]), noise=sigma_y,
             dynamic=float(np.mean(thr_y2 > np.float32(2.25 * max(p.k * sigma_y, p.min_luma) ** 2))),
         )
-        colour_switch = cupper < 0.5 or cgain >= 4.0
+        luma = x[Y] - relit[Y]
+        switched = colour_switch(bg[CR:], x[CR:], unclipped, luma * luma > thr_y2) != ""
+        against_new = raw
+        if self._before is not None and raw.any() and not switched:
+            # settling after a global change: what the background before it explains under this frame's light
+            # is not change either (the light came back after a flash; the switch's own transition); later, where
+            # an object stood when the background restarted, the ground it uncovers is no ghost
+            explained = _differs(self._before, x, thr_y2, thr_c2)
+            if self.settling:
+                raw = raw & explained
+            elif self._absorbed is not None:
+                raw = np.where(self._absorbed, raw & explained, raw)
         changed = raw  # what the background does not learn from: light explained or not (no ghost of a pool)
-        if not colour_switch and raw.any():
+        if not switched and raw.any():
             raw = without_light(raw, x[Y], relit[Y], x[CLIP])
         # a change over most of the frame is global unless local light explains nearly all of it (a cloud's
         # shadow over half the view is light; a flash through blinds, which light explains only in part, is not)
         unexplained = float(raw.mean())
         if unexplained > p.lightning_area or (float(changed.mean()) > p.lightning_area
-                                              and unexplained > p.lightning_area / 4):
+                                              and unexplained > 0.6 * float(changed.mean())) or _clipping_jumped(bg, x):
             kind = "lightning"
         else:
-            kind = ""
-        if colour_switch or kind:
-            kind = "colour_switch" if colour_switch else kind
-            return self._quiet(a, not self.ready, kind, f), changed, relit, prev_relit, (fit_y, chroma.sigma)
-        if not self.ready:
-            return self._quiet(a, True, "", f), changed, relit, prev_relit, (fit_y, chroma.sigma)
+            kind = "colour_switch" if switched else ""
+        learning = _Learning(changed, against_new, relit, prev_relit, (fit_y, chroma.sigma))
+        if kind:
+            return self._quiet(a, self.settling, kind, f), learning
+        if self._before is None and self.frames <= 2:
+            # a camera's second frame only measures: with one frame before it, swaying leaves and an arrival
+            # look alike (the two make the scene's reference pair)
+            return self._quiet(a, True, "", f), learning
         clean = cv2.morphologyEx(raw, cv2.MORPH_OPEN, KERNEL)
         clean = cv2.morphologyEx(clean, cv2.MORPH_CLOSE, KERNEL)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(clean, connectivity=8)
@@ -407,53 +375,81 @@ class ChangeDetector:
             area=float(areas[big - 1].sum()) / total if len(big) else 0.0,
             largest=float(areas[big - 1].max()) / total if len(big) else 0.0,
             blobs=len(big), cells=a.cells, cell_change=cell_means(kept), gain=f.gain, offset=f.offset,
-            light=f.light, colour=f.colour, noise=f.noise, dynamic=f.dynamic, global_change="", warming_up=False,
+            light=f.light, colour=f.colour, noise=f.noise, dynamic=f.dynamic, global_change="",
+            warming_up=self.settling,
         )
-        return result, changed, relit, prev_relit, (fit_y, chroma.sigma)
+        return result, learning
 
-    def _learn(self, x: np.ndarray, raw: np.ndarray, relit: np.ndarray, prev_relit: np.ndarray, dt: float,
-               result: FrameChange, sigmas: tuple[float, float]) -> None:
+    def _learn(self, x: np.ndarray, dt: float, result: FrameChange, learning: _Learning) -> None:
         p = self.params
-        motion, fg_s = self._motion, self._fg_s
-        assert motion is not None and fg_s is not None
-        warm = self.frames <= p.warmup_frames
-        # mean squared frame-to-frame differences, learned everywhere; winsorised once warm
+        motion, fg_s, bg = self._motion, self._fg_s, self._bg
+        assert motion is not None and fg_s is not None and bg is not None
+        raw, relit = learning.changed, learning.relit
+        settling = self.settling
+        if result.global_change:
+            # the background restarts from this frame; the one before stays for the settling frames, to judge what
+            # differs beyond the light (the frame-to-frame difference across the switch is not motion), and for
+            # as long as an object that was change then (now in the background) may still leave
+            if self._before is None:
+                self._before = bg
+            held = cv2.dilate((fg_s > 0).astype(np.uint8), KERNEL).astype(bool)
+            if held.any():
+                self._absorbed = held if self._absorbed is None else (self._absorbed | held)
+                self._absorbed_s = 0.0
+            self._bg = x.copy()
+            self._prev = x
+            fg_s[:] = 0.0
+            self._noise = None  # the switch to infrared brings its own noise: measured again from the next frame
+            self.frames = 1
+            return
+        # a camera's first frames learn its motion fast (a plain mean, not winsorised); later, and after a global
+        # change, a sample counts at most 16x the current value
+        fast = settling and self._before is None
         a_m = 1.0 - math.exp(-dt / p.motion_s) if dt > 0 else 0.0
-        if warm:
+        if fast:
             a_m = max(a_m, 1.0 / max(self.frames - 1, 1))
-        # the camera's noise follows the fits' residual scales on frames where little changed, and restarts with
-        # a global change (the switch to infrared brings its own noise)
-        if self._noise is None or result.global_change:
-            self._noise = sigmas
+        # the camera's noise follows the fits' residual scales on frames where little changed
+        if self._noise is None:
+            self._noise = learning.sigmas
         elif float(raw.mean()) < 0.2:
-            self._noise = (self._noise[0] + a_m * (sigmas[0] - self._noise[0]),
-                           self._noise[1] + a_m * (sigmas[1] - self._noise[1]))
-        d = np.abs(x - prev_relit)
+            self._noise = (self._noise[0] + a_m * (learning.sigmas[0] - self._noise[0]),
+                           self._noise[1] + a_m * (learning.sigmas[1] - self._noise[1]))
+        d = np.abs(x - learning.prev_relit)
         sample = np.empty_like(motion)
         np.multiply(d[Y], d[Y], out=sample[0])
         np.add(d[CR], d[CB], out=sample[1])
         sample[1] *= sample[1]
-        if not warm:
+        if fast and self._first is not None:
+            np.minimum(self._first[0], x, out=self._first[0])
+            np.maximum(self._first[1], x, out=self._first[1])
+        if not fast:
+            self._first = None
             cap = motion * np.float32(16.0)
             cap[0] += np.float32(16.0 * result.noise ** 2)
             cap[1] += np.float32(16.0)
             np.minimum(sample, cap, out=sample)
         motion += np.float32(a_m) * (sample - motion)
         self._prev = x
-        if result.global_change:
-            # the background restarts from this frame and warms up again: the frames after a flash or a switch
-            # replace whatever still differs, so neither the flash nor the old light lingers as change
-            self._bg = x.copy()
-            fg_s[:] = 0.0
-            self.frames = 1
-            return
         rate = 1.0 - math.exp(-dt / p.adapt_s) if dt > 0 else 0.0
-        if warm:
-            step = np.where(raw.astype(bool), np.float32(1.0), np.float32(max(rate, 1.0 / self.frames)))
-            self._bg = relit + step * (x - relit)
-            return
         fg = cv2.dilate(raw, KERNEL).astype(bool)
-        step = np.where(fg, np.float32(0.0), np.float32(rate))
+        explained = learning.against_new.astype(bool) & ~fg  # by the background before a global change
+        if settling:
+            # a young background averages its first frames; what the background before a global change explains
+            # (the light back after a flash) replaces it at once; change stays frozen, as later
+            step = np.where(fg, np.float32(0.0), np.float32(max(rate, 1.0 / self.frames)))
+            if self._before is not None:
+                step[explained] = 1.0
+        else:
+            step = np.where(fg, np.float32(0.0), np.float32(rate))
+            if self._absorbed is not None:  # the ground an absorbed object uncovered replaces it at once
+                healed = self._absorbed & explained
+                step[healed] = 1.0
+                self._absorbed &= ~healed
+                self._absorbed_s += dt
+                if not self._absorbed.any() or self._absorbed_s >= p.stationary_s:
+                    self._absorbed = None
+            if self._absorbed is None:
+                self._before = None
         bg = relit + step * (x - relit)
         fg_s += np.float32(dt)
         fg_s[~fg] = 0.0

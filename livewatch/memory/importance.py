@@ -32,6 +32,11 @@ change does). ``pair_distance`` is the same measure made symmetric, on the same 
 duplicate rule (``StarMemory.duplicate_distance`` 0.15: what differs between two pairs would score under 0.15,
 under 0.42% of the frame).
 
+**Episodes.** Pairs with local change in either frame are numbered by *episode*: a run of such pairs, ended by a
+pair without any and cut every EPISODE_MAX_S (10 s), so an hour of constant traffic is many episodes. The star
+memory keeps one star per episode (``livewatch.memory.star``, rule 2): the pair that caught a person walking in
+and the one that shows them standing are one event.
+
 A pair's ``PairSignature`` is the cells and per-cell changed fraction of its more important frame. After a
 restart the frame store holds no background, so ``pair_signature(first, second, model)`` measures restored pairs
 against a model seeded from the restored window.
@@ -53,6 +58,7 @@ HALF_AREA = 0.01  # novel changed area (fraction of the frame) that scores 0.5
 NOVEL_LUMA = 8.0  # grey levels between a cell's means for it to look different
 NOVEL_CHROMA = 8.0  # |dCr| + |dCb| between a cell's means for it to look different
 QUIET_CELL = 0.05  # a cell with less changed area than this is scenery, used to fit the light between two pairs
+EPISODE_MAX_S = 10.0  # an episode (a run of pairs with change) is cut into pieces of at most this long
 MOVE_CELLS = 2  # an object that moved this many cells (10 analysis pixels, 6% of the width) is the same object
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 
@@ -223,6 +229,7 @@ class Importance:
     global_change: str  # "" | "lightning" | "colour_switch": the pair saw a global change, discounted
     warming_up: bool
     signature: PairSignature = field(repr=False, compare=False)
+    episode: int = -1  # the run of pairs with local change this pair belongs to (-1: no local change)
 
     def parts(self) -> dict[str, Any]:
         return {
@@ -238,6 +245,7 @@ class Importance:
             "dynamic_area": round(self.dynamic_area, 4),
             "global_change": self.global_change,
             "warming_up": self.warming_up,
+            "episode": self.episode,
         }
 
 
@@ -250,6 +258,8 @@ class ImportanceModel:
 
     def __init__(self, params: ChangeParams | None = None) -> None:
         self.detector = ChangeDetector(params)
+        self.episodes = 0  # episodes started so far
+        self._episode_start: float | None = None  # of the current episode; None after a pair without change
 
     def learn(self, image: np.ndarray, time: float) -> None:
         """Feed a frame without scoring it (seeding from a restored window)."""
@@ -274,11 +284,20 @@ class ImportanceModel:
             if best is None or key > best:
                 best, chosen, novel_of_chosen = key, change, novel
         glob = next((c.global_change for c in changes if c.global_change), "")
+        episode = -1
+        if any(c.area > 0 for c in changes):
+            if self._episode_start is None or first_time - self._episode_start >= EPISODE_MAX_S:
+                self.episodes += 1
+                self._episode_start = first_time
+            episode = self.episodes
+        else:
+            self._episode_start = None
         return Importance(
             score=area_score(novel_of_chosen), change_area=chosen.area, largest_blob=chosen.largest,
             blobs=chosen.blobs, novel_area=novel_of_chosen, light=max(c.light for c in changes), gain=chosen.gain,
             colour=min(c.colour for c in changes), noise=chosen.noise, dynamic_area=chosen.dynamic,
             global_change=glob, warming_up=any(c.warming_up for c in changes), signature=_signature(chosen),
+            episode=episode,
         )
 
     def signature(self, first: np.ndarray, second: np.ndarray | None = None) -> PairSignature:

@@ -38,6 +38,7 @@ class PairRecord:
     in_window: bool
     is_star: bool
     jpegs: tuple[bytes, ...] = field(default=(), repr=False)
+    why: str = ""  # a star's reason for being one (StarMemory's decision), else ""
 
     @property
     def nbytes(self) -> int:

@@ -27,13 +27,16 @@ def _detrended(d: np.ndarray) -> np.ndarray:
 
 
 def light_cells(frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray,
-                changed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per CELL x CELL cell: (lit, covered). ``lit``: a changed cell (``changed``: its fraction of changed pixels
+                changed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per CELL x CELL cell: (lit, covered, flat, edged). ``lit``: a changed cell (``changed``: its fraction of changed pixels
     >= 0.3) where the background's texture is still there at its place, scaled with the light (correlation >=
     LIGHT_NCC, gain 0.2..5, texture within a factor 2.5 of the gain's: the background is an average of slightly
     shaken frames, softer than any one). ``covered``: textured, the background's texture under this light would
     stand twice over the noise, and the correlation is under COVERED_NCC: what the background showed there is
-    hidden. Flat, clipped, noise-bound and in-between cells are neither: they say nothing. The noise is this
+    hidden. Of the changed cells where the background is flat (no texture over the noise): ``flat`` if the
+    frame is flat there too (a shadow's soft edge is a slope, which is not texture), ``edged`` if the frame has
+    clear texture there (an object's outline over smooth ground). Clipped, noise-bound and in-between cells are
+    none of these: they say nothing. The noise is this
     frame's own: the median over cells of what is left of the frame's texture after the background's, scaled
     by the cell's gain (a shadow's misfit of the global light model does not count as noise)."""
     h, w = frame_y.shape
@@ -52,11 +55,15 @@ def light_cells(frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray,
     ratio = fs / np.maximum(bs, 1e-3) / np.maximum(gain, 1e-3)
     clipped = (clip[: ch * CELL, : cw * CELL].reshape(ch, CELL, cw, CELL).max(axis=(1, 3)) > 0) | \
         (b.max(axis=(1, 3)) >= CLIP_LEVEL)
-    textured = (bs >= max(LIGHT_TEXTURE, 1.5 * noise)) & ~clipped
+    floor = max(LIGHT_TEXTURE, 1.5 * noise)
+    textured = (bs >= floor) & ~clipped
     lit = (changed >= 0.3) & textured & (ncc >= LIGHT_NCC) & (gain >= 0.2) & (gain <= 5.0) & (ratio >= 0.4) & \
         (ratio <= 2.5)
     covered = textured & (ncc < COVERED_NCC) & (gain * bs >= 2.0 * noise)
-    return lit, covered
+    smooth = (changed >= 0.3) & (bs < floor) & ~clipped
+    flat = smooth & (fs < floor) & (gain >= 0.2) & (gain <= 5.0)
+    edged = smooth & (fs >= 2.0 * floor)
+    return lit, covered, flat, edged
 
 
 def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray) -> np.ndarray:
@@ -66,7 +73,7 @@ def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: 
     (an object in the shadow). An object covers the background's texture in most of its textured cells; a
     region that says little (flat, clipped: a car on a smooth road, whose edge cells alone may look lit)
     stays change."""
-    lit, covered = light_cells(frame_y, bg_y, clip, cell_means(raw.astype(np.float32)))
+    lit, covered, flat, edged = light_cells(frame_y, bg_y, clip, cell_means(raw.astype(np.float32)))
     n, labels = cv2.connectedComponents(raw, connectivity=8)
     if n <= 1:
         return raw
@@ -74,14 +81,17 @@ def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: 
     cell_labels = labels[: ch * CELL, : cw * CELL].reshape(ch, CELL, cw, CELL).max(axis=(1, 3))
     lit_n = np.bincount(cell_labels[lit], minlength=n)
     covered_n = np.bincount(cell_labels[covered], minlength=n)
+    flat_n = np.bincount(cell_labels[flat], minlength=n)
+    edged_n = np.bincount(cell_labels[edged], minlength=n)
     cells_n = np.bincount(cell_labels.reshape(-1), minlength=n)
-    light = (lit_n >= 2) & (lit_n >= 0.5 * cells_n) & (covered_n <= 0.15 * (lit_n + covered_n))
+    light = (lit_n >= 2) & (lit_n + flat_n >= 0.5 * cells_n) & (covered_n + edged_n <= lit_n) & \
+        (lit_n >= 0.25 * (lit_n + flat_n))
     light[0] = False
     if not light.any():
         return raw
     # in a lit region only what covers the background stays change (an object in a shadow, or at its edge),
     # with a cell around it for its outline; the rest is the light
-    keep = cv2.dilate(covered.astype(np.uint8), KERNEL)
+    keep = cv2.dilate((covered | edged).astype(np.uint8), KERNEL)
     keep_px = np.repeat(np.repeat(keep, CELL, axis=0), CELL, axis=1)
     out = raw.copy()
     region = light[labels[: ch * CELL, : cw * CELL]]

@@ -135,7 +135,8 @@ def rebuild_index(root: Path, schema: str) -> RebuildReport:
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(schema)
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO pairs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO pairs (camera, id, seq0, seq1, wall0, wall1, mono0, mono1, single, "
+                           "importance, in_window, is_star, bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             db.executemany("INSERT INTO cameras VALUES (?,?,?)", cameras)
             db.execute("COMMIT")
         finally:

@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS pairs (
     in_window INTEGER NOT NULL,
     is_star INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
+    why TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (camera, id)
 );
 CREATE TABLE IF NOT EXISTS cameras (
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS cameras (
 """
 _COLUMNS = {
     "pairs": ["camera", "id", "seq0", "seq1", "wall0", "wall1", "mono0", "mono1", "single", "importance",
-              "in_window", "is_star", "bytes"],
+              "in_window", "is_star", "bytes", "why"],
     "cameras": ["camera", "next_id", "total_frames_added"],
 }
 
@@ -210,6 +211,9 @@ class FrameStore:
             db.executescript(_SCHEMA)
             for table, columns in _COLUMNS.items():
                 found = [str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")]
+                if table == "pairs" and found == columns[:-1]:  # an index from before stars kept their reason
+                    db.execute("ALTER TABLE pairs ADD COLUMN why TEXT NOT NULL DEFAULT ''")
+                    found = columns
                 if found != columns:
                     raise _CorruptIndex(f"table {table} has columns {found}, expected {columns}")
         except sqlite3.Error as exc:
@@ -273,7 +277,7 @@ class FrameStore:
         """The camera's committed state; cleans orphans and drops rows whose files are missing or corrupt."""
         with self._reading(f"cannot read the frame index for camera {camera!r}") as db:
             rows = db.execute(
-                "SELECT id, seq0, seq1, wall0, wall1, mono0, mono1, single, importance, in_window, is_star, bytes "
+                "SELECT id, seq0, seq1, wall0, wall1, mono0, mono1, single, importance, in_window, is_star, bytes, why "
                 "FROM pairs WHERE camera = ? ORDER BY wall0, id",
                 (camera,),
             ).fetchall()
@@ -285,7 +289,9 @@ class FrameStore:
             if not _row_ok(r) or not isinstance(r[11], int):  # a planted or damaged row: its id must never be a path
                 dropped.append(r[0])
                 continue
-            rec = PairRecord(r[0], (r[1], r[2]), (r[3], r[4]), (r[5], r[6]), bool(r[7]), r[8], bool(r[9]), bool(r[10]))
+            why = r[12] if isinstance(r[12], str) and len(r[12]) <= 32 and r[12].isidentifier() and r[10] else ""
+            rec = PairRecord(r[0], (r[1], r[2]), (r[3], r[4]), (r[5], r[6]), bool(r[7]), r[8], bool(r[9]), bool(r[10]),
+                             why=why)
             if not rec.in_window and not rec.is_star:  # the history archive: files checked, not decoded
                 if all(_is_frame_file(path) for path in self._files(camera, rec)):
                     archived.append((rec, r[11]))
@@ -392,16 +398,16 @@ class FrameStore:
         inserts, roles, deletes = list(inserts), list(roles), list(deletes)
         with self._transaction(f"cannot update the frame index for camera {camera!r}"):
             self._db.executemany(
-                "INSERT OR REPLACE INTO pairs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO pairs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (camera, r.id, r.seq[0], r.seq[1], r.wall[0], r.wall[1], r.mono[0], r.mono[1], int(r.single),
-                     r.importance, int(r.in_window), int(r.is_star), r.nbytes)
+                     r.importance, int(r.in_window), int(r.is_star), r.nbytes, r.why)
                     for r in inserts
                 ],
             )
             self._db.executemany(
-                "UPDATE pairs SET in_window = ?, is_star = ? WHERE camera = ? AND id = ?",
-                [(int(r.in_window), int(r.is_star), camera, r.id) for r in roles],
+                "UPDATE pairs SET in_window = ?, is_star = ?, why = ? WHERE camera = ? AND id = ?",
+                [(int(r.in_window), int(r.is_star), r.why, camera, r.id) for r in roles],
             )
             self._db.executemany(
                 "DELETE FROM pairs WHERE camera = ? AND id = ?", [(camera, r.id) for r in deletes]
