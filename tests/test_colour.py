@@ -40,7 +40,7 @@ def infrared(img: np.ndarray) -> np.ndarray:
 
 def rule(src: np.ndarray, dst: np.ndarray) -> str:
     a, b = analysis_image(src).planes, analysis_image(dst).planes
-    return colour_switch(a[2:], b[2:], np.ones(a.shape[1:], bool), np.abs(a[0] - b[0]) > 12)
+    return colour_switch(a[2:], b[2:], np.ones(a.shape[1:], bool), lambda: np.abs(a[0] - b[0]) > 12)
 
 
 def square(img: np.ndarray, area: float, colour: tuple[int, int, int], cx: float = 0.5, cy: float = 0.5) -> np.ndarray:

@@ -329,8 +329,8 @@ class ChangeDetector:
             colour=float(chroma.gain[0]), noise=sigma_y,
             dynamic=float(np.mean(thr_y2 > np.float32(2.25 * max(p.k * sigma_y, p.min_luma) ** 2))),
         )
-        luma = x[Y] - relit[Y]
-        switched = colour_switch(bg[CR:], x[CR:], unclipped, luma * luma > thr_y2) != ""
+        switched = colour_switch(bg[CR:], x[CR:], unclipped, lambda: (x[Y] - relit[Y]) ** 2 > thr_y2,
+                                 chroma.upper < 0.5) != ""
         against_new = raw
         if self._before is not None and raw.any() and not switched:
             # settling after a global change: what the background before it explains under this frame's light

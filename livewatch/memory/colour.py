@@ -23,6 +23,7 @@ over 25% of a grey frame, a grey van hiding the one colourful corner of a scene.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,17 +109,23 @@ def _monochrome(tint: np.ndarray) -> bool:
     return float(np.partition(tint, k)[k]) <= MONO_TINT
 
 
-def colour_switch(src: np.ndarray, dst: np.ndarray, trusted: np.ndarray, luma_changed: np.ndarray) -> str:
+def colour_switch(src: np.ndarray, dst: np.ndarray, trusted: np.ndarray,
+                  luma_changed: Callable[[], np.ndarray], faded: bool = True) -> str:
     """"colour_left" | "colour_back" | "" between a background's and a frame's (2, h, w) chroma planes, on
-    ``trusted`` pixels; ``luma_changed`` marks the pixels whose luma changed beyond the light (see the module's
-    rule)."""
+    ``trusted`` pixels; ``luma_changed()`` marks the pixels whose luma changed beyond the light (called only
+    when needed); ``faded`` false:
+    the chroma fit saw the colourful pixels keep their colour (``ChromaFit.upper`` >= 0.5), so a picture that
+    is not monochrome cannot have lost it (see the module's rule)."""
     h, w = src.shape[1:]
     sel = trusted[1::4, 1::4].reshape(-1)
     if int(sel.sum()) < 20 * REGIONS * REGIONS:
         return ""
     s, d = _samples(src, sel), _samples(dst, sel)
-    moved = luma_changed[1::4, 1::4].reshape(-1)[sel].astype(bool)
     s_tint, d_tint = np.abs(s).sum(axis=0), np.abs(d).sum(axis=0)
+    src_mono, dst_mono = _monochrome(s_tint), _monochrome(d_tint)
+    if src_mono == dst_mono and not faded:  # the common case: nothing to judge
+        return ""
+    moved = luma_changed()[1::4, 1::4].reshape(-1)[sel].astype(bool)
     region = _regions(h, w, sel)
     n = REGIONS * REGIONS
     per_region = np.maximum(np.bincount(region, minlength=n), 1)
@@ -130,7 +137,6 @@ def colour_switch(src: np.ndarray, dst: np.ndarray, trusted: np.ndarray, luma_ch
         brings or takes colour changes its luma as well)."""
         return int(pixels.sum()) >= 20 and float(moved[pixels].mean()) < 0.5
 
-    src_mono, dst_mono = _monochrome(s_tint), _monochrome(d_tint)
     if src_mono and not dst_mono:
         gained = (d_tint >= TINT) & (s_tint < TINT)
         spread = int(np.ceil(SPREAD * n)) if int(src_tinted.sum()) else 0
