@@ -34,7 +34,8 @@ def light_cells(frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray,
     shaken frames, softer than any one). ``covered``: textured, the background's texture under this light would
     stand twice over the noise, and the correlation is under COVERED_NCC: what the background showed there is
     hidden. Of the changed cells where the background is flat (no texture over the noise): ``flat`` if the
-    frame is flat there too (a shadow's soft edge is a slope, which is not texture), ``edged`` if the frame has
+    frame is flat there too (a shadow's soft edge is a slope, which is not texture) or the cell clipped brighter (a
+    pool's centre), ``edged`` if the frame has
     clear texture there (an object's outline over smooth ground). Clipped, noise-bound and in-between cells are
     none of these: they say nothing. The noise is this
     frame's own: the median over cells of what is left of the frame's texture after the background's, scaled
@@ -61,7 +62,8 @@ def light_cells(frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray,
         (ratio <= 2.5)
     covered = textured & (ncc < COVERED_NCC) & (gain * bs >= 2.0 * noise)
     smooth = (changed >= 0.3) & (bs < floor) & ~clipped
-    flat = smooth & (fs < floor) & (gain >= 0.2) & (gain <= 5.0)
+    # a cell clipped by added light (the centre of a headlight's pool) is as consistent with light as a flat one
+    flat = (smooth & (fs < floor) & (gain >= 0.2) & (gain <= 5.0)) | ((changed >= 0.3) & clipped & (gain > 1.1))
     edged = smooth & (fs >= 2.0 * floor)
     return lit, covered, flat, edged
 
@@ -89,9 +91,12 @@ def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: 
     light[0] = False
     if not light.any():
         return raw
-    # in a lit region only what covers the background stays change (an object in a shadow, or at its edge),
-    # with a cell around it for its outline; the rest is the light
-    keep = cv2.dilate((covered | edged).astype(np.uint8), KERNEL)
+    # in a lit region only what covers the background or brings new edges stays change (an object in a shadow,
+    # or at its edge), with a cell around it for its outline; the rest is the light. A lone such cell (no
+    # neighbour of its kind) is the noise of a dark frame, not an object of 2% of the view (11 cells)
+    hidden = (covered | edged).astype(np.uint8)
+    hidden &= (cv2.filter2D(hidden, -1, KERNEL, borderType=cv2.BORDER_CONSTANT) >= 2).astype(np.uint8)
+    keep = cv2.dilate(hidden, KERNEL)
     keep_px = np.repeat(np.repeat(keep, CELL, axis=0), CELL, axis=1)
     out = raw.copy()
     region = light[labels[: ch * CELL, : cw * CELL]]
