@@ -27,17 +27,16 @@ detector and OpenCV's background subtractors cut down to what one sampled frame 
    luma, 8 of chroma (|dCr| + |dCb|).
 4. **Cleanup and blobs.** A 3x3 opening and closing, then connected components; components smaller than
    ``min_blob`` of the frame (0.15%) are dropped (rain streaks, compression speckle, single leaves).
-5. **Local light is explained too** (on the changed pixels, before the cleanup). A cloud's shadow or a headlight's pool changes brightness over part of the
-   frame, which the smooth global model cannot follow. Per cell of 5x5 analysis pixels the frame's texture is
-   compared with the background's, each without its plane (a pool's slope is not texture): a changed cell whose
-   texture is still the background's at its place, scaled with the light (correlation >= 0.8), is *lit*; a
-   textured cell whose correlation is under 0.5 where the background's texture would stand above this frame's
-   noise is *covered*. A connected region of change most of whose cells are lit (at least 2, at least half of
-   its cells, and under 15% of the cells that say anything covered) is light, but for its covered cells and
-   a cell around them (an object in the shadow stays change). A region that says little (a car on a smooth road,
-   whose edge cells alone look lit) stays change. The background does not learn from lit pixels either, so a
-   pool sweeping by leaves no ghost. On ``tools/heldout_suite.py`` (quick subset): cloud shadows 360 -> 120
-   false stars an hour, headlight sweeps 140 -> 62, events in shadows and after sweeps recalled as before.
+5. **Local light is explained too** (on the changed pixels, before the cleanup). A cloud's shadow or a headlight's
+   pool changes brightness over part of the frame, which the smooth global model cannot follow. Per cell of 5x5
+   analysis pixels the frame's texture is compared with the background's, each without its plane (a pool's
+   slope is not texture): a changed cell whose texture is still the background's, scaled with the light, is
+   *lit*; one whose texture is gone is *covered*; where the background is flat, a cell that stays flat (or
+   clips brighter: a pool's centre) is *flat*, one with new edges *edged*. A connected region of change that
+   lit and flat cells dominate (with texture to vouch for it) is light, but for its covered and edged cells and
+   a cell around them (``livewatch.memory.locallight`` has the numbers). The background does not learn from
+   lit pixels either, so a pool sweeping by leaves no ghost. ``tools/heldout_suite.py`` measures it per class
+   (README, "Held out, per class").
 6. **The lightning rule** (Frigate's name). When more than ``lightning_area`` of the frame (40%) changed at
    once (and local light does not explain all but a quarter of it), or the colour left the whole picture or came
    back to all of it (the switch to or from infrared, decided by spatial spread: ``livewatch.memory.colour``; a

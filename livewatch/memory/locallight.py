@@ -69,12 +69,13 @@ def light_cells(frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray,
 
 
 def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: np.ndarray) -> np.ndarray:
-    """``raw`` without what local light explains (a cloud's shadow, a headlight's pool): a connected region of
-    changed pixels most of whose cells are lit (at least 2, at least half of its cells, and under 15% of those
-    with something to say covered) is light falling differently on the same scene, but for its covered cells
-    (an object in the shadow). An object covers the background's texture in most of its textured cells; a
-    region that says little (flat, clipped: a car on a smooth road, whose edge cells alone may look lit)
-    stays change."""
+    """``raw`` without what local light explains (a cloud's shadow, a headlight's pool). A connected region of
+    changed pixels is light when its cells that say something (lit, flat, covered, edged: ``light_cells``) are
+    at least 30% of it, at least half of them lit or flat, at least 2 and a quarter of the lit-or-flat ones lit
+    (texture vouches for the light), and no more covered or edged than lit: light falling differently on the
+    same scene, but for its covered or edged cells in groups of 2 or more and a cell around them (an object in
+    the shadow or the pool stays change). A region that says little, or only flat (a uniform car on a smooth
+    road), stays change."""
     lit, covered, flat, edged = light_cells(frame_y, bg_y, clip, cell_means(raw.astype(np.float32)))
     n, labels = cv2.connectedComponents(raw, connectivity=8)
     if n <= 1:
@@ -86,8 +87,9 @@ def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: 
     flat_n = np.bincount(cell_labels[flat], minlength=n)
     edged_n = np.bincount(cell_labels[edged], minlength=n)
     cells_n = np.bincount(cell_labels.reshape(-1), minlength=n)
-    light = (lit_n >= 2) & (lit_n + flat_n >= 0.5 * cells_n) & (covered_n + edged_n <= lit_n) & \
-        (lit_n >= 0.25 * (lit_n + flat_n))
+    says = lit_n + flat_n + covered_n + edged_n  # the cells that say something (not noise-bound, not in-between)
+    light = (lit_n >= 2) & (says >= 0.3 * cells_n) & (lit_n + flat_n >= 0.5 * says) & \
+        (covered_n + edged_n <= lit_n) & (lit_n >= 0.25 * (lit_n + flat_n))
     light[0] = False
     if not light.any():
         return raw
