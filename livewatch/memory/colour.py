@@ -149,8 +149,8 @@ def colour_switch(src: np.ndarray, dst: np.ndarray, trusted: np.ndarray,
     colourful = s_tint > COLOURFUL
     g = (s * d).sum(axis=0) / np.maximum((s * s).sum(axis=0), 1e-6)
     had = np.bincount(region, weights=colourful, minlength=n)
-    faded = np.bincount(region, weights=colourful & (g < 0.5), minlength=n)
-    lost = src_tinted & (~dst_tinted | ((had >= 3) & (faded > 0.5 * had)))
+    lost_n = np.bincount(region, weights=colourful & (g < 0.5), minlength=n)
+    lost = src_tinted & (~dst_tinted | ((had >= 3) & (lost_n > 0.5 * had)))
     if int(lost.sum()) < SPREAD * int(src_tinted.sum()):
         return ""
     return "colour_left" if in_place(colourful & (g < 0.5)) else ""
