@@ -104,7 +104,8 @@ class StarMemory:
         if self.capacity == 0 or importance <= self.threshold:
             return StarDecision(False, reason="below_threshold")
         candidate = StarEntry(pair_id, time, importance, signature, episode)
-        twin = self._nearest_duplicate(signature)
+        to_candidate = [(self.distance(signature, e.signature), e) for e in self.entries]  # once, for rules 2, 4c
+        twin = self._nearest_duplicate(to_candidate)
         if twin is not None:
             if candidate.effective(time, self.half_life_s) > twin.effective(time, self.half_life_s):
                 return self._admit(candidate, "replaced_duplicate", twin)
@@ -119,7 +120,7 @@ class StarMemory:
             return StarDecision(False, reason="same_event")
         if second is not None:
             return self._admit(candidate, "replaced_same_event", second)
-        near = self._nearest_pair(candidate)
+        near = self._nearest_pair(candidate, to_candidate)
         if near is candidate:
             return StarDecision(False, reason="near_duplicate")
         if near is not None:
@@ -130,15 +131,14 @@ class StarMemory:
         return StarDecision(False, reason="weaker_than_all")
 
     def offer_reference(self, pair_id: int, time: float, signature: PairSignature) -> StarDecision:
-        """Keep a pair as the scene's reference while the star memory is empty (rule 5)."""
+        """Keep a pair as the scene's reference while the star memory is empty (rule 6)."""
         if self.capacity == 0 or self.entries:
             return StarDecision(False, reason="not_empty")
         return self._admit(StarEntry(pair_id, time, 0.0, signature), "reference")
 
-    def _nearest_duplicate(self, signature: PairSignature) -> StarEntry | None:
+    def _nearest_duplicate(self, to_candidate: list[tuple[float, StarEntry]]) -> StarEntry | None:
         best, best_d = None, self.duplicate_distance
-        for entry in self.entries:
-            d = self.distance(signature, entry.signature)
+        for d, entry in to_candidate:
             if d < best_d:
                 best, best_d = entry, d
         return best
@@ -161,12 +161,11 @@ class StarMemory:
             return next(e for e in reversed(group) if e is not keep)
         return None
 
-    def _nearest_pair(self, candidate: StarEntry) -> StarEntry | None:
-        """Of the two nearest among the stars and the candidate, if closer than ``near_distance``, the less
-        important (the later on a tie)."""
+    def _nearest_pair(self, candidate: StarEntry, to_candidate: list[tuple[float, StarEntry]]) -> StarEntry | None:
+        """Of the two nearest among the stars and the candidate (``to_candidate``: its distance to each star), if
+        closer than ``near_distance``, the less important (the later on a tie)."""
         best: tuple[float, StarEntry, StarEntry] | None = None
-        for a in self.entries:
-            d = self.distance(candidate.signature, a.signature)
+        for d, a in to_candidate:
             if d < self.near_distance and (best is None or d < best[0]):
                 best = (d, a, candidate)
         for i, a in enumerate(self.entries):
