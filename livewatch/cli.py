@@ -225,7 +225,7 @@ def _hours(text: str | None) -> tuple[int, int] | None:
     try:
         start, end = (int(part) for part in text.split("-"))
     except ValueError:
-        raise ClientError(f"--hours {text!r}: expected FROM-TO, two hours 0-23 such as 22-6", EXIT_USAGE) from None
+        raise ClientError(f"--hours {text!r}: expected FROM-TO (FROM 0-23, TO 0-24, TO exclusive) such as 22-6 or 0-24", EXIT_USAGE) from None
     return start, end
 
 

@@ -212,6 +212,9 @@ async def follow_events(url: str, token: str | None, watches: tuple[str, ...] | 
                 event = _reply(raw)
                 if event["type"] == "error":
                     raise ClientError(f"{event.get('code')}: {event.get('message')}", EXIT_REQUEST_FAILED)
+                if event["type"] == "watch.subscribed":
+                    following = ", ".join(event.get("watches") or []) or "all watches"
+                    print(f"following events of {following}; Ctrl-C to stop", file=sys.stderr, flush=True)
                 if event["type"] != "event":
                     continue
                 if as_json:

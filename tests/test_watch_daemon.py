@@ -93,6 +93,24 @@ def test_a_watch_fires_to_subscribers_ends_on_removal_and_survives_a_restart(mak
         assert next_event(ws)["watch"] == "kept"
 
 
+class Lines:
+    """A child's output read by a thread, so a test waits for a line with a deadline instead of blocking forever."""
+
+    def __init__(self, stream) -> None:
+        import queue
+        import threading
+
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def next(self, timeout: float = 120) -> str:
+        return self.lines.get(timeout=timeout)
+
+
 def test_the_cli_adds_lists_follows_and_removes_watches(make_daemon) -> None:  # noqa: F811
     import subprocess
     import sys
@@ -101,18 +119,20 @@ def test_the_cli_adds_lists_follows_and_removes_watches(make_daemon) -> None:  #
     events = subprocess.Popen([sys.executable, "-m", "livewatch", "events", "--json", "--url", d.url],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out = d.cli("watch", "add", "demo", "screen", "the test pattern is on screen", "--on", "0.001", "--off", "0",
-                    "--confirm", "1", "--cooldown", "0", "--hours", "0-23")
-        assert out.returncode == 0 and "watch.added: screen on demo" in out.stdout, out.stderr
-        assert events.stdout is not None
-        event = json.loads(events.stdout.readline())
+        out, err = Lines(events.stdout), Lines(events.stderr)
+        # the watch fires once and stays on: it must be added after the follower is subscribed (a slow start misses it)
+        assert err.next().startswith("following events of all watches")
+        added = d.cli("watch", "add", "demo", "screen", "the test pattern is on screen", "--on", "0.001", "--off", "0",
+                      "--confirm", "1", "--cooldown", "0", "--hours", "0-24")
+        assert added.returncode == 0 and "watch.added: screen on demo" in added.stdout, added.stderr
+        event = json.loads(out.next())
         assert event["type"] == "event" and event["watch"] == "screen" and event["kind"] == "started"
         listed = d.cli("watch", "ls")
         assert listed.returncode == 0 and listed.stdout.startswith("screen\tdemo\ton\t"), listed.stdout
         bad = d.cli("watch", "add", "demo", "x", "c", "--hours", "late")
         assert bad.returncode != 0 and "--hours" in bad.stderr
         assert d.cli("watch", "rm", "screen").returncode == 0
-        assert json.loads(events.stdout.readline())["kind"] == "ended"
+        assert json.loads(out.next())["kind"] == "ended"
         missing = d.cli("watch", "rm", "screen")
         assert missing.returncode != 0 and "unknown_watch" in missing.stderr
     finally:

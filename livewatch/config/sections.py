@@ -262,9 +262,10 @@ class WatchSection(_Section):
     def _thresholds(self) -> WatchSection:
         if self.off >= self.on:
             raise ValueError(f"off ({self.off}) must be below on ({self.on})")
-        if self.active_hours is not None and (len(self.active_hours) != 2 or self.active_hours[0] == self.active_hours[1]
-                                              or not all(0 <= h <= 23 for h in self.active_hours)):
-            raise ValueError("active_hours must be [from, to]: two different hours in 0-23")
+        hours = self.active_hours
+        if hours is not None and (len(hours) != 2 or hours[0] == hours[1]
+                                  or not (0 <= hours[0] <= 23 and 0 <= hours[1] <= 24)):
+            raise ValueError("active_hours must be [from, to]: from 0-23, to 0-24 (exclusive), different")
         return self
 
 

@@ -151,9 +151,9 @@ def parse_watch_request(kind: str, obj: dict[str, Any], rid: Any) -> WatchReques
     hours = obj.get("active_hours")
     if hours is not None:
         if (not isinstance(hours, list) or len(hours) != 2
-                or not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h <= 23 for h in hours)
-                or hours[0] == hours[1]):
-            raise _bad(rid, "field 'active_hours' must be [from, to]: two different hours in 0-23 (to exclusive)")
+                or not all(isinstance(h, int) and not isinstance(h, bool) for h in hours)
+                or not (0 <= hours[0] <= 23 and 0 <= hours[1] <= 24) or hours[0] == hours[1]):
+            raise _bad(rid, "field 'active_hours' must be [from, to]: from 0-23, to 0-24 (exclusive), different")
     describe = obj.get("describe", False)
     if not isinstance(describe, bool):
         raise _bad(rid, "field 'describe' must be true or false")
