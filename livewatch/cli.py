@@ -152,12 +152,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         prepare_ray_environment()
         try:
-            from livewatch.cluster.front import ClusterDaemon
+            import ray  # noqa: F401  (the cluster backend's runtime)
         except ImportError as exc:
             print(f"livewatch: cluster.backend = \"ray\" needs Ray: pip install 'livewatch[ray]' ({exc})",
                   file=sys.stderr)
             return 78  # EX_CONFIG, as a configuration error
-        return asyncio.run(ClusterDaemon(settings).run())
     return asyncio.run(Daemon(settings).run())
 
 

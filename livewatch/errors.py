@@ -23,6 +23,11 @@ the connection handler for every kind of request) decides what a client sees.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
+
+from livewatch.log import get_logger
+
+_log = get_logger("livewatch.errors")
 
 
 class ErrorCode(str, Enum):
@@ -138,6 +143,19 @@ def error_code(exc: BaseException, *, shutting_down: bool = False) -> ErrorCode:
     if isinstance(exc, CancelledRequest):
         return ErrorCode.SHUTTING_DOWN if shutting_down else ErrorCode.CANCELLED
     return ErrorCode.INTERNAL
+
+
+INTERNAL_MESSAGE = "internal error; see the daemon's log"
+
+
+def public_failure(exc: Exception, *, shutting_down: bool, event: str, **fields: Any) -> tuple[ErrorCode, str]:
+    """A request's failure as its client sees it: requests' own errors say what went wrong; anything else is
+    ``internal`` with a fixed message, and the log gets ``event`` with the detail and the traceback."""
+    code = error_code(exc, shutting_down=shutting_down)
+    if code is not ErrorCode.INTERNAL:
+        return code, str(exc)
+    _log.error(event, **fields, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    return code, INTERNAL_MESSAGE
 
 
 class DeliveryError(RecoverableError):

@@ -12,7 +12,7 @@ from engine_helpers import T0, make_pair
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.options import EngineOptions
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import load_model
 from livewatch.engine.loop import EngineLoop, answer_all
 from livewatch.engine.scheduler import AskJob, Scheduler

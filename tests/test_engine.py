@@ -10,7 +10,7 @@ import torch
 
 from engine_helpers import T0, make_pair, reference_greedy
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.layout import UpdateKind
 from livewatch.engine.loading import load_model
 from livewatch.errors import CancelledRequest, EngineError, ModelUnavailableError, RequestError

@@ -12,7 +12,7 @@ import torch
 
 from engine_helpers import T0, make_pair, reference_inputs
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import load_model
 
 QUESTION = "What happened at the door?"

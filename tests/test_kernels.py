@@ -16,7 +16,7 @@ from livewatch.engine import kernels
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.fastpath import SlotCache, StepRunner
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import load_model
 
 CPU = torch.device("cpu")

@@ -10,11 +10,16 @@
   internals: "year 0 is out of range", a path, a library version).
 - Modules stay small (one idea each): at most ``MAX_LINES`` lines, except the Triton kernels, which keep every
   kernel beside its reference.
+- One daemon over a camera backend: no class derives from ``Daemon``; no function takes the daemon (or anything
+  named so) as ``Any``; the daemon, the server and the cluster backend (a cluster's front) import no torch,
+  transformers or Triton when loaded (checked in a fresh interpreter).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +115,49 @@ def test_exception_text_reaches_clients_only_from_our_own_exceptions() -> None:
                 if uses:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: text of {foreign} in a client error")
     assert not offenders, offenders
+
+
+def test_no_class_derives_from_the_daemon() -> None:
+    subclasses = [f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}"
+                  for path in modules("livewatch", "tools") for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.ClassDef)
+                  and any(isinstance(b, (ast.Name, ast.Attribute)) and ast.unparse(b).split(".")[-1] == "Daemon"
+                          for b in node.bases)]
+    assert not subclasses, subclasses
+
+
+def test_no_parameter_is_an_any_typed_daemon() -> None:
+    found = []
+    for path in modules("livewatch"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for arg in [*node.args.args, *node.args.kwonlyargs]:
+                    if "daemon" in arg.arg and arg.annotation is not None and ast.unparse(arg.annotation) == "Any":
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}({arg.arg}: Any)")
+    assert not found, found
+
+
+def test_the_front_and_the_server_load_no_model_stack() -> None:
+    code = (
+        "import sys\n"
+        "import livewatch.daemon, livewatch.cli, livewatch.client, livewatch.cluster.backend\n"
+        "import livewatch.server.web, livewatch.server.handler, livewatch.server.openai_http\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'triton'))\n"
+        "assert not heavy, heavy[:10]\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_imports_point_down_without_circles() -> None:
+    """Part by part and module by module (tools/import_graph.py draws it); the daemon is imported by the CLI only,
+    so the backends (local, cluster) sit below it."""
+    for flag in ([], ["--modules"]):
+        out = subprocess.run([sys.executable, "tools/import_graph.py", *flag], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "tools/import_graph.py", "--modules"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    importers = [line.split()[1] for line in out.stdout.splitlines()
+                 if "livewatch.daemon" in line.split("->", 1)[1].replace(",", " ").split()]
+    assert importers == ["livewatch.cli"], importers

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from livewatch.engine.watcheval import WatchResult
+from livewatch.engine.results import WatchResult
 from livewatch.errors import ErrorCode, RequestError
 from livewatch.watches.events import WatchEvent, WatchSpec
 from livewatch.watches.manager import MAX_DESCRIBES, WatchManager

@@ -10,7 +10,7 @@ import pytest
 from engine_helpers import T0, make_pair
 from livewatch.engine.core import EngineCore
 from livewatch.engine.options import EngineOptions
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import load_model
 from livewatch.engine.worker import EngineWorker
 from livewatch.errors import CancelledRequest, ErrorCode, RequestError

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from benchkit.capacity import FeedCamera, settle  # noqa: E402
 from benchkit.common import build_model  # noqa: E402
 from livewatch.engine.core import EngineCore  # noqa: E402
-from livewatch.engine.generate import SamplingParams  # noqa: E402
+from livewatch.engine.results import SamplingParams  # noqa: E402
 from livewatch.engine.options import EngineOptions  # noqa: E402
 from livewatch.engine.preprocess import target_size  # noqa: E402
 from livewatch.engine.synthetic import FrameBank  # noqa: E402

@@ -143,6 +143,10 @@ class UrlPolicy:
             return False
         return not self.allow or any(address in n for n in self.allow if n.version == address.version)
 
+    def check_resolved(self, host: str) -> None:
+        """Resolve ``host`` now and check every address it gives (blocking: DNS)."""
+        self.check_addresses(resolve(host))
+
     def check_addresses(self, addresses: Sequence[IPAddress]) -> None:
         """Every address the host resolves to must be allowed (a name with one bad address is refused whole)."""
         if not addresses:

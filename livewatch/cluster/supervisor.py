@@ -32,9 +32,10 @@ from typing import Any
 from livewatch.capture.source import SourceSpec
 from livewatch.cluster.placement import Placement
 from livewatch.cluster.ray_backend import RayBackend, ShardGone, ShardTimeout
-from livewatch.cluster.shard import LOAD_WINDOW_S, camera_store_dir
+from livewatch.cluster.shard import LOAD_WINDOW_S
+from livewatch.local.stores import camera_store_dir
 from livewatch.config import Settings
-from livewatch.engine.watcheval import WatchResult
+from livewatch.engine.results import WatchResult
 from livewatch.errors import ErrorCode, RequestError
 from livewatch.log import Throttle, get_logger
 

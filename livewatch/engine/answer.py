@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from livewatch.engine.detokenize import IncrementalDecoder
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel
 from livewatch.frames import FramePair
 

@@ -21,7 +21,8 @@ import torch
 from livewatch.engine.answer import Answer, AnswerStream, Prepared, make_generator
 from livewatch.engine.core import EngineCore
 from livewatch.engine.fastpath import SlotCache, StepRunner
-from livewatch.engine.generate import SamplingParams, model_failure, pick_token
+from livewatch.engine.generate import model_failure, pick_token
+from livewatch.engine.results import SamplingParams
 from livewatch.errors import CancelledRequest, LivewatchError
 
 

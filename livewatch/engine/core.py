@@ -24,10 +24,11 @@ import torch
 
 from livewatch.engine.answer import Answer, AnswerStream, Prepared, finish_answer, make_generator
 from livewatch.engine.generate import (
-    KV, SamplingParams, cache_from_kv, forward, kv_length, kv_nbytes, model_failure, pick_token, position_tensor,
+    KV, cache_from_kv, forward, kv_length, kv_nbytes, model_failure, pick_token, position_tensor,
     stack_prefix,
 )
 from livewatch.engine.encoder import EncodeJob, Encoder, EncodeTimes
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.evidence import EvidenceRanker, evidence_list
 from livewatch.engine.layout import PrefixLayout, UpdateKind, pair_layout, plan_update
 from livewatch.engine.loading import LoadedModel

@@ -7,7 +7,6 @@ prefix tensors are never written. (Checked against transformers 5.17's cache_uti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,29 +14,13 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from livewatch.engine.results import SamplingParams
 from livewatch.errors import EngineError
 from livewatch.log import get_logger
 
 log = get_logger("livewatch.engine")
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k filter
-    seed: int | None = None
-    ignore_eos: bool = False  # benchmarks: always produce max_new_tokens
-    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings (not included in its text)
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError("temperature >= 0, 0 < top_p <= 1 and top_k >= 0 are required")
 
 
 def model_failure(exc: BaseException, doing: str) -> EngineError:

@@ -25,9 +25,10 @@ import torch
 from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.answer import Answer
 from livewatch.engine.core import EncodeReport, EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.scheduler import AskJob, Plan, Route, Scheduler, route
-from livewatch.engine.watcheval import WatchEvaluator, WatchResult
+from livewatch.engine.watcheval import WatchEvaluator
+from livewatch.engine.results import WatchResult
 from livewatch.errors import CancelledRequest, EngineError, RecoverableError
 from livewatch.log import Throttle, bind, get_logger
 

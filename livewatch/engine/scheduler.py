@@ -40,7 +40,7 @@ from livewatch.errors import ErrorCode, RequestError
 from livewatch.frames import FramePair
 
 if TYPE_CHECKING:
-    from livewatch.engine.generate import SamplingParams
+    from livewatch.engine.results import SamplingParams
 
 
 class ResultSink(Protocol):

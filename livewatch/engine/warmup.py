@@ -16,7 +16,7 @@ from typing import Any
 
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loop import EngineLoop, answer_now
 from livewatch.engine.preprocess import target_size
 from livewatch.engine.synthetic import pairs as synthetic_pairs

@@ -39,20 +39,6 @@ NO_WORDS = ("No", "no", "NO", " No", " no")
 
 
 @dataclass(frozen=True)
-class WatchResult:
-    """One watch evaluated on one prefix version of its camera."""
-
-    camera: str
-    watch: str
-    probability: float  # P(yes)
-    frame_id: int  # the newest pair in the context evaluated (the evidence frame)
-    frame_time: float  # wall-clock capture time of its last frame
-    version: int  # the camera's context version evaluated
-    eval_ms: float  # the whole batch's evaluation time (shared by the watches of that step)
-    condition: str = ""  # the condition evaluated (a watch replaced meanwhile must not take this result)
-
-
-@dataclass(frozen=True)
 class WatchQuery:
     camera: str
     prefix: tuple[torch.Tensor, torch.Tensor]  # the camera's stacked prefix (k, v): [layers, kv_heads, P, D]

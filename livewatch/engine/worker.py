@@ -31,11 +31,11 @@ from livewatch.engine import warmup
 from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.answer import Answer
 from livewatch.engine.core import EncodeReport, EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loop import EngineLoop, StepResult
 from livewatch.engine.options import EngineOptions
 from livewatch.engine.scheduler import AskJob, Scheduler
-from livewatch.engine.watcheval import WatchResult
+from livewatch.engine.results import WatchResult
 from livewatch.errors import CancelledRequest, EngineError, LivewatchError
 from livewatch.frames import FramePair
 from livewatch.log import Throttle, bind, get_logger

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any, Protocol
 
-from livewatch.errors import ErrorCode, error_code
+from livewatch.errors import ErrorCode, public_failure
 from livewatch.log import bind, get_logger
 from livewatch.metrics import Metrics
 from livewatch.server import protocol as p
@@ -87,19 +87,6 @@ class CancelReason(str, Enum):
 
 _MAX_CAMERA_OPS = 4  # camera.add / camera.remove / watch.add / watch.remove in flight per connection
 _MAX_OTHERS = 16  # those and memory requests in flight per connection
-INTERNAL_MESSAGE = "internal error; see the daemon's log"
-
-
-def public_failure(exc: Exception, *, shutting_down: bool, event: str, **fields: Any) -> tuple[ErrorCode, str]:
-    """A request's failure as its client sees it: requests' own errors say what went wrong; anything else is
-    ``internal`` with a fixed message, and the log gets ``event`` with the detail and the traceback."""
-    code = error_code(exc, shutting_down=shutting_down)
-    if code is not ErrorCode.INTERNAL:
-        return code, str(exc)
-    log.error(event, **fields, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-    return code, INTERNAL_MESSAGE
-
-
 class InflightCounter:
     """Questions in flight across all connections (the event loop's thread only)."""
 

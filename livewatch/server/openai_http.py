@@ -13,12 +13,12 @@ import time
 
 from aiohttp import web
 
-from livewatch.errors import ErrorCode
+from livewatch.errors import ErrorCode, public_failure
 from livewatch.log import get_logger
 from livewatch.metrics import Metrics
 from livewatch.server import openai_api as oa
 from livewatch.server import protocol as p
-from livewatch.server.handler import CancelReason, InflightCounter, Service, public_failure
+from livewatch.server.handler import CancelReason, InflightCounter, Service
 from livewatch.server.limits import ServerLimits
 
 log = get_logger("livewatch.server")

@@ -36,11 +36,10 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from livewatch.errors import ErrorCode
+from livewatch.errors import INTERNAL_MESSAGE, ErrorCode
 from livewatch.log import Throttle, get_logger
 from livewatch.metrics import CONTENT_TYPE
 from livewatch.server.guard import ConnectionGuard, peer_key
-from livewatch.server.handler import INTERNAL_MESSAGE
 from livewatch.server.listener import Listener
 from livewatch.server.openai_api import error_body
 from livewatch.server.page import PUBLIC_PATHS, Page

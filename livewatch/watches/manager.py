@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
-from livewatch.engine.watcheval import WatchResult
+from livewatch.engine.results import WatchResult
 from livewatch.errors import ErrorCode, RequestError
 from livewatch.log import get_logger
 from livewatch.server.watchproto import event_message

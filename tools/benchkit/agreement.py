@@ -13,7 +13,7 @@ from benchkit.common import FULL, Plan, context_pairs, fast_answer, free
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.answer import Prepared
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.synthetic import FrameBank
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from benchkit.common import Plan, context_pairs, free, peak_gib, peak_reset
 from livewatch.engine.core import EncodeBatch, EncodeReport, EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.options import EngineOptions
 from livewatch.engine.preprocess import target_size

@@ -23,7 +23,7 @@ import torch
 from livewatch.engine.answer import Answer
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel, load_model, wrap_model
 from livewatch.engine.loop import EngineLoop, answer_now, answer_of
 from livewatch.engine.preprocess import patchify

@@ -20,7 +20,7 @@ from livewatch.engine.answer import Answer
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.fastpath import StepRunner
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.loop import EngineLoop, answer_all, answer_of
 from livewatch.engine.scheduler import AskJob, Scheduler

@@ -20,7 +20,7 @@ from typing import Any
 
 from benchkit.common import Plan, QUESTION, free
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.options import EngineOptions
 from livewatch.engine.preprocess import target_size

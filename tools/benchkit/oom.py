@@ -11,7 +11,7 @@ import torch
 
 from benchkit.common import QUESTION, Plan, context_pairs, free
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.synthetic import FrameBank
 from livewatch.errors import EngineError

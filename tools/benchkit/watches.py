@@ -26,14 +26,15 @@ from benchkit.capacity import FeedCamera, load, percentile, settle
 from benchkit.common import Clock, Plan, context_pairs, free, peak_gib, peak_reset
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import SamplingParams
+from livewatch.engine.results import SamplingParams
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.loop import EngineLoop
 from livewatch.engine.options import EngineOptions
 from livewatch.engine.preprocess import target_size
 from livewatch.engine.scheduler import AskJob
 from livewatch.engine.synthetic import FrameBank
-from livewatch.engine.watcheval import WatchEvaluator, WatchResult
+from livewatch.engine.watcheval import WatchEvaluator
+from livewatch.engine.results import WatchResult
 from livewatch.engine.worker import EngineWorker
 
 CONDITIONS = ("a person is standing at the door", "a package lies on the doorstep", "a car is parked in the drive",

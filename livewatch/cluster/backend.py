@@ -1,15 +1,16 @@
-"""The front of a cluster: ``livewatch serve`` with ``[cluster] backend = "ray"``.
+"""The cluster backend: the daemon's cameras on camera shards of a Ray cluster (``[cluster] backend = "ray"``).
 
-It is the daemon with its server, protocols, page, token, camera registry and watch manager, with the cameras and
-the engine replaced by camera shards (cluster/shard.py), one Ray actor per GPU. Each request about a camera goes to
-the shard that runs it; answers stream back as the shard produces them, and a client's cancel (or disconnect)
-cancels the question on the shard. A camera's watches are evaluated by its shard's engine (the manager's
-``set_watches`` goes there, and with the camera when it moves); each shard streams its results back, and the
-manager here decides the events and delivers them (WebSocket subscribers, webhook, MQTT) as on one machine.
+The daemon (server, protocols, page, token, camera registry, watch manager) is the same as on one machine; the
+cameras and the engine run in camera shards (cluster/shard.py), one Ray actor per GPU, each a local backend. Each
+request about a camera goes to the shard that runs it; answers stream back as the shard produces them, and a
+client's cancel (or disconnect) cancels the question on the shard. A camera's watches are evaluated by its shard's
+engine (``set_watches`` goes there, and with the camera when it moves); each shard streams its results back, and
+the daemon's watch manager decides the events and delivers them as on one machine.
 
 The shards and where each camera runs are the supervisor's (cluster/supervisor.py). While a camera waits for a
 shard, a request about it gets ``unavailable`` with a retry hint, never a hang. Status and /metrics show every
-shard, its load and cameras, as of its last health check.
+shard, its load and cameras, as of its last health check. This module imports no torch: the front of a cluster
+never loads the model's stack (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -20,86 +21,91 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from livewatch.backend import BackendHooks
 from livewatch.capture.source import SourceSpec
-from livewatch.cluster.shard import raise_for, stored_frame
+from livewatch.cluster.messages import AnswerDone, AnswerText, Failed, FindDone, FindProgress
 from livewatch.cluster.supervisor import Shard, Supervisor
 from livewatch.config import EventsSection, Settings
-from livewatch.daemon import Daemon
 from livewatch.errors import ErrorCode, RequestError
+from livewatch.local.stores import stored_frame
 from livewatch.log import get_logger
 from livewatch.sdnotify import Notifier
 from livewatch.server.protocol import Answered, Ask
 from livewatch.server.watchproto import Find
-from livewatch.watch_service import start_watches
-from livewatch.watches.manager import WatchManager
 
 log = get_logger("livewatch.cluster")
 
 
-class ClusterDaemon(Daemon):
+class ClusterBackend:
     def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
-        super().__init__(settings, notifier)
+        self.settings = settings
+        self.notifier = notifier or Notifier()
         # what a shard needs of the settings: no token, no sinks or their secrets, no other camera's URL (each
         # comes with its camera's attach)
         shard_settings = replace(settings, token=None, webhook_secret=None, mqtt_password=None, cameras=(),
                                  watches={}, events=EventsSection())
         self.cluster = Supervisor(settings, shard_settings, self._on_results)
         self._supervisor: asyncio.Task[None] | None = None
+        self._hooks: BackendHooks | None = None
 
-    # -- startup: the cluster instead of a model ----------------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------------------------------
 
-    def _open_state_dir(self) -> None:
-        """The lock and the registry only: frames live in the shared store, written by the shards."""
-        self._lock_state_dir()
-
-    async def _start_engine(self) -> None:
+    async def start(self, hooks: BackendHooks) -> None:
         """Join the cluster and start the shards (wait up to cluster.start_timeout_s for the first one); the
         supervisor then places the cameras, many at once, while the server starts."""
+        self._hooks = hooks
         self.notifier.status("joining the Ray cluster, starting the camera shards")
         self.notifier.extend_timeout(self.settings.cluster.start_timeout_s + 60)
         await self.cluster.start()
         self._supervisor = asyncio.create_task(self.cluster.run())
 
-    def _engine_alive(self) -> bool:
-        return self._supervisor is not None and not self._supervisor.done()
-
-    async def _start_camera(self, name: str, spec: SourceSpec | None, *, untrusted: bool = False,
-                            error: str | None = None) -> None:
-        self.cluster.add(name, spec, untrusted, error)
-        if self.bound_port is not None:  # camera.add: placed before the reply; at start-up the supervisor places
-            await self.cluster.place(name)  # them all at once
-
-    # -- watches: the manager here, their evaluation on the cameras' shards ------------------------------------
-
-    def _start_watches(self) -> WatchManager | None:
-        return start_watches(self.settings, self.cluster.set_watches, self.camera_names, self._read_frame,
-                             self._describe, self.metrics, self.inflight)
+    async def stop(self, timeout: float) -> None:
+        """Stop supervising, let every shard flush its cameras and stop, then leave the cluster."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        await self.cluster.stop(timeout=timeout)
 
     def _on_results(self, results: Any) -> None:
-        if self.watches is not None:
-            self.watches.on_results(results)
+        if self._hooks is not None:
+            self._hooks.on_watch_results(results)
 
-    def _read_frame(self, camera: str, frame_id: int) -> bytes | None:
-        return stored_frame(Path(self.settings.cluster.store_dir), camera, frame_id)
+    def alive(self) -> bool:
+        return self._supervisor is not None and not self._supervisor.done()
 
-    async def _describe(self, camera: str, question: str, tokens: int) -> str:
-        return str(await self.cluster.call(camera, "describe", camera, question, tokens,
-                                           timeout=self.settings.cluster.shard_timeout_s * 6))
+    def health(self) -> dict[str, Any]:
+        up = sum(1 for s in self.cluster.shards.values() if s.state == "up")
+        return {"engine": bool(up) and self.alive(), "shards_up": up}
 
-    # -- the Service, routed to the shards --------------------------------------------------------------------
+    # -- cameras ------------------------------------------------------------------------------------------------
 
     def camera_names(self) -> list[str]:
         return sorted(self.cluster.cameras)
 
+    async def attach(self, name: str, spec: SourceSpec | None, *, untrusted: bool, error: str | None,
+                     wait: bool) -> None:
+        self.cluster.add(name, spec, untrusted, error)
+        if wait:  # camera.add: placed before the reply; at start-up the supervisor places them all at once
+            await self.cluster.place(name)
+
+    async def remove(self, name: str) -> None:
+        if name not in self.cluster.cameras:
+            raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name!r}")
+        await self.cluster.remove(name)
+
+    def set_watches(self, camera: str, watches: dict[str, str]) -> None:
+        self.cluster.set_watches(camera, watches)
+
+    # -- requests, routed to the shards -------------------------------------------------------------------------
+
     async def ask(self, request: Ask, camera: str, on_text: Callable[[str], None], client: str) -> Answered:
         shard = self.cluster.owner(camera)
         async for item in self.cluster.stream(shard, camera, "ask", request, camera, client):
-            if "text" in item:
-                on_text(item["text"])
-                continue
-            raise_for(item)
-            answer = item["answer"]
-            return Answered(answer["text"], answer["metrics"], answer["evidence"])
+            if isinstance(item, AnswerText):
+                on_text(item.text)
+            elif isinstance(item, AnswerDone):
+                return item.answer
+            elif isinstance(item, Failed):
+                raise item.error()
         raise RuntimeError(f"the answer from {shard.id} ended without a result")
 
     async def find(self, request: Find, progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
@@ -118,12 +124,13 @@ class ClusterDaemon(Daemon):
         async def search(shard: Shard, cameras: list[str]) -> list[dict[str, Any]]:
             sub = Find(request.id, request.query, tuple(cameras), request.since, request.until, request.top)
             async for item in self.cluster.stream(shard, cameras[0], "find", sub):
-                if "progress" in item:
-                    steps[shard.id] = (int(item["progress"][0]), int(item["progress"][1]))
+                if isinstance(item, FindProgress):
+                    steps[shard.id] = (item.done, item.total)
                     progress(sum(d for d, _ in steps.values()), sum(t for _, t in steps.values()))
-                    continue
-                raise_for(item)
-                return list(item["result"])
+                elif isinstance(item, FindDone):
+                    return item.moments
+                elif isinstance(item, Failed):
+                    raise item.error()
             return []
 
         found = await asyncio.gather(*(search(self.cluster.shards[s], c) for s, c in by_shard.items()))
@@ -132,29 +139,23 @@ class ClusterDaemon(Daemon):
     async def memory_frames(self, camera: str) -> list[dict[str, Any]]:
         return list(await self.cluster.call(camera, "memory_frames", camera))
 
-    async def _evidence(self, camera: str, frame_id: int, size: int | None = None) -> bytes | None:
-        """An event's evidence kept here, else the frame from the camera's shard (scaled there)."""
-        kept = self.watches.kept_evidence(camera, frame_id) if self.watches is not None and size is None else None
-        if kept is not None:
-            return kept
+    async def describe(self, camera: str, question: str, tokens: int) -> str:
+        return str(await self.cluster.call(camera, "describe", camera, question, tokens,
+                                           timeout=self.settings.cluster.shard_timeout_s * 6))
+
+    def read_frame(self, camera: str, frame_id: int) -> bytes | None:
+        """Read from the shared store directly (any process may read while the camera's shard writes)."""
+        return stored_frame(Path(self.settings.cluster.store_dir), camera, frame_id)
+
+    async def frame(self, camera: str, frame_id: int, size: int | None) -> bytes | None:
+        """The frame from the camera's shard (scaled there)."""
         try:
             data = await self.cluster.call(camera, "evidence", camera, frame_id, size)
         except RequestError:
             return None
         return data if isinstance(data, bytes) else None
 
-    async def remove_camera(self, name: str) -> None:
-        async with self._camera_lock:
-            if name not in self.cluster.cameras:
-                raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name!r}")
-            await self.cluster.remove(name)
-            configured = any(c.name == name for c in self.settings.cameras)
-            await asyncio.to_thread(self.registry.remove, name, configured)
-            if self.watches is not None:
-                self.watches.camera_changed(name)
-        log.info("camera.removed", camera=name)
-
-    # -- status --------------------------------------------------------------------------------------------
+    # -- status -------------------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         c = self.cluster
@@ -185,10 +186,6 @@ class ClusterDaemon(Daemon):
                 "gpu_memory_allocated": sum(e.get("gpu_memory_allocated", 0) for e in engines),
             },
             "memory": memory,
-            "watches": self.watches.stats() if self.watches is not None else {},
-            "server": {"connections": len(self.connections), "questions_in_flight": self.inflight.count,
-                       "questions_limit": self.inflight.limit, "tcp_connections": self.guard.open,
-                       "tcp_unauthenticated": self.guard.unproven, "tcp_evicted": self.guard.evicted},
             "cluster": {
                 "backend": "ray", "shards_wanted": c.wanted, "replaced_cameras": c.replaced,
                 "shards": {s.id: {"state": s.state, "device": s.info.get("device"), "node": s.info.get("node"),
@@ -199,19 +196,3 @@ class ClusterDaemon(Daemon):
                 "placement": dict(sorted(c.placement.owner.items())),
             },
         }
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        up = sum(1 for s in self.cluster.shards.values() if s.state == "up")
-        states = {name: cam.get("state") for name, cam in self.status()["cameras"].items()}
-        ok = bool(up) and not self.shutting_down and (not states or "streaming" in states.values())
-        return ok, {"status": "ok" if ok else "unavailable", "engine": bool(up), "cameras": states, "shards_up": up}
-
-    # -- shutdown -----------------------------------------------------------------------------------------
-
-    async def _stop_cameras_and_engine(self) -> None:
-        """Stop supervising and the watches, let every shard flush its cameras and stop, then leave the cluster."""
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-        if self.watches is not None:
-            await self.watches.stop()
-        await self.cluster.stop(timeout=max(1.0, self.settings.server.shutdown_timeout_s / 2))

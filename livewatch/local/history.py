@@ -13,31 +13,30 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
+from datetime import tzinfo
 
-from livewatch.engine.generate import SamplingParams
-from livewatch.engine.prompt import resolve_tz
+from livewatch.engine.results import SamplingParams
+from livewatch.engine.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, TimeRangeError
+from livewatch.local.camera import CameraRuntime
 from livewatch.server.protocol import Answered, Ask
 from livewatch.timerange import parse_range
 
 _ids = itertools.count(1)
 
 
-async def ask_history(daemon: Any, request: Ask, camera: str, params: SamplingParams,
-                      on_text: Callable[[str], None], client: str) -> Answered:
-    """``daemon`` is the Daemon (its cameras, worker and settings)."""
-    settings = daemon.settings
+async def ask_history(runtime: CameraRuntime, worker: EngineWorker, request: Ask, params: SamplingParams,
+                      on_text: Callable[[str], None], client: str, tz: tzinfo | None, max_pairs: int) -> Answered:
+    """Answer ``request`` over at most ``max_pairs`` pairs of the camera's range."""
     try:
-        since, until = parse_range(request.since, request.until, time.time(), resolve_tz(settings.model.timezone))
+        since, until = parse_range(request.since, request.until, time.time(), tz)
     except TimeRangeError as exc:
         raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
-    max_pairs = (settings.memory.star_frames + settings.memory.window_frames) // 2
-    pairs = await daemon.cameras[camera].range_pairs(since, until, max_pairs)
+    camera = runtime.name
+    pairs = await runtime.range_pairs(since, until, max_pairs)
     if not pairs:
         raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no frames between those times")
     temporary = f"{camera} (history {next(_ids)})"  # camera names have no spaces: never a camera's
-    worker = daemon.worker
     worker.publish(temporary, pairs, 1)
     try:
         answer = await worker.ask(temporary, request.question, params, on_text, str(request.id), client)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import tzinfo
 from typing import Any
 
-from livewatch.engine.prompt import resolve_tz
+from livewatch.engine.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, TimeRangeError
+from livewatch.local.camera import CameraRuntime
 from livewatch.server.watchproto import Find
 from livewatch.timerange import parse_range
 
@@ -27,39 +29,40 @@ WAVE = 8
 _ids = itertools.count(1)
 
 
-async def find(daemon: Any, request: Find, progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
-    """``daemon`` is the Daemon (cameras, worker, settings)."""
+async def find(cameras: Mapping[str, CameraRuntime], worker: EngineWorker, tz: tzinfo | None, request: Find,
+               progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
+    """The best moments of ``request`` over ``cameras`` (all of them when the request names none)."""
     try:
-        since, until = parse_range(request.since, request.until, time.time(),
-                                   resolve_tz(daemon.settings.model.timezone))
+        since, until = parse_range(request.since, request.until, time.time(), tz)
     except TimeRangeError as exc:
         raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
-    names = list(request.cameras) if request.cameras else sorted(daemon.cameras)
-    unknown = [n for n in names if n not in daemon.cameras]
+    names = list(request.cameras) if request.cameras else sorted(cameras)
+    unknown = [n for n in names if n not in cameras]
     if unknown:
         raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {unknown[0]!r}")
-    chunks: list[tuple[str, list[Any]]] = []
+    chunks: list[tuple[CameraRuntime, list[Any]]] = []
     for name in names:
-        items = await daemon.cameras[name].range_items(since, until)
-        chunks += [(name, items[i : i + CHUNK_PAIRS]) for i in range(0, len(items), CHUNK_PAIRS)]
+        items = await cameras[name].range_items(since, until)
+        chunks += [(cameras[name], items[i : i + CHUNK_PAIRS]) for i in range(0, len(items), CHUNK_PAIRS)]
     moments: list[dict[str, Any]] = []
     done = 0
     progress(done, len(chunks))
     for start in range(0, len(chunks), WAVE):
         wave = chunks[start : start + WAVE]
-        moments += [m for m in await asyncio.gather(*(_score(daemon, name, items, request.query)
-                                                      for name, items in wave)) if m is not None]
+        moments += [m for m in await asyncio.gather(*(_score(worker, camera, items, request.query)
+                                                      for camera, items in wave)) if m is not None]
         done += len(wave)
         progress(done, len(chunks))
     moments.sort(key=lambda m: -m["probability"])
     return moments[: request.top]
 
 
-async def _score(daemon: Any, camera: str, items: list[Any], query: str) -> dict[str, Any] | None:
-    pairs = await daemon.cameras[camera].load_items(items)
+async def _score(worker: EngineWorker, camera: CameraRuntime, items: list[Any], query: str) -> dict[str, Any] | None:
+    pairs = await camera.load_items(items)
     if not pairs:
         return None
-    p = await daemon.worker.score(f"{camera} (find {next(_ids)})", pairs, query)  # no camera has a space
+    p = await worker.score(f"{camera.name} (find {next(_ids)})", pairs, query)  # no camera has a space
     middle = pairs[len(pairs) // 2]
-    return {"camera": camera, "since": pairs[0].time, "until": pairs[-1].end_time, "probability": round(p, 4),
-            "frame_id": middle.id, "frame_url": f"/frames/{camera}/{middle.id}.jpg"}
+    name = camera.name
+    return {"camera": name, "since": pairs[0].time, "until": pairs[-1].end_time, "probability": round(p, 4),
+            "frame_id": middle.id, "frame_url": f"/frames/{name}/{middle.id}.jpg"}
