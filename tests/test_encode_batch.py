@@ -13,7 +13,7 @@ import torch
 
 from engine_helpers import T0, make_pair, reference_greedy
 from livewatch.engine.core import EngineCore
-from livewatch.engine.results import SamplingParams
+from livewatch.engine.results import SamplingParams, TemporaryContext
 from livewatch.engine.layout import UpdateKind
 from livewatch.engine.loading import load_model
 from livewatch.engine.preprocess import tokens_per_pair
@@ -130,15 +130,17 @@ def test_a_model_failure_fails_the_batch_only_and_frees_its_caches(lm, monkeypat
 def test_history_pairs_are_encoded_once_across_temporary_contexts(lm) -> None:
     core = EngineCore(lm, timezone="UTC")
     pairs = pairs_of("a", range(3))
-    core.set_context("a (history 1)", pairs, 1)
-    (_, first), = core.encode_many(["a (history 1)"]).reports
-    core.drop_camera("a (history 1)")
-    core.set_context("a (find 2)", pairs[1:] + pairs_of("a", [7]), 1)
-    (_, second), = core.encode_many(["a (find 2)"]).reports
+    history, found = TemporaryContext("a", "history", 1), TemporaryContext("a", "find", 2)
+    core.set_context(history, pairs, 1)
+    (_, first), = core.encode_many([history]).reports
+    core.drop_camera(history)
+    core.set_context(found, pairs[1:] + pairs_of("a", [7]), 1)
+    (_, second), = core.encode_many([found]).reports
     assert first.pairs_encoded == 3 and second.pairs_encoded == 1  # the two shared pairs came from the cache
     core.set_context("a", pairs, 1)  # a live camera's context neither reads nor fills it
     (_, live), = core.encode_many(["a"]).reports
     assert live.pairs_encoded == 3
     core.drop_camera("a")  # the camera goes: its history embeddings too
-    core.set_context("a (history 3)", pairs, 1)
-    assert core.encode_many(["a (history 3)"]).reports[0][1].pairs_encoded == 3
+    again = TemporaryContext("a", "history", 3)
+    core.set_context(again, pairs, 1)
+    assert core.encode_many([again]).reports[0][1].pairs_encoded == 3

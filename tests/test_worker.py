@@ -112,11 +112,13 @@ def test_stop_fails_waiting_questions(lm) -> None:
     async def scenario() -> None:
         worker = make_worker(lm, "lazy", max_queued=8)
         worker.publish("cam", [make_pair(0, T0)], 1)
+        streaming = asyncio.Event()
         tasks = [
-            asyncio.create_task(worker.ask("cam", "?", SamplingParams(max_new_tokens=200, ignore_eos=True)))
+            asyncio.create_task(worker.ask("cam", "?", SamplingParams(max_new_tokens=1000, ignore_eos=True),
+                                           lambda _: streaming.set()))
             for _ in range(4)
         ]
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(streaming.wait(), 60)  # every question submitted, one generating: stop cuts them all
         assert await asyncio.to_thread(worker.stop)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, CancelledRequest) for r in results)

@@ -17,7 +17,7 @@ Footage comes from ``tools/event_suite.py`` (generated now, nothing downloaded) 
   across noise, exposure steps, drift, foliage, rain, a fan and night-mode switches.
 
 Star memory as the daemon's default: 10 pairs (20 frames), window 10 pairs, threshold 0.6. The previous scorer
-(``livewatch.memory.legacy_importance``) runs on the same frames with the same JPEG round trip and the same star
+(``tools/benchkit/legacy_importance.py``) runs on the same frames with the same JPEG round trip and the same star
 memory rules (its own distance for duplicates).
 
 Figures: recall of events covering >= 2% of the frame and lasting >= 2 s (the issue's bar) and of all events
@@ -55,7 +55,7 @@ from event_suite import CLIP_FPS, Clip, Outcome, Renderer, Thing, suite, write_c
 from livewatch.frames import Frame, resize  # noqa: E402
 from livewatch.memory.camera import CameraMemory, MemoryParams  # noqa: E402
 from livewatch.memory.jpegfile import decode_jpeg, encode_jpeg  # noqa: E402
-from livewatch.memory.legacy_importance import legacy_distance, legacy_importance, legacy_signature  # noqa: E402
+from benchkit.legacy_importance import legacy_distance, legacy_importance, legacy_signature  # noqa: E402
 from livewatch.memory.star import StarMemory  # noqa: E402
 
 EPOCH = 1_800_000_000.0  # wall clock of a clip's media time 0 (times relative to it are rounded to 1 ms: float64

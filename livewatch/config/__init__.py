@@ -74,12 +74,12 @@ class Settings:
     state_dir: Path
     cameras: tuple[Camera, ...]
     token: str | None = field(default=None, repr=False)
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # logged by the daemon once logging is set up (e.g. a world-readable token file)
     events: EventsSection = EventsSection()
     watches: dict[str, WatchSpec] = field(default_factory=dict)
     webhook_secret: str | None = field(default=None, repr=False)
     mqtt_password: str | None = field(default=None, repr=False)
-    cluster: ClusterSection = ClusterSection()  # logged by the daemon once logging is set up (e.g. a world-readable token file)
+    cluster: ClusterSection = ClusterSection()
 
     # The typed parameters each part takes, so the daemon passes objects, not keyword lists.
 
@@ -126,7 +126,7 @@ class Settings:
             warm_up=m.warm_up, encode_batch=m.encode_batch, encode_step_tokens=m.encode_step_tokens,
             watch_batch=m.watch_batch,
             encode_gather_s=m.encode_gather_s,
-            encode_graphs=m.cuda_graphs == "auto", lag_warning_s=m.encode_lag_warning_s,
+            lag_warning_s=m.encode_lag_warning_s,
         )
 
 

@@ -56,10 +56,6 @@ def kv_from_cache(cache: DynamicCache) -> KV:
     return out
 
 
-def crop_kv(kv: KV, keep: int) -> KV:
-    return [(k[:, :, :keep], v[:, :, :keep]) for k, v in kv]
-
-
 def kv_nbytes(kv: KV | None) -> int:
     if not kv:
         return 0

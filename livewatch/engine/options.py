@@ -19,5 +19,4 @@ class EngineOptions:
     encode_gather_s: float = 0.25  # eager encodes wait this long for other cameras' to run in the same step
     encode_step_tokens: int = 4096  # new prefix tokens one encode step computes at most (questions wait behind it)
     watch_batch: int = 32  # watch evaluations one step runs at most (questions wait behind it)
-    encode_graphs: bool = True  # capture the vision tower per frame grid on a GPU (checked against transformers')
     lag_warning_s: float = 10.0  # log engine.encode_lagging when a camera's prefix is this far behind its frames

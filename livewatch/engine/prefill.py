@@ -1,6 +1,6 @@
 """Prefix prefills of several cameras in one forward, each with its own positions and its own KV.
 
-A camera's prefix update (EngineCore._encode) runs the language model on its new tokens after the entries it keeps,
+A camera's prefix update (EngineCore.encode_many) runs the language model on its new tokens after the entries it keeps,
 one camera at a time: an extension of a hundred tokens is bound by kernel launches, and a re-prefill of a thousand
 leaves the GEMMs short of rows. ``Prefiller.run`` takes several updates (``PrefillItem``: the kept K/V, the new
 embeddings, their M-RoPE positions) and drives the language model's layers with our code, as the decode step does

@@ -6,6 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class TemporaryContext(str):
+    """The name of a context that is not a camera's live one (a history question's, a find chunk's): it reads and
+    fills the camera's shared history embeddings (engine/vision.py) and never touches its live prefix. Used as a
+    plain string key by the engine; its text ("door (history 3)") has a space, which no camera name has."""
+
+    camera: str
+
+    def __new__(cls, camera: str, purpose: str, number: int) -> TemporaryContext:
+        context = super().__new__(cls, f"{camera} ({purpose} {number})")
+        context.camera = camera
+        return context
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 256

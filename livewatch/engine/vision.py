@@ -13,6 +13,8 @@ from collections import OrderedDict
 
 import torch
 
+from livewatch.engine.results import TemporaryContext
+
 
 class VisionCache:
     """Embeddings of one camera's pairs, keyed by pair id. Not thread-safe: the engine worker owns it."""
@@ -48,9 +50,8 @@ class VisionCache:
 
 
 def shared_key(context: str) -> str | None:
-    """The camera a temporary context (a history question's, a find chunk's: "door (history 3)") reads from; None
-    for a live camera's context. Camera names have no spaces, temporary contexts always do."""
-    return context.split(" (", 1)[0] if " (" in context else None
+    """The camera a temporary context reads from; None for a live camera's context."""
+    return context.camera if isinstance(context, TemporaryContext) else None
 
 
 class SharedEmbeddings:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from typing import Any
 
+from livewatch.engine.results import TemporaryContext
 from livewatch.engine.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, TimeRangeError
 from livewatch.local.camera import CameraRuntime
@@ -61,7 +62,7 @@ async def _score(worker: EngineWorker, camera: CameraRuntime, items: list[Any], 
     pairs = await camera.load_items(items)
     if not pairs:
         return None
-    p = await worker.score(f"{camera.name} (find {next(_ids)})", pairs, query)  # no camera has a space
+    p = await worker.score(TemporaryContext(camera.name, "find", next(_ids)), pairs, query)
     middle = pairs[len(pairs) // 2]
     name = camera.name
     return {"camera": name, "since": pairs[0].time, "until": pairs[-1].end_time, "probability": round(p, 4),

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import tzinfo
 
-from livewatch.engine.results import SamplingParams
+from livewatch.engine.results import SamplingParams, TemporaryContext
 from livewatch.engine.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, TimeRangeError
 from livewatch.local.camera import CameraRuntime
@@ -36,7 +36,7 @@ async def ask_history(runtime: CameraRuntime, worker: EngineWorker, request: Ask
     pairs = await runtime.range_pairs(since, until, max_pairs)
     if not pairs:
         raise RequestError(ErrorCode.NO_FRAMES, f"camera {camera!r} has no frames between those times")
-    temporary = f"{camera} (history {next(_ids)})"  # camera names have no spaces: never a camera's
+    temporary = TemporaryContext(camera, "history", next(_ids))
     worker.publish(temporary, pairs, 1)
     try:
         answer = await worker.ask(temporary, request.question, params, on_text, str(request.id), client)

@@ -1,4 +1,4 @@
-"""What a watch is and what it emits: plain, typed values shared by the engine, the trigger policy and the sinks.
+"""What a watch is and what it emits: plain, typed values shared by the trigger policy, the manager and the sinks.
 
 A ``WatchSpec`` comes from the config file (``[watches.NAME]``) or the API (``watch.add``). A ``WatchEvent`` is
 what the daemon sends when a watch's condition starts or ends to hold; ``to_message`` is its one wire form, the

@@ -340,27 +340,3 @@ class Sink(ABC):
             fields.update(error=error, reason=reason)
         getattr(log, level)(event, sink=self.name, suppressed=held, **fields)
 
-
-class SinkGroup:
-    """Every configured sink, fed by one ``offer``: each keeps its own queue and task, so one failing destination
-    never delays another."""
-
-    def __init__(self, sinks: list[Sink]) -> None:
-        names = [s.name for s in sinks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"sink names must be unique: {names}")
-        self.sinks = list(sinks)
-
-    def offer(self, item: Outgoing) -> bool:
-        """True when every sink took the item (or ignores its kind)."""
-        return all([sink.offer(item) for sink in self.sinks])
-
-    def start(self) -> None:
-        for sink in self.sinks:
-            sink.start()
-
-    async def stop(self, timeout_s: float | None = None) -> None:
-        await asyncio.gather(*(sink.stop(timeout_s) for sink in self.sinks))
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        return {sink.name: sink.stats() for sink in self.sinks}

@@ -20,7 +20,7 @@ from typing import Any
 
 from benchkit.common import Plan, QUESTION, free
 from livewatch.engine.core import EngineCore
-from livewatch.engine.results import SamplingParams
+from livewatch.engine.results import SamplingParams, TemporaryContext
 from livewatch.engine.loading import LoadedModel
 from livewatch.engine.options import EngineOptions
 from livewatch.engine.preprocess import target_size
@@ -50,7 +50,7 @@ async def _run(lm: LoadedModel, plan: Plan) -> dict[str, Any]:
         try:
             ttfts, totals = [], []
             for n in range(1 + plan.repeats):  # the first is cold (vision on every pair), the others warm
-                name = f"cam (history {n})"
+                name = TemporaryContext("cam", "history", n)
                 worker.publish(name, chosen, 1)
                 answer = await worker.ask(name, QUESTION, params)
                 worker.remove_camera(name)
