@@ -38,16 +38,16 @@ from livewatch.metrics import Metrics
 from livewatch.registry import CameraRegistry
 from livewatch.sdnotify import Notifier
 from livewatch.server.guard import ConnectionGuard, RateLimit
-from livewatch.server.handler import Connection, InflightCounter
+from livewatch.server.handler import Connection
 from livewatch.server.listener import connection_budget
 from livewatch.server.openai_http import OpenAIRoutes
 from livewatch.server.web import Endpoints, HttpOptions, HttpServer, WebSocket
 from livewatch.server.protocol import Answered, Ask
+from livewatch.server.service import Admission
 from livewatch.server.watchproto import Find, WatchAdd
 from livewatch.statelock import StateDirLock
 from livewatch.watch_service import start_watches
 from livewatch.watches.manager import WatchManager
-from livewatch.watches.store import spec_of
 
 # Descriptors kept back from connections: the frame store, each camera's socket and files, the model's files,
 # Triton and CUDA. Connections get what the limit leaves (server.max_connections at most).
@@ -83,7 +83,7 @@ class Daemon:
         srv = settings.server
         self.limits = settings.server_limits()
         self.capture = settings.capture_params()
-        self.inflight = InflightCounter(self.limits.total)
+        self.inflight = Admission(self.limits.total)
         self.openai = OpenAIRoutes(self, self.limits, self.inflight, self.metrics)
         self.url_policy = settings.security.url_policy()
         self._add_rate = RateLimit(settings.security.camera_adds_per_minute, 60.0)
@@ -367,7 +367,7 @@ class Daemon:
         return self.watches
 
     async def add_watch(self, request: WatchAdd) -> dict[str, Any]:
-        return await self._watch_manager().add(spec_of(request))
+        return await self._watch_manager().add(request.spec())
 
     async def remove_watch(self, name: str) -> None:
         await self._watch_manager().remove(name)

@@ -1,6 +1,7 @@
 """Star memory end to end: a real daemon watches a file camera whose clip (tools/event_suite.py, H.264) shows two
 events at known times among swaying foliage; after the window has moved past them, status shows them as stars
-at their times, with the importance parts and the admissions by reason; a restart restores them."""
+at their times, with the importance parts and the admissions by reason; a restart restores them. Slow: the
+clips play at their real rate through a daemon each (about a minute apiece on 2 cores)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from event_suite import Clip, Thing, write_clip
 from test_daemon import make_daemon, status_json  # noqa: F401  (the fixture)
 from media import wait_until
+
+pytestmark = pytest.mark.slow
 
 EVENTS = (Thing("car", "red", 0.05, 0.6, 0.72, 6.0, 3.0), Thing("person", "dark", 0.03, 0.3, 0.62, 12.5, 3.0))
 

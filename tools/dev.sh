@@ -2,7 +2,8 @@
 # Set up and run livewatch on a fresh machine.
 #
 #   tools/dev.sh setup   create .venv and install livewatch with its test tools (idempotent)
-#   tools/dev.sh test    setup, then run the whole test suite (what CI runs)
+#   tools/dev.sh test    setup, then run the whole test suite (what CI runs): quick tests, then the slow ones;
+#                        with arguments, pytest with those (tools/dev.sh test -m "not slow": the quick run)
 #   tools/dev.sh serve   setup, then start the daemon on its embedded default: the test-pattern camera "demo"
 #                        (extra arguments go to `livewatch serve`, e.g. --model DIR)
 #   tools/dev.sh tiny    setup, then write the tiny random-weight checkpoint to .cache/tiny-model, print its path
@@ -70,7 +71,12 @@ case "$cmd" in
     test)
         test_system_packages
         setup
-        exec "$VENV/bin/python" -m pytest "$@"
+        if [ $# -gt 0 ]; then  # your own selection, e.g. -m "not slow" (the quick run) or one file
+            exec "$VENV/bin/python" -m pytest "$@"
+        fi
+        # the whole suite, as CI runs it: the quick tests first (a failure shows early), then the slow ones
+        "$VENV/bin/python" -m pytest -m "not slow"
+        exec "$VENV/bin/python" -m pytest -m slow
         ;;
     serve)
         setup

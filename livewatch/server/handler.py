@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from enum import Enum
 from typing import Any, Protocol
 
 from livewatch.errors import ErrorCode, public_failure
@@ -25,6 +24,7 @@ from livewatch.metrics import Metrics
 from livewatch.server import protocol as p
 from livewatch.server import watchproto as wp
 from livewatch.server.limits import ServerLimits
+from livewatch.server.service import Admission, CancelReason, Service, cancel_error
 
 log = get_logger("livewatch.server")
 _conn_ids = itertools.count(1)
@@ -43,65 +43,15 @@ class Socket(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
-class Service(Protocol):
-    """What the daemon offers to connections."""
-
-    shutting_down: bool
-
-    def camera_names(self) -> list[str]: ...
-
-    async def ask(self, request: p.Ask, camera: str, on_text: Callable[[str], None], client: str) -> p.Answered:
-        """Answer ``request`` about ``camera`` (resolved by the connection), streaming text to ``on_text``."""
-
-    def status(self) -> dict[str, Any]: ...
-
-    async def memory_frames(self, camera: str) -> list[dict[str, Any]]:
-        """The frames of the camera's context, by time (RequestError for an unknown camera)."""
-
-    async def add_camera(self, name: str, url: str) -> str: ...
-
-    async def remove_camera(self, name: str) -> None: ...
-
-    async def add_watch(self, request: wp.WatchAdd) -> dict[str, Any]:
-        """Add or replace a watch; returns it as stored."""
-
-    async def remove_watch(self, name: str) -> None: ...
-
-    def list_watches(self) -> list[dict[str, Any]]: ...
-
-    def subscribe(self, client: str, watches: tuple[str, ...] | None, send: Callable[[str], None]) -> None:
-        """Send ``client`` the events of ``watches`` (None: all) through ``send`` until ``unsubscribe``."""
-
-    def unsubscribe(self, client: str) -> None: ...
-
-    async def find(self, request: wp.Find, progress: Callable[[int, int], None]) -> list[dict[str, Any]]:
-        """The best moments for ``request``, calling ``progress(done, total)`` as chunks are scored."""
-
-
-class CancelReason(str, Enum):
-    """Why a connection cancelled one of its ask tasks (the message of ``Task.cancel``)."""
-
-    CLIENT = "client"  # a cancel request
-    SHUTDOWN = "shutdown"  # the daemon is stopping
-
-
 _MAX_CAMERA_OPS = 4  # camera.add / camera.remove / watch.add / watch.remove in flight per connection
 _MAX_OTHERS = 16  # those and memory requests in flight per connection
-class InflightCounter:
-    """Questions in flight across all connections (the event loop's thread only)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-
-
 class Connection:
     def __init__(
         self,
         ws: Socket,
         service: Service,
         limits: ServerLimits,
-        inflight: InflightCounter,
+        inflight: Admission,
         metrics: Metrics | None = None,
     ) -> None:
         self.ws = ws
@@ -247,17 +197,14 @@ class Connection:
 
     def _start_ask(self, req: p.Ask | wp.Find) -> None:
         """An ask or a find: both are questions in flight (limits, cancel, the client going away)."""
-        if self.service.shutting_down:
-            self._error(req.id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+        if refusal := self.inflight.refusal(self.service.shutting_down):  # stopping, or busy across the daemon
+            self._error(req.id, *refusal)
             return
         if req.id in self._asks:
             self._error(req.id, ErrorCode.DUPLICATE_ID, "a question with this id is already in flight")
             return
         if len(self._asks) >= self.limits.per_connection:
             self._error(req.id, ErrorCode.BUSY, f"at most {self.limits.per_connection} questions per connection")
-            return
-        if self.inflight.count >= self.inflight.limit:
-            self._error(req.id, ErrorCode.BUSY, "the daemon is answering as many questions as it can; retry shortly")
             return
         if isinstance(req, wp.Find):
             work: Awaitable[None] = self._find(req)
@@ -279,11 +226,9 @@ class Connection:
             if self._asks.get(req.id) is task:
                 del self._asks[req.id]
             reason = self._cancelled.pop(req.id, None)
-            if not self._started.pop(req.id, False) and reason is not None:
-                # cancelled before its first step (a cancel right behind the request): its own handler never ran
-                shutdown = reason is CancelReason.SHUTDOWN
-                self._error(req.id, ErrorCode.SHUTTING_DOWN if shutdown else ErrorCode.CANCELLED,
-                            "the daemon is shutting down" if shutdown else "cancelled")
+            # cancelled before its first step (a cancel right behind the request): its own handler never ran
+            if not self._started.pop(req.id, False) and (error := cancel_error(reason)):
+                self._error(req.id, *error)
 
         task.add_done_callback(done)
 
@@ -294,11 +239,8 @@ class Connection:
             answer = await self.service.ask(req, camera, lambda text: self.send(p.token_message(req.id, text)),
                                             self.id)
         except asyncio.CancelledError as exc:
-            reason = exc.args[0] if exc.args else None
-            if reason == CancelReason.SHUTDOWN:
-                self._error(req.id, ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; the answer was cut")
-            elif reason == CancelReason.CLIENT:
-                self._error(req.id, ErrorCode.CANCELLED, "cancelled")
+            if error := cancel_error(exc.args[0] if exc.args else None, cut=True):
+                self._error(req.id, *error)
             raise
         except Exception as exc:
             self._request_failed(req.id, exc, "conn.ask_crashed")
@@ -314,10 +256,8 @@ class Connection:
             moments = await self.service.find(
                 req, lambda done, total: self.send(wp.reply("find.progress", req.id, done=done, total=total)))
         except asyncio.CancelledError as exc:
-            reason = exc.args[0] if exc.args else None
-            if reason in (CancelReason.SHUTDOWN, CancelReason.CLIENT):
-                self._error(req.id, ErrorCode.SHUTTING_DOWN if reason == CancelReason.SHUTDOWN else ErrorCode.CANCELLED,
-                            "the daemon is shutting down" if reason == CancelReason.SHUTDOWN else "cancelled")
+            if error := cancel_error(exc.args[0] if exc.args else None):
+                self._error(req.id, *error)
             raise
         except Exception as exc:
             self._request_failed(req.id, exc, "conn.find_failed")

@@ -18,7 +18,7 @@ from livewatch.log import get_logger
 from livewatch.metrics import Metrics
 from livewatch.server import openai_api as oa
 from livewatch.server import protocol as p
-from livewatch.server.handler import CancelReason, InflightCounter, Service
+from livewatch.server.service import Admission, CancelReason, Service, cancel_error
 from livewatch.server.limits import ServerLimits
 
 log = get_logger("livewatch.server")
@@ -27,7 +27,7 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 
 
 class OpenAIRoutes:
-    def __init__(self, service: Service, limits: ServerLimits, inflight: InflightCounter,
+    def __init__(self, service: Service, limits: ServerLimits, inflight: Admission,
                  metrics: Metrics | None = None) -> None:
         self.service = service
         self.inflight = inflight
@@ -96,11 +96,8 @@ class OpenAIRoutes:
                 log.info("http.completion_cancelled", request=cid, camera=chat.ask.camera)
 
     def _admit(self) -> None:
-        if self.service.shutting_down:
-            raise oa.OpenAIError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
-        if self.inflight.count >= self.inflight.limit:
-            raise oa.OpenAIError(ErrorCode.BUSY,
-                                 "the daemon is answering as many questions as it can; retry shortly")
+        if refusal := self.inflight.refusal(self.service.shutting_down):
+            raise oa.OpenAIError(*refusal)
 
     async def _complete(self, cid: str, chat: oa.ChatRequest, ask: asyncio.Future[p.Answered]) -> web.Response:
         camera = chat.ask.camera
@@ -155,7 +152,9 @@ class OpenAIRoutes:
     def _error(self, cid: str, exc: BaseException | None) -> oa.OpenAIError:
         """The error a failed answer gets (``None``: cancelled by the daemon's stop)."""
         if exc is None or not isinstance(exc, Exception):
-            return oa.OpenAIError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down; the answer was cut")
+            error = cancel_error(CancelReason.SHUTDOWN, cut=True)
+            assert error is not None
+            return oa.OpenAIError(*error)
         return oa.OpenAIError(*public_failure(exc, shutting_down=self.service.shutting_down,
                                               event="http.completion_crashed", request=cid))
 

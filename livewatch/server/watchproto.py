@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from livewatch.errors import ErrorCode
-from livewatch.names import CAMERA_NAME_RULE, is_camera_name
+from livewatch.names import is_camera_name
+from livewatch.watches.events import NAME_RULE, WATCH_FIELDS, WatchSpec, check_condition
 
-NAME_RULE = CAMERA_NAME_RULE.replace("camera names", "names")
-MAX_CONDITION_CHARS = 300
 MAX_SUBSCRIBED = 256
 
 
@@ -44,6 +43,10 @@ class WatchAdd:
     cooldown_s: float = 60.0
     active_hours: tuple[int, int] | None = None
     describe: bool = False
+
+    def spec(self) -> WatchSpec:
+        return WatchSpec(self.name, self.camera, self.condition, self.on, self.off, self.confirm, self.cooldown_s,
+                         self.active_hours, self.describe)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Find:
 WatchRequest = WatchAdd | WatchRemove | WatchList | WatchSubscribe | WatchUnsubscribe | Find
 KINDS = ("watch.add", "watch.remove", "watch.list", "watch.subscribe", "watch.unsubscribe", "find")
 _FIELDS = {
-    "watch.add": {"name", "camera", "condition", "on", "off", "confirm", "cooldown_s", "active_hours", "describe"},
+    "watch.add": {"name", *WATCH_FIELDS},
     "watch.remove": {"name"}, "watch.list": set(), "watch.subscribe": {"watches"}, "watch.unsubscribe": set(),
     "find": {"query", "cameras", "since", "until", "top"},
 }
@@ -98,24 +101,6 @@ def _name(obj: dict[str, Any], field: str, rid: Any) -> str:
     if not is_camera_name(value):
         raise _bad(rid, f"field {field!r}: {NAME_RULE}")
     return value
-
-
-def _number(obj: dict[str, Any], field: str, lo: float, hi: float, default: float, rid: Any) -> float:
-    value = obj.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise _bad(rid, f"field {field!r} must be a number in [{lo}, {hi}]")
-    return float(value)
-
-
-def check_condition(text: str) -> str | None:
-    """Why a watch's condition is not acceptable, or None."""
-    if not text.strip():
-        return "the condition is empty"
-    if len(text) > MAX_CONDITION_CHARS:
-        return f"the condition is over {MAX_CONDITION_CHARS} characters"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        return "the condition holds a control character"
-    return None  # the tokenizer's markers are plain text to the model (engine.prompt.ClientTextTokenizer)
 
 
 def parse_watch_request(kind: str, obj: dict[str, Any], rid: Any) -> WatchRequest:
@@ -140,27 +125,12 @@ def parse_watch_request(kind: str, obj: dict[str, Any], rid: Any) -> WatchReques
         if not all(isinstance(n, str) and is_camera_name(n) for n in names):
             raise _bad(rid, f"field 'watches': {NAME_RULE}")
         return WatchSubscribe(rid, tuple(dict.fromkeys(names)))
-    condition = _text(obj, "condition", rid)
-    on = _number(obj, "on", 0.0, 1.0, 0.7, rid)
-    off = _number(obj, "off", 0.0, 1.0, 0.4, rid)
-    if off >= on:
-        raise _bad(rid, f"field 'off' ({off}) must be below 'on' ({on})")
-    confirm = obj.get("confirm", 2)
-    if isinstance(confirm, bool) or not isinstance(confirm, int) or not 1 <= confirm <= 20:
-        raise _bad(rid, "field 'confirm' must be an integer in [1, 20]")
-    hours = obj.get("active_hours")
-    if hours is not None:
-        if (not isinstance(hours, list) or len(hours) != 2
-                or not all(isinstance(h, int) and not isinstance(h, bool) for h in hours)
-                or not (0 <= hours[0] <= 23 and 0 <= hours[1] <= 24) or hours[0] == hours[1]):
-            raise _bad(rid, "field 'active_hours' must be [from, to]: from 0-23, to 0-24 (exclusive), different")
-    describe = obj.get("describe", False)
-    if not isinstance(describe, bool):
-        raise _bad(rid, "field 'describe' must be true or false")
-    return WatchAdd(
-        rid, _name(obj, "name", rid), _name(obj, "camera", rid), condition, on, off, confirm,
-        _number(obj, "cooldown_s", 0.0, 86400.0, 60.0, rid), (hours[0], hours[1]) if hours else None, describe,
-    )
+    try:
+        spec = WatchSpec.from_fields(obj)
+    except ValueError as exc:
+        raise _bad(rid, str(exc)) from None
+    return WatchAdd(rid, spec.name, spec.camera, spec.condition, spec.on, spec.off, spec.confirm, spec.cooldown_s,
+                    spec.active_hours, spec.describe)
 
 
 def _text(obj: dict[str, Any], field: str, rid: Any) -> str:
@@ -199,7 +169,3 @@ def _dump(obj: dict[str, Any]) -> str:
 def reply(kind: str, request_id: Any, **fields: Any) -> str:
     """A reply to a watch request: ``watch.added``, ``watch.removed``, ``watch.list``, ``watch.subscribed``..."""
     return _dump({"type": kind, "id": request_id, **fields})
-
-
-def event_message(event: dict[str, Any]) -> str:
-    return _dump(event)

@@ -15,6 +15,7 @@ the camera's memory.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections import OrderedDict
@@ -25,7 +26,6 @@ from typing import Any, Protocol
 from livewatch.engine.results import WatchResult
 from livewatch.errors import ErrorCode, RequestError
 from livewatch.log import get_logger
-from livewatch.server.watchproto import event_message
 from livewatch.watches.events import WatchEvent, WatchSpec
 from livewatch.watches.load import WatchLoad
 from livewatch.watches.policy import Trigger
@@ -279,7 +279,7 @@ class WatchManager:
         watch.last_latency_s = message["latency_s"]
         log.info("watch.event", watch=event.watch, camera=event.camera, kind=event.kind,
                  probability=message["probability"], latency_s=message["latency_s"], event_id=event.id)
-        text = event_message(message)
+        text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         sent = False
         for names, send in list(self._subscribers.values()):
             if names is None or event.watch in names:

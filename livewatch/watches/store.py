@@ -14,26 +14,21 @@ from typing import Any
 from livewatch.atomicfile import RuntimeOverlay, read_json_object
 from livewatch.errors import StorageError
 from livewatch.names import is_camera_name
-from livewatch.server.watchproto import WatchAdd, WatchProtocolError, parse_watch_request
-from livewatch.watches.events import WatchSpec
+from livewatch.watches.events import WATCH_FIELDS, WatchSpec
 
 
 def spec_from_json(name: str, data: Any) -> WatchSpec:
-    """A stored (or configured) watch, checked with the protocol's own rules; ValueError if invalid."""
+    """A stored (or configured) watch, checked with the API's own rules; ValueError if invalid."""
     if not isinstance(data, dict):
         raise ValueError(f"watch {name!r}: not an object")
     fields = {k: v for k, v in data.items() if k != "name"}
+    unknown = set(fields) - WATCH_FIELDS
+    if unknown:
+        raise ValueError(f"watch {name!r}: unknown field(s): {', '.join(sorted(unknown))}")
     try:
-        req = parse_watch_request("watch.add", {"name": name, **fields}, None)
-    except WatchProtocolError as exc:
+        return WatchSpec.from_fields({"name": name, **fields})
+    except ValueError as exc:
         raise ValueError(f"watch {name!r}: {exc}") from None
-    assert isinstance(req, WatchAdd)
-    return spec_of(req)
-
-
-def spec_of(req: WatchAdd) -> WatchSpec:
-    return WatchSpec(req.name, req.camera, req.condition, req.on, req.off, req.confirm, req.cooldown_s,
-                     req.active_hours, req.describe)
 
 
 class WatchStore(RuntimeOverlay[WatchSpec]):
