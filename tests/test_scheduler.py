@@ -171,3 +171,51 @@ def test_encodes_gather_for_a_while_then_run_together() -> None:
     for i, camera in enumerate("cde"):
         s.push_context(camera, [], 1, eager=True, now=20.0 + i / 100)
     assert cams(s.plan(1, False, now=20.03)) == ["c", "d", "e"]  # a full batch does not wait
+
+
+# -- which watches a step evaluates -------------------------------------------------------------------------------
+
+def test_watch_rounds_bound_each_step_take_turns_and_carry_over_versions() -> None:
+    from livewatch.engine.scheduler import WatchRounds
+
+    rounds = WatchRounds(batch=3)
+    watches = {"door": {f"d{i}": "c" for i in range(4)}, "yard": {"y0": "c"}}
+    versions = {"door": 1, "yard": 1}
+
+    def encoded(camera: str):
+        return (versions[camera], (versions[camera] * 10, 0.0)) if camera in versions else None
+
+    first = rounds.due(watches, encoded)
+    assert [(d.camera, d.watch) for d in first] == [("door", "d0"), ("yard", "y0"), ("door", "d1")]
+    assert first[0].end == (10, 0.0) and first[0].version == 1
+    rounds.evaluated(first, watches)
+    assert rounds.pending  # d2, d3 of version 1 wait
+    second = rounds.due(watches, encoded)
+    assert [(d.camera, d.watch) for d in second] == [("door", "d2"), ("door", "d3")]
+    rounds.evaluated(second, watches)
+    assert not rounds.pending and rounds.due(watches, encoded) == []  # every watch saw version 1
+
+    versions["door"] = 2  # a new version: the longest unevaluated first (d0, d1 were evaluated before d2, d3)
+    third = rounds.due(watches, encoded)
+    assert [d.watch for d in third] == ["d0", "d1", "d2"]
+    versions["door"] = 3  # moved on before d3 saw version 2: version 3 starts with d3, which waited longest
+    rounds.evaluated(third, watches)
+    assert [d.watch for d in rounds.due(watches, encoded)][:1] == ["d3"]
+
+
+def test_watch_rounds_evaluate_a_changed_set_at_once_and_skip_a_failed_version() -> None:
+    from livewatch.engine.scheduler import WatchRounds
+
+    rounds = WatchRounds(batch=8)
+    watches = {"door": {"a": "c"}}
+
+    def encoded(camera: str):
+        return (1, (1, 0.0))
+
+    rounds.evaluated(rounds.due(watches, encoded), watches)
+    assert rounds.due(watches, encoded) == []
+    changed = {"door": {"a": "c", "b": "c2"}}
+    assert [d.watch for d in rounds.due(changed, encoded)] == ["a", "b"]  # same version, a new set: at once
+    rounds.failed()  # a model failure: version 1 goes unevaluated, nothing is pending
+    assert rounds.due(changed, encoded) == [] and not rounds.pending
+    assert rounds.due({}, encoded) == [] and rounds.versions == {}  # unwatched cameras are forgotten

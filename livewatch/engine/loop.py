@@ -26,7 +26,7 @@ from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.answer import Answer
 from livewatch.engine.core import EncodeReport, EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.scheduler import AskJob, Plan, Route, Scheduler, route
+from livewatch.engine.scheduler import AskJob, Plan, Route, Scheduler, WatchRounds, route
 from livewatch.engine.watcheval import WatchEvaluator
 from livewatch.engine.results import WatchResult
 from livewatch.errors import CancelledRequest, EngineError, RecoverableError
@@ -61,17 +61,12 @@ class EngineLoop:
         self._stopping = stopping
         self.encode_tokens = encode_tokens  # new prefix tokens one step may compute (None: no bound)
         self.watch_eval: WatchEvaluator | None = None  # built at the first watch
-        self.watch_versions: dict[str, int] = {}  # camera -> the context version its watches last saw
-        self.watch_sets: dict[str, dict[str, str]] = {}  # camera -> the watches evaluated last
-        # camera -> (the version being evaluated, its watches done so far, the watches' turn: longest waiting first)
-        self._watch_round: dict[str, tuple[int, set[str], list[str]]] = {}
-        self.watch_batch = watch_batch  # watch evaluations one step runs at most
-        self.watches_pending = False  # the last step left watches of a context version unevaluated
+        self.watch_rounds = WatchRounds(watch_batch)  # which watches a step evaluates
         self.watch_failures = 0  # evaluation steps that failed (out of memory, a model error)
         self._watch_failure_logged = Throttle()
 
     def has_work(self, now: float = math.inf) -> bool:
-        return self.scheduler.has_work(now) or bool(self.batch.active) or self.watches_pending
+        return self.scheduler.has_work(now) or bool(self.batch.active) or self.watch_rounds.pending
 
     def plan(self, now: float = math.inf) -> Plan:
         return self.scheduler.plan(self.batch.free_slots(), decoding=bool(self.batch.active), now=now)
@@ -101,44 +96,21 @@ class EngineLoop:
         return result
 
     def _evaluate_watches(self, watches: dict[str, dict[str, str]], result: StepResult) -> None:
-        """The watches of watched cameras whose prefix holds a context they have not all seen yet (however the
-        prefix got there: an eager encode, or a question's), at most ``watch_batch`` in one batched forward: a
-        question waits for one such forward, not for every watch of every camera (256 watches in one step held a
-        question 8 s on a CPU). The rest run in the next steps, taken round-robin across cameras and, within a
-        camera, the longest unevaluated first, so a camera whose context moves on faster than its watches are
-        evaluated still has each watch evaluated in turn."""
-        for camera in list(self.watch_versions):
-            if camera not in watches:
-                del self.watch_versions[camera]
-                self._watch_round.pop(camera, None)
-        per_camera: list[tuple[str, int, tuple[int, float], list[str]]] = []
-        for camera in watches:
-            if self.watch_sets.get(camera) != watches[camera]:  # a watch added or changed: evaluate at once
-                self.watch_sets[camera] = watches[camera]
-                self.watch_versions.pop(camera, None)
-                self._watch_round[camera] = (-1, set(), list(watches[camera]))
-            version = self.core.encoded_version(camera)
-            end = self.core.context_end(camera)
-            if version is None or end is None or self.watch_versions.get(camera) == version:
-                continue
-            seen_version, done, order = self._watch_round.get(camera, (-1, set(), list(watches[camera])))
-            if seen_version != version:
-                done = set()
-            self._watch_round[camera] = (version, done, order)
-            per_camera.append((camera, version, end, [n for n in order if n not in done]))
-        self.watches_pending = False
-        if not per_camera:
+        """This step's due watches (``WatchRounds``: a bounded batch, round-robin) in one batched forward."""
+
+        def encoded(camera: str) -> tuple[int, tuple[int, float]] | None:
+            version, end = self.core.encoded_version(camera), self.core.context_end(camera)
+            return None if version is None or end is None else (version, end)
+
+        due = self.watch_rounds.due(watches, encoded)
+        if not due:
             return
-        names: list[tuple[str, str]] = []
-        for depth in range(max(len(todo) for *_, todo in per_camera)):  # round-robin across cameras
-            names += [(camera, todo[depth]) for camera, _, _, todo in per_camera if depth < len(todo)]
-        names = names[: self.watch_batch]
         bind(camera=None, request=None)
         t0 = time.perf_counter()
         try:
             if self.watch_eval is None:
                 self.watch_eval = WatchEvaluator(self.core.lm)
-            queries = [self.core.watch_query(camera, watches[camera][name]) for camera, name in names]
+            queries = [self.core.watch_query(d.camera, watches[d.camera][d.watch]) for d in due]
             probabilities = self.watch_eval.probabilities(queries)
         except Exception as exc:  # a model failure or a bug: these versions go unevaluated, the engine goes on
             self.watch_failures += 1
@@ -146,27 +118,17 @@ class EngineLoop:
             if oom and self.core.lm.device.type == "cuda":
                 torch.cuda.empty_cache()
             if self._watch_failure_logged.ready():  # one line a minute, with the count
-                log.error("engine.watch_failed", cameras=len(per_camera), error=type(exc).__name__,
+                log.error("engine.watch_failed", cameras=len({d.camera for d in due}), error=type(exc).__name__,
                           out_of_memory=oom, failures=self.watch_failures,
                           exc_info=not oom and not isinstance(exc, RuntimeError))
-            for camera, version, _, _ in per_camera:
-                self.watch_versions[camera] = version
+            self.watch_rounds.failed()
             return
         ms = (time.perf_counter() - t0) * 1e3
-        info = {camera: (version, end) for camera, version, end, _ in per_camera}
-        for (camera, name), p in zip(names, probabilities):
-            version, (frame_id, frame_time) = info[camera]
-            result.watches.append(WatchResult(camera, name, p, frame_id, frame_time, version, ms,
-                                              watches[camera][name]))
-            _, done, order = self._watch_round[camera]
-            done.add(name)
-            order.remove(name)
-            order.append(name)  # evaluated: to the back of the camera's turn
-        for camera, version, _, _ in per_camera:  # watches_pending is False since the start of this call
-            if not set(watches[camera]) - self._watch_round[camera][1]:
-                self.watch_versions[camera] = version
-            else:
-                self.watches_pending = True
+        for d, p in zip(due, probabilities):
+            frame_id, frame_time = d.end
+            result.watches.append(WatchResult(d.camera, d.watch, p, frame_id, frame_time, d.version, ms,
+                                              watches[d.camera][d.watch]))
+        self.watch_rounds.evaluated(due, watches)
 
     def _admit(self, job: AskJob) -> Outcome | None:
         bind(camera=job.camera, request=job.id)

@@ -23,7 +23,8 @@ Three kinds of work reach the engine:
   that camera first (it jumps the queue).
 
 ``plan`` turns the queues into one step's ``Plan`` (what ``EngineLoop.step`` runs); ``route`` says whether an
-admitted question fits a decode slot or takes the unbatched path.
+admitted question fits a decode slot or takes the unbatched path; ``WatchRounds`` says which watches a step
+evaluates (the watches of a context version, a bounded batch a step, round-robin across cameras).
 """
 
 from __future__ import annotations
@@ -196,3 +197,79 @@ class Scheduler:
             taken.append(self.encodes.popitem(last=False))
         self.encode_waited = 0
         return tuple(taken)
+
+
+@dataclass(frozen=True)
+class DueWatch:
+    camera: str
+    watch: str
+    version: int  # the camera's encoded context version it is evaluated on
+    end: Any  # the engine's (frame id, frame time) of that context's newest pair, passed through
+
+
+class WatchRounds:
+    """Which watches are due: each watched camera's watches are evaluated once on each context version its prefix
+    holds (however the prefix got there: an eager encode, or a question's), at most ``batch`` in one step, so a
+    question waits for one bounded forward, not for every watch of every camera (256 watches in one step held a
+    question 8 s on a CPU). The rest run in the next steps (``pending``), taken round-robin across cameras and,
+    within a camera, the longest unevaluated first, so a camera whose context moves on faster than its watches are
+    evaluated still has each watch evaluated in turn. A watch added or changed is due at once."""
+
+    def __init__(self, batch: int = 32) -> None:
+        self.batch = batch
+        self.versions: dict[str, int] = {}  # camera -> the context version its watches all saw
+        self.sets: dict[str, dict[str, str]] = {}  # camera -> the watches evaluated last
+        # camera -> (the version being evaluated, its watches done so far, the watches' turn: longest waiting first)
+        self._rounds: dict[str, tuple[int, set[str], list[str]]] = {}
+        self.pending = False  # the last step left watches of a context version unevaluated
+        self._cameras: list[tuple[str, int]] = []  # the cameras (and versions) of the last ``due``
+
+    def due(self, watches: dict[str, dict[str, str]],
+            encoded: Callable[[str], tuple[int, Any] | None]) -> list[DueWatch]:
+        """This step's watches; ``encoded(camera)``: the version and end of its encoded context (None: none)."""
+        for camera in list(self.versions):
+            if camera not in watches:
+                del self.versions[camera]
+                self._rounds.pop(camera, None)
+        per_camera: list[tuple[str, int, Any, list[str]]] = []
+        for camera in watches:
+            if self.sets.get(camera) != watches[camera]:  # a watch added or changed: evaluate at once
+                self.sets[camera] = watches[camera]
+                self.versions.pop(camera, None)
+                self._rounds[camera] = (-1, set(), list(watches[camera]))
+            state = encoded(camera)
+            if state is None or self.versions.get(camera) == state[0]:
+                continue
+            version, end = state
+            seen_version, done, order = self._rounds.get(camera, (-1, set(), list(watches[camera])))
+            if seen_version != version:
+                done = set()
+            self._rounds[camera] = (version, done, order)
+            per_camera.append((camera, version, end, [n for n in order if n not in done]))
+        self.pending = False
+        self._cameras = [(camera, version) for camera, version, _, _ in per_camera]
+        due: list[DueWatch] = []
+        for depth in range(max((len(todo) for *_, todo in per_camera), default=0)):  # round-robin across cameras
+            due += [DueWatch(camera, todo[depth], version, end)
+                    for camera, version, end, todo in per_camera if depth < len(todo)]
+        return due[: self.batch]
+
+    def evaluated(self, due: Sequence[DueWatch], watches: dict[str, dict[str, str]]) -> None:
+        """``due`` (the last ``due``'s) were evaluated: each to the back of its camera's turn; a camera whose
+        watches all saw its version is done with it, else the rest are pending."""
+        for item in due:
+            _, done, order = self._rounds[item.camera]
+            done.add(item.watch)
+            order.remove(item.watch)
+            order.append(item.watch)
+        for camera, version in self._cameras:
+            if not set(watches[camera]) - self._rounds[camera][1]:
+                self.versions[camera] = version
+            else:
+                self.pending = True
+
+    def failed(self) -> None:
+        """The evaluation of the last ``due`` failed: its cameras' versions go unevaluated (the next version's
+        watches run as usual)."""
+        for camera, version in self._cameras:
+            self.versions[camera] = version
