@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from livewatch.config import Settings
-from livewatch.engine.prompt import resolve_tz
+from livewatch.engine.prompting.prompt import resolve_tz
 from livewatch.errors import StorageError
 from livewatch.log import get_logger
 from livewatch.metrics import Metrics

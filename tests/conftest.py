@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-# Triton kernels (livewatch.engine.kernels) run through Triton's interpreter on CPU tensors in this process; it
+# Triton kernels (livewatch.engine.model.kernels) run through Triton's interpreter on CPU tensors in this process; it
 # must be set before the kernels are defined. The daemon uses them only on CUDA, so nothing else changes.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 

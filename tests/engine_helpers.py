@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from livewatch.engine import synthetic
-from livewatch.engine.preprocess import target_size
+from livewatch.engine.prompting.preprocess import target_size
 from livewatch.frames import Frame, FramePair, resize
 
 T0 = synthetic.START
@@ -80,8 +80,8 @@ def reference_inputs(core, camera: str, pairs: list[FramePair], question: str, b
     spec = lm.spec
     size = target_size(*pairs[0].first.size, spec)
     frames = np.stack([resize(f.image, size) for p in pairs for f in (p.first, p.second)])
-    from livewatch.engine.positions import temporal_positions
-    from livewatch.engine.prompt import question_text, system_text
+    from livewatch.engine.prompting.positions import temporal_positions
+    from livewatch.engine.prompting.prompt import question_text, system_text
 
     first, last = pairs[0].time, pairs[-1].end_time
     head = core.template.head(system_text(camera, first, core.tz))

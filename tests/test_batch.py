@@ -11,14 +11,14 @@ import pytest
 from engine_helpers import T0, make_pair
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
-from livewatch.engine.options import EngineOptions
+from livewatch.engine.scheduling.options import EngineOptions
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import load_model
-from livewatch.engine.loop import EngineLoop, answer_all
-from livewatch.engine.scheduler import AskJob, Scheduler
-from livewatch.engine.warmup import CAMERA as WARM_UP_CAMERA
-from livewatch.engine.warmup import warm_up
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.model.loading import load_model
+from livewatch.engine.scheduling.loop import EngineLoop, answer_all
+from livewatch.engine.scheduling.scheduler import AskJob, Scheduler
+from livewatch.engine.scheduling.warmup import CAMERA as WARM_UP_CAMERA
+from livewatch.engine.scheduling.warmup import warm_up
+from livewatch.engine.scheduling.worker import EngineWorker
 from livewatch.errors import CancelledRequest
 
 GREEDY = SamplingParams(max_new_tokens=10)

@@ -1,4 +1,4 @@
-"""Client text never becomes a special token (engine/prompt.py ClientTextTokenizer): every added token of
+"""Client text never becomes a special token (engine/prompting/prompt.py ClientTextTokenizer): every added token of
 Qwen2.5-VL's tokenizer, typed into a question or a watch condition, is read as the plain characters it is; its
 look-alikes stay plain text; text without them tokenizes exactly as the whole prompt did before."""
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from livewatch.engine.prompt import ClientTextTokenizer, watch_question_parts
+from livewatch.engine.prompting.prompt import ClientTextTokenizer, watch_question_parts
 
 # Qwen2.5-VL-3B-Instruct's added tokens (its tokenizer_config.json, ids 151643-151664), with its "special" flags:
 # the tool-call and fill-in-the-middle tokens are not special, so split_special_tokens alone would still match them

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from livewatch.engine.detokenize import IncrementalDecoder
+from livewatch.engine.prompting.detokenize import IncrementalDecoder
 
 
 def test_multibyte_characters_are_released_whole(tiny_model_dir: Path) -> None:

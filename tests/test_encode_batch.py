@@ -14,9 +14,9 @@ import torch
 from engine_helpers import T0, make_pair, reference_greedy
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams, TemporaryContext
-from livewatch.engine.layout import UpdateKind
-from livewatch.engine.loading import load_model
-from livewatch.engine.preprocess import tokens_per_pair
+from livewatch.engine.prompting.layout import UpdateKind
+from livewatch.engine.model.loading import load_model
+from livewatch.engine.prompting.preprocess import tokens_per_pair
 
 N = 10
 SIZES = {"a": (360, 640), "b": (480, 640), "c": (360, 640)}  # b: another grid, so two vision groups

@@ -11,8 +11,8 @@ import torch
 from engine_helpers import T0, make_pair, reference_greedy
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.layout import UpdateKind
-from livewatch.engine.loading import load_model
+from livewatch.engine.prompting.layout import UpdateKind
+from livewatch.engine.model.loading import load_model
 from livewatch.errors import CancelledRequest, EngineError, ModelUnavailableError, RequestError
 
 N = 12

@@ -1,4 +1,4 @@
-"""An answer's evidence (livewatch.engine.evidence): every pair that was in context, ranked by the attention the
+"""An answer's evidence (livewatch.engine.model.evidence): every pair that was in context, ranked by the attention the
 answer's tokens put on its visual tokens; the ranking equals the same attention computed from scratch by
 transformers' own eager attention over the whole prompt (tiny model, float32)."""
 
@@ -13,7 +13,7 @@ import torch
 from engine_helpers import T0, make_pair, reference_inputs
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import load_model
+from livewatch.engine.model.loading import load_model
 
 QUESTION = "What happened at the door?"
 

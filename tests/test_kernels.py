@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from engine_helpers import T0, make_pair
-from livewatch.engine import kernels
+from livewatch.engine.model import kernels
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
-from livewatch.engine.fastpath import SlotCache, StepRunner
+from livewatch.engine.model.fastpath import SlotCache, StepRunner
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import load_model
+from livewatch.engine.model.loading import load_model
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(not kernels.available(CPU), reason="needs triton with TRITON_INTERPRET=1")

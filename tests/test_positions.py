@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine_helpers import rope_index_reference, uniform_t_offsets
-from livewatch.engine.layout import PairSlot, PrefixLayout, UpdateKind, plan_update
-from livewatch.engine.positions import temporal_positions, text_positions
+from livewatch.engine.prompting.layout import PairSlot, PrefixLayout, UpdateKind, plan_update
+from livewatch.engine.prompting.positions import temporal_positions, text_positions
 
 VIDEO, START = 99, 98
 

@@ -1,4 +1,4 @@
-"""Batched prefix prefills (livewatch.engine.prefill) against transformers' own forward, item by item, with the tiny
+"""Batched prefix prefills (livewatch.engine.model.prefill) against transformers' own forward, item by item, with the tiny
 model in float32 on the CPU: the reference is EngineCore._encode's call (text_model over a DynamicCache holding the
 kept entries), positions are real prefix layouts' M-RoPE positions."""
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from engine_helpers import T0, make_pair
-from livewatch.engine import kernels
+from livewatch.engine.model import kernels
 from livewatch.engine.core import EngineCore
-from livewatch.engine.generate import cache_from_kv, kv_from_cache, stack_prefix
-from livewatch.engine.layout import plan_update
-from livewatch.engine.loading import load_model
-from livewatch.engine.prefill import PrefillItem, Prefiller
+from livewatch.engine.model.generate import cache_from_kv, kv_from_cache, stack_prefix
+from livewatch.engine.prompting.layout import plan_update
+from livewatch.engine.model.loading import load_model
+from livewatch.engine.model.prefill import PrefillItem, Prefiller
 
 KV = tuple[torch.Tensor, torch.Tensor]
 

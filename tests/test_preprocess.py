@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoProcessor
 
-from livewatch.engine.preprocess import VisionSpec, pair_input, patchify, target_size, tokens_per_pair
+from livewatch.engine.prompting.preprocess import VisionSpec, pair_input, patchify, target_size, tokens_per_pair
 from engine_helpers import make_pair
 
 SPEC = VisionSpec(14, 2, 2, 3136, 100352, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

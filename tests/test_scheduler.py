@@ -1,10 +1,10 @@
-"""The engine's policy (livewatch.engine.scheduler) as plain code: no model, no threads."""
+"""The engine's policy (livewatch.engine.scheduling.scheduler) as plain code: no model, no threads."""
 
 from __future__ import annotations
 
 import pytest
 
-from livewatch.engine.scheduler import AskJob, Plan, Route, Scheduler, route
+from livewatch.engine.scheduling.scheduler import AskJob, Plan, Route, Scheduler, route
 from livewatch.errors import ErrorCode, RequestError
 
 
@@ -176,7 +176,7 @@ def test_encodes_gather_for_a_while_then_run_together() -> None:
 # -- which watches a step evaluates -------------------------------------------------------------------------------
 
 def test_watch_rounds_bound_each_step_take_turns_and_carry_over_versions() -> None:
-    from livewatch.engine.scheduler import WatchRounds
+    from livewatch.engine.scheduling.scheduler import WatchRounds
 
     rounds = WatchRounds(batch=3)
     watches = {"door": {f"d{i}": "c" for i in range(4)}, "yard": {"y0": "c"}}
@@ -204,7 +204,7 @@ def test_watch_rounds_bound_each_step_take_turns_and_carry_over_versions() -> No
 
 
 def test_watch_rounds_evaluate_a_changed_set_at_once_and_skip_a_failed_version() -> None:
-    from livewatch.engine.scheduler import WatchRounds
+    from livewatch.engine.scheduling.scheduler import WatchRounds
 
     rounds = WatchRounds(batch=8)
     watches = {"door": {"a": "c"}}

@@ -1,4 +1,4 @@
-"""The batched vision tower (livewatch.engine.visiontower) against transformers' own tower (tiny model, float32, CPU).
+"""The batched vision tower (livewatch.engine.model.visiontower) against transformers' own tower (tiny model, float32, CPU).
 
 The tiny model's tower has a window block (0) and a full-attention block (1); its window is 112 px = 8 patches,
 so the grids here (224x420 -> 16x30 patches, 168x196 -> 12x14) have smaller windows at their right and bottom
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from livewatch.engine import synthetic
-from livewatch.engine.loading import LoadedModel, load_model
-from livewatch.engine.preprocess import pair_input
-from livewatch.engine.visiontower import VisionTower
+from livewatch.engine.model.loading import LoadedModel, load_model
+from livewatch.engine.prompting.preprocess import pair_input
+from livewatch.engine.model.visiontower import VisionTower
 
 WIDE = (224, 420)  # grid (1, 16, 30): 2 x 4 windows of 4 x 4 merge units, the last column 3 units wide
 SMALL = (168, 196)  # grid (1, 12, 14): 2 x 2 windows, partial in both directions (four window sizes)
@@ -37,7 +37,7 @@ def tower(lm: LoadedModel, **kwargs) -> VisionTower:
 
 @torch.inference_mode()
 def reference(lm: LoadedModel, item: tuple[torch.Tensor, tuple[int, int, int]]) -> torch.Tensor:
-    """transformers' tower on one pair alone, as livewatch.engine.vision calls it."""
+    """transformers' tower on one pair alone, as livewatch.engine.prompting.vision calls it."""
     rows, grid = item
     out = lm.visual(rows.to(lm.device, dtype=lm.dtype), grid_thw=torch.tensor([grid]))
     return out.pooler_output

@@ -1,4 +1,4 @@
-"""Watch evaluation (livewatch.engine.watcheval): P(yes) read from the first answer position of a yes/no question on
+"""Watch evaluation (livewatch.engine.model.watcheval): P(yes) read from the first answer position of a yes/no question on
 the camera's shared prefix equals the same prompt run from scratch, and many watches over several cameras in one
 forward equal each alone (tiny model, float32, CPU)."""
 
@@ -11,9 +11,9 @@ import torch
 
 from engine_helpers import T0, make_pair, reference_first_logits
 from livewatch.engine.core import EngineCore
-from livewatch.engine.loading import load_model
-from livewatch.engine.prompt import watch_question
-from livewatch.engine.watcheval import WatchEvaluator
+from livewatch.engine.model.loading import load_model
+from livewatch.engine.prompting.prompt import watch_question
+from livewatch.engine.model.watcheval import WatchEvaluator
 
 CONDITIONS = ["a person is standing at the door", "the garage door is open", "a package lies on the step"]
 
@@ -73,7 +73,7 @@ def test_yes_and_no_are_single_tokens(setup) -> None:
 
 def test_the_engine_step_evaluates_watches_once_per_context_version(lm) -> None:
     from livewatch.engine.batch import BatchDecoder
-    from livewatch.engine.loop import EngineLoop
+    from livewatch.engine.scheduling.loop import EngineLoop
 
     core = EngineCore(lm, timezone="UTC")
     loop = EngineLoop(core, BatchDecoder(core, 2, 2048, use_graphs=False))
@@ -105,7 +105,7 @@ def test_many_watches_are_evaluated_a_bounded_batch_a_step_round_robin_across_ca
     in the next steps (the loop says it has work), cameras taking turns; a camera whose context moves on before
     all its watches were evaluated carries on with the ones that waited longest."""
     from livewatch.engine.batch import BatchDecoder
-    from livewatch.engine.loop import EngineLoop
+    from livewatch.engine.scheduling.loop import EngineLoop
 
     core = EngineCore(lm, timezone="UTC")
     loop = EngineLoop(core, BatchDecoder(core, 2, 2048, use_graphs=False), watch_batch=3)

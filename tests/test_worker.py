@@ -9,10 +9,10 @@ import pytest
 
 from engine_helpers import T0, make_pair
 from livewatch.engine.core import EngineCore
-from livewatch.engine.options import EngineOptions
+from livewatch.engine.scheduling.options import EngineOptions
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import load_model
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.model.loading import load_model
+from livewatch.engine.scheduling.worker import EngineWorker
 from livewatch.errors import CancelledRequest, ErrorCode, RequestError
 
 

@@ -62,8 +62,8 @@ from benchkit import (  # noqa: E402
 )
 from benchkit.common import FULL, TINY, Plan, build_model, machine, warm_up  # noqa: E402
 from benchkit.report import floors, markdown  # noqa: E402
-from livewatch.engine.loading import LoadedModel  # noqa: E402
-from livewatch.engine.preprocess import target_size  # noqa: E402
+from livewatch.engine.model.loading import LoadedModel  # noqa: E402
+from livewatch.engine.prompting.preprocess import target_size  # noqa: E402
 from livewatch.engine.synthetic import FrameBank  # noqa: E402
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 from benchkit.ingest import FULL_HD, write_stream  # noqa: E402
-from livewatch.engine.preprocess import VisionSpec, target_size  # noqa: E402
+from livewatch.engine.prompting.preprocess import VisionSpec, target_size  # noqa: E402
 
 RESULTS = ROOT / "tools" / "bench-results"
 CAPACITY = RESULTS / "h100-2026-11-27-encode-2-capacity.json"

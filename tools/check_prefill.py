@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Batched prefix prefills (livewatch.engine.prefill.Prefiller) against transformers' forward, one camera at a time.
+"""Batched prefix prefills (livewatch.engine.model.prefill.Prefiller) against transformers' forward, one camera at a time.
 
     python tools/check_prefill.py                         # CUDA: the 3B architecture, random weights, bf16
     python tools/check_prefill.py --tiny DIR              # CPU smoke run on a tools/make_tiny_model.py checkpoint
@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 import torch  # noqa: E402
 
 from benchkit.common import Clock, build_model, free, machine, median  # noqa: E402
-from livewatch.engine.generate import cache_from_kv, kv_from_cache, stack_prefix  # noqa: E402
-from livewatch.engine.layout import PairSlot, PrefixLayout  # noqa: E402
-from livewatch.engine.loading import LoadedModel  # noqa: E402
-from livewatch.engine.prefill import PrefillItem, Prefiller  # noqa: E402
+from livewatch.engine.model.generate import cache_from_kv, kv_from_cache, stack_prefix  # noqa: E402
+from livewatch.engine.prompting.layout import PairSlot, PrefixLayout  # noqa: E402
+from livewatch.engine.model.loading import LoadedModel  # noqa: E402
+from livewatch.engine.model.prefill import PrefillItem, Prefiller  # noqa: E402
 
 CASES = {"reprefill": (1320, 1200, (1, 4, 8, 16)), "extend": (2520, 120, (1, 8, 32))}
 HEAD_TOKENS = 120

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The batched vision tower (livewatch.engine.visiontower) against transformers' tower: time per pair and error.
+"""The batched vision tower (livewatch.engine.model.visiontower) against transformers' tower: time per pair and error.
 
     python tools/check_visiontower.py --arch qwen2.5-vl-3b --random-weights   # a GPU: bf16, eager and CUDA graphs
     python tools/check_visiontower.py --tiny DIR                              # CPU smoke run on a tiny checkpoint
@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import torch  # noqa: E402
 
 from livewatch.engine import synthetic  # noqa: E402
-from livewatch.engine.loading import LoadedModel, load_model  # noqa: E402
-from livewatch.engine.preprocess import pair_input  # noqa: E402
-from livewatch.engine.visiontower import VisionTower  # noqa: E402
+from livewatch.engine.model.loading import LoadedModel, load_model  # noqa: E402
+from livewatch.engine.prompting.preprocess import pair_input  # noqa: E402
+from livewatch.engine.model.visiontower import VisionTower  # noqa: E402
 
 Items = list[tuple[torch.Tensor, tuple[int, int, int]]]
 

@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from benchkit.capacity import FeedCamera  # noqa: E402
 from benchkit.common import build_model  # noqa: E402
 from livewatch.engine.core import EngineCore  # noqa: E402
-from livewatch.engine.preprocess import target_size  # noqa: E402
+from livewatch.engine.prompting.preprocess import target_size  # noqa: E402
 from livewatch.engine.synthetic import FrameBank  # noqa: E402
 
 

@@ -27,10 +27,10 @@ from benchkit.capacity import FeedCamera, settle  # noqa: E402
 from benchkit.common import build_model  # noqa: E402
 from livewatch.engine.core import EngineCore  # noqa: E402
 from livewatch.engine.results import SamplingParams  # noqa: E402
-from livewatch.engine.options import EngineOptions  # noqa: E402
-from livewatch.engine.preprocess import target_size  # noqa: E402
+from livewatch.engine.scheduling.options import EngineOptions  # noqa: E402
+from livewatch.engine.prompting.preprocess import target_size  # noqa: E402
 from livewatch.engine.synthetic import FrameBank  # noqa: E402
-from livewatch.engine.worker import EngineWorker  # noqa: E402
+from livewatch.engine.scheduling.worker import EngineWorker  # noqa: E402
 
 
 async def probe(lm, tokens: list[int], rounds: int) -> list[dict]:

@@ -36,7 +36,7 @@ from livewatch.config.sections import (
     ServerSection,
     StateSection,
 )
-from livewatch.engine.options import EngineOptions
+from livewatch.engine.scheduling.options import EngineOptions
 from livewatch.memory.camera import MemoryParams
 from livewatch.watches.events import WatchSpec
 from livewatch.watches.store import spec_from_json

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from livewatch.engine.detokenize import IncrementalDecoder
+from livewatch.engine.prompting.detokenize import IncrementalDecoder
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.frames import FramePair
 
 

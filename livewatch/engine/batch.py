@@ -20,8 +20,8 @@ import torch
 
 from livewatch.engine.answer import Answer, AnswerStream, Prepared, make_generator
 from livewatch.engine.core import EngineCore
-from livewatch.engine.fastpath import SlotCache, StepRunner
-from livewatch.engine.generate import model_failure, pick_token
+from livewatch.engine.model.fastpath import SlotCache, StepRunner
+from livewatch.engine.model.generate import model_failure, pick_token
 from livewatch.engine.results import SamplingParams
 from livewatch.errors import CancelledRequest, LivewatchError
 

@@ -23,20 +23,20 @@ from typing import Any
 import torch
 
 from livewatch.engine.answer import Answer, AnswerStream, Prepared, finish_answer, make_generator
-from livewatch.engine.generate import (
+from livewatch.engine.model.generate import (
     KV, cache_from_kv, forward, kv_length, kv_nbytes, model_failure, pick_token, position_tensor,
     stack_prefix,
 )
-from livewatch.engine.encoder import EncodeJob, Encoder, EncodeTimes
+from livewatch.engine.model.encoder import EncodeJob, Encoder, EncodeTimes
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.evidence import EvidenceRanker, evidence_list
-from livewatch.engine.layout import PrefixLayout, UpdateKind, pair_layout, plan_update
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.positions import text_positions
-from livewatch.engine.prompt import (ClientTextTokenizer, PromptTemplate, question_parts, resolve_tz, system_text,
+from livewatch.engine.model.evidence import EvidenceRanker, evidence_list
+from livewatch.engine.prompting.layout import PrefixLayout, UpdateKind, pair_layout, plan_update
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.prompting.positions import text_positions
+from livewatch.engine.prompting.prompt import (ClientTextTokenizer, PromptTemplate, question_parts, resolve_tz, system_text,
                                      watch_question_parts)
-from livewatch.engine.vision import VisionCache, shared_key
-from livewatch.engine.watcheval import WatchQuery
+from livewatch.engine.prompting.vision import VisionCache, shared_key
+from livewatch.engine.model.watcheval import WatchQuery
 from livewatch.errors import CancelledRequest, EngineError, ErrorCode, RequestError
 from livewatch.frames import FramePair
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 class TemporaryContext(str):
     """The name of a context that is not a camera's live one (a history question's, a find chunk's): it reads and
-    fills the camera's shared history embeddings (engine/vision.py) and never touches its live prefix. Used as a
+    fills the camera's shared history embeddings (engine/prompting/vision.py) and never touches its live prefix. Used as a
     plain string key by the engine; its text ("door (history 3)") has a space, which no camera name has."""
 
     camera: str

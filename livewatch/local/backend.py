@@ -20,12 +20,12 @@ from livewatch.backend import BackendHooks
 from livewatch.capture.source import SourceSpec
 from livewatch.config import Settings
 from livewatch.engine.core import EncodeReport, EngineCore
-from livewatch.engine.evidence import evidence_list
-from livewatch.engine.loading import LoadedModel, load_model
-from livewatch.engine.preprocess import target_size
-from livewatch.engine.prompt import resolve_tz
+from livewatch.engine.model.evidence import evidence_list
+from livewatch.engine.model.loading import LoadedModel, load_model
+from livewatch.engine.prompting.preprocess import target_size
+from livewatch.engine.prompting.prompt import resolve_tz
 from livewatch.engine.results import SamplingParams, WatchResult
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.scheduling.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError
 from livewatch.local.camera import CameraRuntime
 from livewatch.local.find import find

@@ -19,7 +19,7 @@ from datetime import tzinfo
 from typing import Any
 
 from livewatch.engine.results import TemporaryContext
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.scheduling.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, TimeRangeError
 from livewatch.local.camera import CameraRuntime
 from livewatch.server.watchproto import Find

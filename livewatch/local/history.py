@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import tzinfo
 
 from livewatch.engine.results import SamplingParams, TemporaryContext
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.scheduling.worker import EngineWorker
 from livewatch.errors import ErrorCode, RequestError, TimeRangeError
 from livewatch.local.camera import CameraRuntime
 from livewatch.server.protocol import Answered, Ask

@@ -32,7 +32,7 @@ def check_condition(text: str) -> str | None:
         return f"the condition is over {MAX_CONDITION_CHARS} characters"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         return "the condition holds a control character"
-    return None  # the tokenizer's markers are plain text to the model (engine.prompt.ClientTextTokenizer)
+    return None  # the tokenizer's markers are plain text to the model (engine.prompting.prompt.ClientTextTokenizer)
 
 
 @dataclass(frozen=True)

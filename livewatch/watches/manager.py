@@ -1,6 +1,6 @@
 """The daemon's watches: their specs, their triggers, and their events to every sink. The event loop's thread only.
 
-The engine evaluates every watch of a camera on each new prefix version (engine/watcheval.py) and hands the results
+The engine evaluates every watch of a camera on each new prefix version (engine/model/watcheval.py) and hands the results
 over (``on_results``, scheduled onto the loop by the daemon). Each result goes through the watch's ``Trigger``
 (policy.py, pure); a transition becomes a ``WatchEvent`` that goes out at once to the WebSocket subscribers and to
 every configured sink (webhook, MQTT: each with its own bounded queue, so none waits for another). A watch with

@@ -14,7 +14,7 @@ from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.answer import Prepared
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.engine.synthetic import FrameBank
 
 
@@ -30,8 +30,8 @@ def compare(core: EngineCore, dec: BatchDecoder, plan: Plan) -> tuple[dict[str, 
     matches = sum(a == b for a, b in zip(fast_ids, eager_ids))
     # the first token's logits through both paths: how far apart the arithmetic is (random weights make
     # near-ties common, so token agreement alone says little about correctness)
-    from livewatch.engine.generate import cache_from_kv, forward, position_tensor
-    from livewatch.engine.positions import text_positions
+    from livewatch.engine.model.generate import cache_from_kv, forward, position_tensor
+    from livewatch.engine.prompting.positions import text_positions
 
     prepared = core.prepare("cam", "Describe the scene.", 1)
     kv = core.prefix_kv("cam")

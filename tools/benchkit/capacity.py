@@ -29,11 +29,11 @@ from typing import Any
 from benchkit.common import Plan, context_pairs, free, peak_gib, peak_reset
 from livewatch.engine.core import EncodeBatch, EncodeReport, EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.options import EngineOptions
-from livewatch.engine.preprocess import target_size
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.scheduling.options import EngineOptions
+from livewatch.engine.prompting.preprocess import target_size
 from livewatch.engine.synthetic import FrameBank
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.scheduling.worker import EngineWorker
 from livewatch.frames import FramePair
 
 PAIR_PERIOD_S = 2.0  # 1 fps sampling: a pair every 2 s

@@ -24,9 +24,9 @@ from livewatch.engine.answer import Answer
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import LoadedModel, load_model, wrap_model
-from livewatch.engine.loop import EngineLoop, answer_now, answer_of
-from livewatch.engine.preprocess import patchify
+from livewatch.engine.model.loading import LoadedModel, load_model, wrap_model
+from livewatch.engine.scheduling.loop import EngineLoop, answer_now, answer_of
+from livewatch.engine.prompting.preprocess import patchify
 from livewatch.engine.synthetic import FrameBank
 from livewatch.frames import FramePair
 

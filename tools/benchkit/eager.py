@@ -15,7 +15,7 @@ import torch
 
 from benchkit.common import Plan, ask, context_pairs, free, median, peak_gib, peak_reset
 from livewatch.engine.core import EngineCore
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.engine.synthetic import FrameBank
 
 

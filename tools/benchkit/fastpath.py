@@ -19,11 +19,11 @@ from benchkit.eager import scenario
 from livewatch.engine.answer import Answer
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
-from livewatch.engine.fastpath import StepRunner
+from livewatch.engine.model.fastpath import StepRunner
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.loop import EngineLoop, answer_all, answer_of
-from livewatch.engine.scheduler import AskJob, Scheduler
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.scheduling.loop import EngineLoop, answer_all, answer_of
+from livewatch.engine.scheduling.scheduler import AskJob, Scheduler
 from livewatch.engine.synthetic import FrameBank
 
 

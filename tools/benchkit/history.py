@@ -21,11 +21,11 @@ from typing import Any
 from benchkit.common import Plan, QUESTION, free
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams, TemporaryContext
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.options import EngineOptions
-from livewatch.engine.preprocess import target_size
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.scheduling.options import EngineOptions
+from livewatch.engine.prompting.preprocess import target_size
 from livewatch.engine.synthetic import FrameBank
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.scheduling.worker import EngineWorker
 from livewatch.frames import FramePair
 from livewatch.memory.history import select_spread
 

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 
 from benchkit.common import FULL, QUESTION, Plan, context_pairs, fast_answer, free, median
-from livewatch.engine import kernels
+from livewatch.engine.model import kernels
 from livewatch.engine.answer import Prepared
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
-from livewatch.engine.fastpath import fuse_projections, fused_weights
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model.fastpath import fuse_projections, fused_weights
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.engine.synthetic import FrameBank
 
 
@@ -55,7 +55,7 @@ def time_replays(graph: torch.cuda.CUDAGraph, reps: int, between: Callable[[], N
 
 
 def _linear_sweep(lm: LoadedModel, reps: int) -> dict[str, Any]:
-    """Each projection of a one-row decode step through cuBLAS and through livewatch.engine.kernels.gemv, per
+    """Each projection of a one-row decode step through cuBLAS and through livewatch.engine.model.kernels.gemv, per
     tile configuration: the model's 36 layers' own weights in one graph (so they come from memory, not L2)."""
     fuse_projections(lm.text_model)
     layers = list(lm.text_model.layers)

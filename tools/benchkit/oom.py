@@ -12,7 +12,7 @@ import torch
 from benchkit.common import QUESTION, Plan, context_pairs, free
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.engine.synthetic import FrameBank
 from livewatch.errors import EngineError
 

@@ -14,8 +14,8 @@ import torch
 
 from benchkit.common import QUESTION, Clock, Plan, free, peak_gib, peak_reset
 from livewatch.engine.core import EngineCore
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.preprocess import patchify
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.prompting.preprocess import patchify
 from livewatch.engine.synthetic import image
 
 

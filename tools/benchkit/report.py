@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from benchkit.common import param_count
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model.loading import LoadedModel
 
 
 def floors(lm: LoadedModel, ceil: dict[str, Any], lw: dict[str, Any], sc: dict[str, Any],

@@ -17,9 +17,9 @@ import torch
 
 from benchkit.common import FULL, Clock, Plan, ask, context_pairs, free, median, peak_gib, peak_reset
 from livewatch.engine.core import EngineCore
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.engine.synthetic import FrameBank
-from livewatch.engine.preprocess import pair_input
+from livewatch.engine.prompting.preprocess import pair_input
 from livewatch.frames import FramePair
 
 

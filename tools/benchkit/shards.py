@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, plan: Plan, cameras: tuple[int, ...] | None = 
         shards: int | None = None) -> dict[str, Any]:
     import torch
 
-    from livewatch.engine.options import EngineOptions
+    from livewatch.engine.scheduling.options import EngineOptions
 
     cameras = tuple(cameras or (TINY_CAMERAS if args.tiny else CAMERAS))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

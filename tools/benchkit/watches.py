@@ -27,15 +27,15 @@ from benchkit.common import Clock, Plan, context_pairs, free, peak_gib, peak_res
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.loop import EngineLoop
-from livewatch.engine.options import EngineOptions
-from livewatch.engine.preprocess import target_size
-from livewatch.engine.scheduler import AskJob
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.scheduling.loop import EngineLoop
+from livewatch.engine.scheduling.options import EngineOptions
+from livewatch.engine.prompting.preprocess import target_size
+from livewatch.engine.scheduling.scheduler import AskJob
 from livewatch.engine.synthetic import FrameBank
-from livewatch.engine.watcheval import WatchEvaluator
+from livewatch.engine.model.watcheval import WatchEvaluator
 from livewatch.engine.results import WatchResult
-from livewatch.engine.worker import EngineWorker
+from livewatch.engine.scheduling.worker import EngineWorker
 
 CONDITIONS = ("a person is standing at the door", "a package lies on the doorstep", "a car is parked in the drive",
               "the garage door is open")

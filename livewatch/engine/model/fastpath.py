@@ -13,7 +13,7 @@ weight-read floor (~2 ms per token on an H100). Here the language model's layers
 Grouped-query attention is computed without repeating K/V: the query heads that share a KV head are laid out
 as extra query rows of that head (exact for any mask). The layer's own weights and rotary tables are used, so
 the arithmetic is the model's; the cache and the attention call are ours. On CUDA the step's small kernels are
-replaced by the fused Triton kernels of ``livewatch.engine.kernels`` (checked at start-up, else PyTorch's).
+replaced by the fused Triton kernels of ``livewatch.engine.model.kernels`` (checked at start-up, else PyTorch's).
 
 ``StepRunner`` runs these eagerly (CPU, or CUDA without graphs) or replays CUDA graphs captured at start-up for
 a few batch sizes and prefill lengths; inputs go through static buffers, one host-to-device copy per call.
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
-from livewatch.engine import kernels
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model import kernels
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.log import get_logger
 
 log = get_logger("livewatch.engine")
@@ -132,7 +132,7 @@ class _Layers:
         self.cache = cache
         self.scaling = self.layers[0].self_attn.scaling
         self.key_index = torch.arange(cache.max_len, device=lm.device)
-        self.fused = False  # the Triton kernels of livewatch.engine.kernels instead of the PyTorch expressions
+        self.fused = False  # the Triton kernels of livewatch.engine.model.kernels instead of the PyTorch expressions
 
     def _masked_attention(self, kc, vc, q: torch.Tensor, rows, mask, contiguous_rows: bool) -> torch.Tensor:
         """q [B, heads, S, D] over one layer's cache (kc, vc: [slots, kv_heads, max_len, D]) -> [B, S, heads * D]."""

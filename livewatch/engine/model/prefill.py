@@ -4,7 +4,7 @@ A camera's prefix update (EngineCore.encode_many) runs the language model on its
 one camera at a time: an extension of a hundred tokens is bound by kernel launches, and a re-prefill of a thousand
 leaves the GEMMs short of rows. ``Prefiller.run`` takes several updates (``PrefillItem``: the kept K/V, the new
 embeddings, their M-RoPE positions) and drives the language model's layers with our code, as the decode step does
-(``livewatch.engine.fastpath``: fused [q; k; v] and [gate; up] weights, the model's rotary tables and norms):
+(``livewatch.engine.model.fastpath``: fused [q; k; v] and [gate; up] weights, the model's rotary tables and norms):
 
 - Varlen, no padding in the GEMMs: the new tokens of all items are packed into one [T, hidden] stream (T = sum of
   N_i) for the norms, the projections, the rotary (positions packed too) and the MLP.
@@ -24,7 +24,7 @@ embeddings, their M-RoPE positions) and drives the language model's layers with 
 
 With ``fused`` (CUDA; CPU tensors under Triton's interpreter in tests) the norms, with the residual add riding on
 them, the rotary of q and k with the K/V writes (forwards of up to 512 tokens) and the MLP's activation run as the
-Triton kernels of ``livewatch.engine.kernels`` once their self-test passed, as in the decode step. With ``graphs``
+Triton kernels of ``livewatch.engine.model.kernels`` once their self-test passed, as in the decode step. With ``graphs``
 (CUDA, varlen and fused kernels) a lone camera's update of up to 1,536 tokens (launch-bound, or short of rows)
 replays a CUDA graph per token bucket: a shared workspace of GRAPH_MAX_KEYS rows, the bucket's padding rows
 computed row-wise and never read (cu_q/cu_k bound the attention), each graph checked against the eager forward
@@ -43,9 +43,9 @@ from typing import Any
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
-from livewatch.engine import kernels
-from livewatch.engine.fastpath import check_kernels, fuse_projections, fused_weights
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model import kernels
+from livewatch.engine.model.fastpath import check_kernels, fuse_projections, fused_weights
+from livewatch.engine.model.loading import LoadedModel
 from livewatch.log import get_logger
 
 log = get_logger("livewatch.engine")

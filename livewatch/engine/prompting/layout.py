@@ -19,8 +19,8 @@ from enum import Enum
 
 import numpy as np
 
-from livewatch.engine.positions import pair_positions, temporal_positions, text_positions
-from livewatch.engine.preprocess import VisionSpec, target_size
+from livewatch.engine.prompting.positions import pair_positions, temporal_positions, text_positions
+from livewatch.engine.prompting.preprocess import VisionSpec, target_size
 from livewatch.frames import FramePair
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from livewatch.engine.batch import BatchDecoder
 from livewatch.engine.core import EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loop import EngineLoop, answer_now
-from livewatch.engine.preprocess import target_size
+from livewatch.engine.scheduling.loop import EngineLoop, answer_now
+from livewatch.engine.prompting.preprocess import target_size
 from livewatch.engine.synthetic import pairs as synthetic_pairs
 
 CAMERA = "warm up"

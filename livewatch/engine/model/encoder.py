@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from livewatch.engine.layout import PrefixLayout, UpdatePlan
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.prefill import Prefiller, PrefillItem
-from livewatch.engine.preprocess import pair_input
-from livewatch.engine.vision import SharedEmbeddings, VisionCache, shared_key
-from livewatch.engine.visiontower import VisionTower
+from livewatch.engine.prompting.layout import PrefixLayout, UpdatePlan
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.model.prefill import Prefiller, PrefillItem
+from livewatch.engine.prompting.preprocess import pair_input
+from livewatch.engine.prompting.vision import SharedEmbeddings, VisionCache, shared_key
+from livewatch.engine.model.visiontower import VisionTower
 from livewatch.frames import FramePair
 
 Stacked = tuple[torch.Tensor, torch.Tensor]  # (k, v): [layers, kv_heads, tokens, head_dim] each

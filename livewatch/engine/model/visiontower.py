@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from livewatch.engine import kernels
-from livewatch.engine.preprocess import VisionSpec
+from livewatch.engine.model import kernels
+from livewatch.engine.prompting.preprocess import VisionSpec
 from livewatch.log import get_logger
 
 try:

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
-from livewatch.engine import kernels
-from livewatch.engine.fastpath import fuse_projections, fused_weights
-from livewatch.engine.loading import LoadedModel
+from livewatch.engine.model import kernels
+from livewatch.engine.model.fastpath import fuse_projections, fused_weights
+from livewatch.engine.model.loading import LoadedModel
 
 YES_WORDS = ("Yes", "yes", "YES", " Yes", " yes")
 NO_WORDS = ("No", "no", "NO", " No", " no")

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from livewatch.engine.layout import PrefixLayout
-from livewatch.engine.loading import LoadedModel
-from livewatch.engine.watcheval import WatchEvaluator, WatchQuery
+from livewatch.engine.prompting.layout import PrefixLayout
+from livewatch.engine.model.loading import LoadedModel
+from livewatch.engine.model.watcheval import WatchEvaluator, WatchQuery
 from livewatch.frames import FramePair
 
 MAX_TOKENS = 256

@@ -27,14 +27,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from livewatch.engine import warmup
+from livewatch.engine.scheduling import warmup
 from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.answer import Answer
 from livewatch.engine.core import EncodeReport, EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.loop import EngineLoop, StepResult
-from livewatch.engine.options import EngineOptions
-from livewatch.engine.scheduler import AskJob, Scheduler
+from livewatch.engine.scheduling.loop import EngineLoop, StepResult
+from livewatch.engine.scheduling.options import EngineOptions
+from livewatch.engine.scheduling.scheduler import AskJob, Scheduler
 from livewatch.engine.results import WatchResult
 from livewatch.errors import CancelledRequest, EngineError, LivewatchError
 from livewatch.frames import FramePair

@@ -26,8 +26,8 @@ from livewatch.engine.batch import BatchDecoder, Outcome
 from livewatch.engine.answer import Answer
 from livewatch.engine.core import EncodeReport, EngineCore
 from livewatch.engine.results import SamplingParams
-from livewatch.engine.scheduler import AskJob, Plan, Route, Scheduler, WatchRounds, route
-from livewatch.engine.watcheval import WatchEvaluator
+from livewatch.engine.scheduling.scheduler import AskJob, Plan, Route, Scheduler, WatchRounds, route
+from livewatch.engine.model.watcheval import WatchEvaluator
 from livewatch.engine.results import WatchResult
 from livewatch.errors import CancelledRequest, EngineError, RecoverableError
 from livewatch.log import Throttle, bind, get_logger

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from livewatch.engine.preprocess import VisionSpec
+from livewatch.engine.prompting.preprocess import VisionSpec
 from livewatch.errors import ConfigError, ModelUnavailableError
 
 TINY_MARKER = "LIVEWATCH_TINY_RANDOM_MODEL"
