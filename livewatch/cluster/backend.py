@@ -23,7 +23,7 @@ from typing import Any
 
 from livewatch.backend import BackendHooks
 from livewatch.capture.source import SourceSpec
-from livewatch.cluster.messages import AnswerDone, AnswerText, Failed, FindDone, FindProgress
+from livewatch.cluster.messages import AnswerDone, AnswerText, Failed, FindDone, FindProgress, ShardAPI
 from livewatch.cluster.supervisor import Shard, Supervisor
 from livewatch.config import EventsSection, Settings
 from livewatch.errors import ErrorCode, RequestError
@@ -99,7 +99,7 @@ class ClusterBackend:
 
     async def ask(self, request: Ask, camera: str, on_text: Callable[[str], None], client: str) -> Answered:
         shard = self.cluster.owner(camera)
-        async for item in self.cluster.stream(shard, camera, "ask", request, camera, client):
+        async for item in self.cluster.stream(shard, camera, ShardAPI.ask, request, camera, client):
             if isinstance(item, AnswerText):
                 on_text(item.text)
             elif isinstance(item, AnswerDone):
@@ -123,7 +123,7 @@ class ClusterBackend:
 
         async def search(shard: Shard, cameras: list[str]) -> list[dict[str, Any]]:
             sub = Find(request.id, request.query, tuple(cameras), request.since, request.until, request.top)
-            async for item in self.cluster.stream(shard, cameras[0], "find", sub):
+            async for item in self.cluster.stream(shard, cameras[0], ShardAPI.find, sub):
                 if isinstance(item, FindProgress):
                     steps[shard.id] = (item.done, item.total)
                     progress(sum(d for d, _ in steps.values()), sum(t for _, t in steps.values()))
@@ -137,11 +137,11 @@ class ClusterBackend:
         return sorted((m for moments in found for m in moments), key=lambda m: -m["probability"])[: request.top]
 
     async def memory_frames(self, camera: str) -> list[dict[str, Any]]:
-        return list(await self.cluster.call(camera, "memory_frames", camera))
+        return await self.cluster.call(camera, None, ShardAPI.memory_frames, camera)
 
     async def describe(self, camera: str, question: str, tokens: int) -> str:
-        return str(await self.cluster.call(camera, "describe", camera, question, tokens,
-                                           timeout=self.settings.cluster.shard_timeout_s * 6))
+        return await self.cluster.call(camera, self.settings.cluster.shard_timeout_s * 6, ShardAPI.describe, camera,
+                                       question, tokens)
 
     def read_frame(self, camera: str, frame_id: int) -> bytes | None:
         """Read from the shared store directly (any process may read while the camera's shard writes)."""
@@ -150,10 +150,9 @@ class ClusterBackend:
     async def frame(self, camera: str, frame_id: int, size: int | None) -> bytes | None:
         """The frame from the camera's shard (scaled there)."""
         try:
-            data = await self.cluster.call(camera, "evidence", camera, frame_id, size)
+            return await self.cluster.call(camera, None, ShardAPI.evidence, camera, frame_id, size)
         except RequestError:
             return None
-        return data if isinstance(data, bytes) else None
 
     # -- status -------------------------------------------------------------------------------------------------
 

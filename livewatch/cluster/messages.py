@@ -1,4 +1,6 @@
-"""What a shard streams back to the front, as typed messages (pickled by Ray; no torch, no Ray here).
+"""What the front calls on a shard (``ShardAPI``, which ``ShardHost`` implements) and what a shard streams back,
+as typed messages (pickled by Ray; no torch, no Ray here). The front names a call by the protocol's method
+(``ShardAPI.describe``), never by a string, so mypy checks its arguments and its result.
 
 An answer is ``AnswerText``... then ``AnswerDone`` or ``Failed``; a search is ``FindProgress``... then ``FindDone``
 or ``Failed``. ``Failed`` carries the public error the client sees (its code and message): a request's own error
@@ -7,11 +9,15 @@ says what went wrong, anything else is ``internal``, logged on the shard.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from livewatch.capture.source import SourceSpec
+from livewatch.engine.results import WatchResult
 from livewatch.errors import ErrorCode, RequestError
-from livewatch.server.protocol import Answered
+from livewatch.server.protocol import Answered, Ask
+from livewatch.server.watchproto import Find
 
 
 @dataclass(frozen=True)
@@ -51,3 +57,33 @@ class Failed:
 
 AnswerItem = AnswerText | AnswerDone | Failed
 FindItem = FindProgress | FindDone | Failed
+
+
+class ShardAPI(Protocol):
+    """Every call the front makes on a shard actor (cluster/shard.py ``ShardHost``)."""
+
+    async def start(self) -> dict[str, Any]:
+        """Load the model and start the engine; where the shard runs (device, pid, node)."""
+
+    async def attach(self, name: str, spec: SourceSpec | None, untrusted: bool, error: str | None,
+                     watches: dict[str, str]) -> None: ...
+
+    async def detach(self, name: str, delete: bool) -> None: ...
+
+    async def set_watches(self, camera: str, watches: dict[str, str]) -> None: ...
+
+    def watch_results(self) -> AsyncIterator[list[WatchResult]]: ...
+
+    def ask(self, request: Ask, camera: str, client: str) -> AsyncIterator[AnswerItem]: ...
+
+    def find(self, request: Find) -> AsyncIterator[FindItem]: ...
+
+    async def describe(self, camera: str, question: str, tokens: int) -> str: ...
+
+    async def memory_frames(self, camera: str) -> list[dict[str, Any]]: ...
+
+    async def evidence(self, camera: str, frame_id: int, size: int | None) -> bytes | None: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def stop(self) -> None: ...

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError, RayTaskError
@@ -21,6 +21,10 @@ from livewatch.errors import CameraError, EngineError, RequestError
 from livewatch.log import get_logger
 
 log = get_logger("livewatch.cluster")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 _STREAM_WINDOW = 64  # answer items a shard may run ahead of the front (Ray's generator back-pressure)
 
@@ -57,35 +61,41 @@ class RayBackend:
             max_concurrency=1000,
         ).remote(settings, shard_id, store_root)
 
-    async def call(self, handle: Any, method: str, *args: Any, timeout: float) -> Any:
-        """``handle.method(*args)``. Its own RequestError, CameraError or EngineError arrives as raised (their texts
-        are public); any other exception of the method becomes a RuntimeError naming only its class."""
+    async def call(self, handle: Any, timeout: float, method: Callable[Concatenate[Any, P], Awaitable[R]],
+                   *args: P.args, **kwargs: P.kwargs) -> R:
+        """``method`` (a ``ShardAPI`` method) on the shard actor ``handle``. Its own RequestError, CameraError or
+        EngineError arrives as raised (their texts are public); any other exception of the method becomes a
+        RuntimeError naming only its class."""
+        name = method.__name__
         try:
-            return await asyncio.wait_for(getattr(handle, method).remote(*args), timeout)
+            result: R = await asyncio.wait_for(getattr(handle, name).remote(*args, **kwargs), timeout)
+            return result
         except (GetTimeoutError, TimeoutError) as exc:
-            raise ShardTimeout(f"{method} took over {timeout:g} s") from exc
+            raise ShardTimeout(f"{name} took over {timeout:g} s") from exc
         except RayTaskError as exc:
-            raise public_cause(exc.cause, method) from None
+            raise public_cause(exc.cause, name) from None
         except ActorUnavailableError as exc:  # a transient loss of contact, not a death
-            raise ShardTimeout(f"{method}: the shard is unreachable for now") from exc
+            raise ShardTimeout(f"{name}: the shard is unreachable for now") from exc
         except RayActorError as exc:
             raise ShardGone(type(exc).__name__) from exc
         except RayError as exc:  # an unserializable result or argument, a lost object: this call failed
-            raise RuntimeError(f"{method} failed in Ray: {type(exc).__name__}") from exc
+            raise RuntimeError(f"{name} failed in Ray: {type(exc).__name__}") from exc
 
-    async def stream(self, handle: Any, method: str, *args: Any) -> AsyncIterator[Any]:
-        """The items of a shard's generator as it yields them; leaving early (or being cancelled) cancels it on
-        the shard."""
-        gen = getattr(handle, method).options(_generator_backpressure_num_objects=_STREAM_WINDOW).remote(*args)
+    async def stream(self, handle: Any, method: Callable[Concatenate[Any, P], AsyncIterator[T]],
+                     *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        """The items of a shard's generator (a ``ShardAPI`` method) as it yields them; leaving early (or being
+        cancelled) cancels it on the shard."""
+        name = method.__name__
+        gen = getattr(handle, name).options(_generator_backpressure_num_objects=_STREAM_WINDOW).remote(*args, **kwargs)
         finished = False
         try:
             async for ref in gen:
                 yield await ref
             finished = True
         except RayTaskError as exc:
-            raise public_cause(exc.cause, method) from None
+            raise public_cause(exc.cause, name) from None
         except ActorUnavailableError as exc:
-            raise ShardTimeout(f"{method}: the shard is unreachable for now") from exc
+            raise ShardTimeout(f"{name}: the shard is unreachable for now") from exc
         except RayActorError as exc:
             raise ShardGone(type(exc).__name__) from exc
         finally:

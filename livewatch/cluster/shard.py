@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from livewatch.backend import BackendHooks
 from livewatch.capture.source import SourceSpec
-from livewatch.cluster.messages import AnswerDone, AnswerItem, AnswerText, Failed, FindDone, FindItem, FindProgress
+from livewatch.cluster.messages import (
+    AnswerDone, AnswerItem, AnswerText, Failed, FindDone, FindItem, FindProgress, ShardAPI,
+)
 from livewatch.config import Settings
 from livewatch.engine.results import WatchResult
 from livewatch.errors import public_failure
@@ -65,7 +67,7 @@ class EncodeLoad:
         return round(sum(s for _, s in self._encodes) / span, 4)
 
 
-class ShardHost:
+class ShardHost(ShardAPI):
     """The shard actor: every method is called by the front (cluster/backend.py, through cluster/supervisor.py)."""
 
     def __init__(self, settings: Settings, shard_id: str, store_root: str) -> None:
@@ -106,7 +108,7 @@ class ShardHost:
         await self.backend.attach(name, spec, untrusted=untrusted, error=error, wait=True)
         self.backend.set_watches(name, watches)
 
-    def set_watches(self, camera: str, watches: dict[str, str]) -> None:
+    async def set_watches(self, camera: str, watches: dict[str, str]) -> None:
         self.backend.set_watches(camera, watches)
 
     async def watch_results(self) -> AsyncIterator[list[WatchResult]]:
@@ -161,7 +163,7 @@ class ShardHost:
         finally:
             task.cancel()
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         status = self.backend.status()
         status["shard"] = {"busy": self.load.busy(), "cameras": self.backend.camera_names()}
         return status

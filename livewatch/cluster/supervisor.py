@@ -24,12 +24,13 @@ import asyncio
 import itertools
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from livewatch.capture.source import SourceSpec
+from livewatch.cluster.messages import ShardAPI
 from livewatch.cluster.placement import Placement
 from livewatch.cluster.ray_backend import RayBackend, ShardGone, ShardTimeout
 from livewatch.cluster.shard import LOAD_WINDOW_S
@@ -40,6 +41,10 @@ from livewatch.errors import ErrorCode, RequestError
 from livewatch.log import Throttle, get_logger
 
 log = get_logger("livewatch.cluster")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 START_BACKOFF_S = 30.0  # after a failed shard start
 PLACE_AT_ONCE = 16  # attaches in flight in one round
@@ -117,7 +122,7 @@ class Supervisor:
         for task in [*self._tasks, *self._results.values()]:
             task.cancel()
         shards = list(self.shards.values())
-        await asyncio.gather(*(self.backend.call(s.handle, "stop", timeout=timeout) for s in shards
+        await asyncio.gather(*(self.backend.call(s.handle, timeout, ShardAPI.stop) for s in shards
                                if s.state == "up"), return_exceptions=True)
         for shard in shards:
             self.backend.kill(shard.handle)
@@ -152,7 +157,7 @@ class Supervisor:
 
     async def _check(self, shard: Shard) -> None:
         try:
-            status = await self.backend.call(shard.handle, "status", timeout=self.cfg.shard_timeout_s)
+            status = await self.backend.call(shard.handle, self.cfg.shard_timeout_s, ShardAPI.status)
         except (ShardGone, ShardTimeout) as exc:
             self.lost(shard, f"no status ({exc})")
             return
@@ -191,7 +196,7 @@ class Supervisor:
         try:
             shard.handle = await asyncio.to_thread(self.backend.start_shard, shard.id, self._shard_settings,
                                                    self.cfg.store_dir, self.cfg.gpus_per_shard, self.cfg.cpus_per_shard)
-            shard.info = await self.backend.call(shard.handle, "start", timeout=self.cfg.start_timeout_s)
+            shard.info = await self.backend.call(shard.handle, self.cfg.start_timeout_s, ShardAPI.start)
         except Exception as exc:
             log.error("shard.start_failed", shard=shard.id, error=f"{type(exc).__name__}: {exc}")
             if shard.handle is not None:
@@ -257,8 +262,8 @@ class Supervisor:
             self.placement.assign(camera, target, time.monotonic())
             sent = dict(self.watches.get(camera, {}))
             try:
-                await self.backend.call(shard.handle, "attach", camera, cam.spec, cam.untrusted, cam.error, sent,
-                                        timeout=self.cfg.shard_timeout_s * 3)
+                await self.backend.call(shard.handle, self.cfg.shard_timeout_s * 3, ShardAPI.attach, camera, cam.spec,
+                                        cam.untrusted, cam.error, sent)
             except ShardGone as exc:
                 self.lost(shard, f"attach failed ({exc})")
                 return
@@ -285,7 +290,7 @@ class Supervisor:
 
     async def _detach(self, shard: Shard, camera: str, *, delete: bool) -> bool:
         try:
-            await self.backend.call(shard.handle, "detach", camera, delete, timeout=self.cfg.shard_timeout_s)
+            await self.backend.call(shard.handle, self.cfg.shard_timeout_s, ShardAPI.detach, camera, delete)
         except ShardGone as exc:
             self.lost(shard, f"detach failed ({exc})")
             return False
@@ -320,21 +325,24 @@ class Supervisor:
         return RequestError(ErrorCode.UNAVAILABLE, f"camera {camera!r} is not served right now ({why}); "
                                                    f"retry in {retry} s")
 
-    async def call(self, camera: str, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """``method`` on ``camera``'s shard; a shard gone or too slow is ``unavailable`` for this request."""
+    async def call(self, camera: str, timeout: float | None, method: Callable[Concatenate[Any, P], Awaitable[R]],
+                   *args: P.args, **kwargs: P.kwargs) -> R:
+        """``method`` (a ``ShardAPI`` method) on ``camera``'s shard within ``timeout`` (None: the shards'
+        timeout); a shard gone or too slow is ``unavailable`` for this request."""
         shard = self.owner(camera)
         try:
-            return await self.backend.call(shard.handle, method, *args, timeout=timeout or self.cfg.shard_timeout_s)
+            return await self.backend.call(shard.handle, timeout or self.cfg.shard_timeout_s, method, *args, **kwargs)
         except (ShardGone, ShardTimeout) as exc:
-            raise self._request_failed(shard, camera, method, exc) from None
+            raise self._request_failed(shard, camera, method.__name__, exc) from None
 
-    async def stream(self, shard: Shard, camera: str, method: str, *args: Any) -> AsyncIterator[Any]:
+    async def stream(self, shard: Shard, camera: str, method: Callable[Concatenate[Any, P], AsyncIterator[T]],
+                     *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
         """The items of ``method``'s generator on ``shard`` (which runs ``camera``), as ``call`` fails."""
         try:
-            async for item in self.backend.stream(shard.handle, method, *args):
+            async for item in self.backend.stream(shard.handle, method, *args, **kwargs):
                 yield item
         except (ShardGone, ShardTimeout) as exc:
-            raise self._request_failed(shard, camera, method, exc) from None
+            raise self._request_failed(shard, camera, method.__name__, exc) from None
 
     def _request_failed(self, shard: Shard, camera: str, method: str, exc: Exception) -> RequestError:
         """A request's shard died (lost, the camera goes elsewhere) or did not answer in time: ``unavailable``."""
@@ -355,7 +363,7 @@ class Supervisor:
 
     async def _push_watches(self, shard: Shard, camera: str, watches: dict[str, str]) -> None:
         try:
-            await self.backend.call(shard.handle, "set_watches", camera, watches, timeout=self.cfg.shard_timeout_s)
+            await self.backend.call(shard.handle, self.cfg.shard_timeout_s, ShardAPI.set_watches, camera, watches)
         except ShardGone as exc:
             self.lost(shard, f"set_watches failed ({exc})")
         except Exception as exc:
@@ -366,7 +374,7 @@ class Supervisor:
         not a death is opened again)."""
         while shard.state == "up":
             try:
-                async for results in self.backend.stream(shard.handle, "watch_results"):
+                async for results in self.backend.stream(shard.handle, ShardAPI.watch_results):
                     self._on_results(results)
             except ShardGone as exc:
                 self.lost(shard, f"the watch results' stream broke ({exc})")
