@@ -74,7 +74,8 @@ class CameraBackend(Protocol):
         """The engine runs (local: its thread; cluster: the supervisor)."""
 
     def health(self) -> dict[str, Any]:
-        """``engine`` (bool: questions can be answered now) and the backend's own figures for /health."""
+        """For /health (polled often: cheap): ``engine`` (bool: questions can be answered now), ``cameras`` (each
+        camera's state) and the backend's own figures."""
 
     def status(self) -> dict[str, Any]:
         """The ``cameras``, ``engine`` and ``memory`` parts of status (a cluster adds ``cluster``)."""

@@ -308,10 +308,10 @@ class Daemon:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Up: the engine answers, and no camera is configured or one streams."""
-        figures = self.backend.health() if self.backend is not None else {"engine": False}
-        engine_up = bool(figures.get("engine")) and not self.shutting_down
-        states = ({name: cam.get("state") for name, cam in self.backend.status()["cameras"].items()}
-                  if self.backend is not None else {})
+        figures: dict[str, Any] = (self.backend.health() if self.backend is not None
+                                   else {"engine": False, "cameras": {}})
+        engine_up = bool(figures["engine"]) and not self.shutting_down
+        states: dict[str, Any] = figures["cameras"]
         ok = engine_up and (not states or "streaming" in states.values())
         return ok, {"status": "ok" if ok else "unavailable", **figures, "engine": engine_up, "cameras": states}
 

@@ -74,7 +74,8 @@ class ClusterBackend:
 
     def health(self) -> dict[str, Any]:
         up = sum(1 for s in self.cluster.shards.values() if s.state == "up")
-        return {"engine": bool(up) and self.alive(), "shards_up": up}
+        states = {name: camera.get("state") for name, camera in self.status()["cameras"].items()}
+        return {"engine": bool(up) and self.alive(), "cameras": states, "shards_up": up}
 
     # -- cameras ------------------------------------------------------------------------------------------------
 

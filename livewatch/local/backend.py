@@ -122,7 +122,8 @@ class LocalBackend:
         return self.worker is not None and self.worker.alive
 
     def health(self) -> dict[str, Any]:
-        return {"engine": self.alive()}
+        states = {name: rt.reader_stats()["state"] for name, rt in self.cameras.items()}
+        return {"engine": self.alive(), "cameras": states}
 
     # -- cameras ------------------------------------------------------------------------------------------------
 
