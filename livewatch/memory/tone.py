@@ -3,6 +3,8 @@ frame (``change.py``, item 2, says where it sits in the detector). Pure: planes 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from livewatch.memory.cells import grid, median
@@ -16,12 +18,9 @@ def fit_tone(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
     median start, then three least-squares passes without the pixels beyond 3 robust sigmas); returns the
     coefficients and the robust scale (1.4826 MAD) of the inliers' residuals. Clipped pixels (< 5 or > 250) do
     not vote."""
-    h, w = src.shape
-    gx, gy = grid(h, w)
+    px, py = _positions(*src.shape)
     x = src[1::4, 1::4].reshape(-1)
     y = dst[1::4, 1::4].reshape(-1)
-    px = np.broadcast_to(gx, (h, w))[1::4, 1::4].reshape(-1)
-    py = np.broadcast_to(gy, (h, w))[1::4, 1::4].reshape(-1)
     ok = (x > 5) & (x < 250) & (y > 5) & (y < 250)
     if int(ok.sum()) >= 50:
         x, y, px, py = x[ok], y[ok], px[ok], py[ok]
@@ -31,20 +30,38 @@ def fit_tone(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
     res = np.abs(d - shift)
     sigma = max(1.4826 * median(res), 0.5)
     keep = res < max(3.0 * sigma, 3.0)
+    design = np.empty((len(x), 7), np.float32)
     s = x * np.float32(1 / 255.0)
-    u = s - np.float32(0.5)
-    design = np.stack([np.ones_like(u), u, u * u, px * s, py * s, px * px * s, py * py * s], axis=1)
+    design[:, 0] = 1.0
+    u = np.subtract(s, np.float32(0.5), out=design[:, 1])
+    np.multiply(u, u, out=design[:, 2])
+    np.multiply(px, s, out=design[:, 3])
+    np.multiply(py, s, out=design[:, 4])
+    np.multiply(px, design[:, 3], out=design[:, 5])
+    np.multiply(py, design[:, 4], out=design[:, 6])
     coef = np.array([127.5 + shift, 255.0, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32)
-    ridge = np.diag(np.array([1e-6, 1e-6, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3], np.float32))  # a narrow range of grey or
-    for _ in range(3):  # of positions says little about curvature or slopes: keep them near zero then
-        if int(keep.sum()) < 20:
+    for _ in range(3):
+        n = int(keep.sum())
+        if n < 20:
             break
         a = design[keep]
-        coef = np.linalg.solve(a.T @ a + ridge * len(a), a.T @ y[keep]).astype(np.float32)
+        coef = np.linalg.solve(a.T @ a + _RIDGE * n, a.T @ y[keep]).astype(np.float32)
         res = np.abs(y - design @ coef)
         sigma = max(1.4826 * median(res[keep]), 0.5)
         keep = res < max(3.0 * sigma, 3.0)
     return coef, sigma
+
+
+# a narrow range of grey or of positions says little about curvature or slopes: keep them near zero then
+_RIDGE = np.diag(np.array([1e-6, 1e-6, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3], np.float32))
+
+
+@functools.lru_cache(maxsize=8)
+def _positions(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The x and y positions (-1..1) of the samples ``fit_tone`` takes: every fourth row and column."""
+    gx, gy = grid(h, w)
+    return (np.ascontiguousarray(np.broadcast_to(gx, (h, w))[1::4, 1::4]).reshape(-1),
+            np.ascontiguousarray(np.broadcast_to(gy, (h, w))[1::4, 1::4]).reshape(-1))
 
 
 def apply_tone(coef: np.ndarray, values: np.ndarray) -> np.ndarray:
