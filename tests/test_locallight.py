@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 
 import heldout_suite as hs
+from livewatch.memory.cells import cell_means
 from livewatch.memory.importance import Importance, ImportanceModel
+from livewatch.memory.locallight import light_cells, without_light
 
 H, W = 224, 420
 THRESHOLD = 0.6
@@ -66,3 +68,50 @@ def test_a_flat_coloured_car_on_smooth_ground_stays_change() -> None:
             frames.append(np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2))
         out.append(model.score_pair(frames[0], float(t), frames[1], float(t + 1), []))
     assert out[6].score > 0.8 and out[6].change_area > 0.03
+
+
+# -- the rules on synthetic planes (85x160 analysis luma, cells of 5x5) ------------------------------------------
+
+def _texture(rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    """Ground grain at the analysis size: blurred noise of ``amplitude`` grey levels (std over the plane; within a
+    cell, without its plane, about two thirds of it)."""
+    t = cv2.GaussianBlur(rng.normal(0.0, 1.0, (85, 160)).astype(np.float32), (0, 0), 0.8)
+    return t * np.float32(amplitude / float(t.std()))
+
+
+def test_faint_grain_that_a_pool_brings_out_is_light_not_new_edges() -> None:
+    rng = np.random.default_rng(11)
+    bg = np.float32(40.0) + _texture(rng, 1.6)  # a dark background: its grain (~1.1 a cell) under the floor (1.5)
+    frame = bg * np.float32(3.0) + rng.normal(0.0, 0.3, bg.shape).astype(np.float32)  # the pool: x3, grain ~3.3
+    clip = np.zeros_like(bg)
+    raw = np.zeros(bg.shape, np.uint8)
+    raw[20:60, 40:120] = 1
+    lit, covered, flat, edged, gain = light_cells(frame, bg, clip, cell_means(raw.astype(np.float32)))
+    inside = np.zeros(lit.shape, bool)
+    inside[4:12, 8:24] = True
+    assert lit[inside].mean() > 0.8 and not edged[inside].any() and not covered[inside].any()
+    assert np.allclose(gain[inside], 3.0, atol=0.1)
+    assert not without_light(raw, frame, bg, clip).any()
+    # an object over the same dark ground brings edges of its own: not light
+    frame[30:50, 60:100] = 160.0 + _texture(rng, 12.0)[30:50, 60:100]
+    assert without_light(raw, frame, bg, clip)[30:50, 60:100].mean() > 0.9
+
+
+def test_a_flat_region_is_light_only_beside_a_light_that_changed_the_same_way() -> None:
+    rng = np.random.default_rng(12)
+    bg = np.float32(100.0) + rng.normal(0.0, 0.2, (85, 160)).astype(np.float32)
+    bg[:, :80] += _texture(rng, 6.0)[:, :80]  # textured paving on the left, smooth plaster on the right
+    clip = np.zeros_like(bg)
+
+    def judged(right_gain: float, gap: int) -> np.ndarray:
+        frame = bg.copy()
+        frame[20:60, 30:75] *= np.float32(1.6)  # the pool on the paving: texture vouches for it
+        frame[20:60, 75 + gap:120] *= np.float32(right_gain)  # and beyond, on the plaster
+        raw = np.zeros(bg.shape, np.uint8)
+        raw[20:60, 30:75] = 1
+        raw[20:60, 75 + gap:120] = 1
+        return without_light(raw, frame, bg, clip)[20:60, 75 + gap:120]
+
+    assert not judged(1.6, gap=5).any()  # 1 cell apart, brighter too: the same light
+    assert judged(0.6, gap=5).mean() > 0.9  # darker where the light made the paving brighter: something else
+    assert judged(1.6, gap=20).mean() > 0.9  # 4 cells away: nothing vouches for it

@@ -60,8 +60,9 @@ stands for its learned motion, so leaves and a fan that revisit their values rai
 arrival over still scenery, a new value, does not.
 
 Cost, measured on this repository's 2-core CPU: 0.9-1.0 ms of CPU per frame at 224x420 (analysis image 0.25,
-the two light fits 0.3, thresholds, blobs and update 0.4) before the local-light test, which adds ~1.5 ms per frame
-with change in it (cell statistics 1.2 ms), all of it numpy and OpenCV on 85x160 planes;
+the two light fits 0.3, thresholds, blobs and update 0.4) before the local-light test, which adds ~1 ms per frame
+with change in it, all of it numpy and OpenCV on 85x160 planes (2026-11-27; the machine ran ~2x slower on
+2026-12-08: README, "Star memory", has the breakdown of then);
 ``tools/bench_memory.py`` reports it per pair with novelty included.
 """
 
