@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from livewatch.capture.masks import Masks
 from livewatch.capture.source import SourceSpec
 from livewatch.engine.results import WatchResult
 from livewatch.server.protocol import Answered, Ask
@@ -40,6 +41,12 @@ class CameraBackend(Protocol):
         """Stop every camera (flushing its waiting frame), the engine and the GPU; the stores closed."""
 
     def camera_names(self) -> list[str]: ...
+
+    def has_camera(self, name: str) -> bool: ...
+
+    async def set_masks(self, name: str, masks: Masks) -> None:
+        """Paint ``masks`` on the camera's frames from its next sampled frame on (and after a restart of its
+        reader or a move to another shard)."""
 
     async def attach(self, name: str, spec: SourceSpec | None, *, untrusted: bool, error: str | None,
                      wait: bool) -> None:

@@ -8,10 +8,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from livewatch import __version__
 from livewatch.errors import FatalError
 from livewatch.log import redact_url
+
+if TYPE_CHECKING:
+    from livewatch.capture.masks import Masks
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_p.add_argument("camera_url", metavar="URL")
     rm_p = cam_sub.add_parser("rm", help="detach a camera and delete its frames")
     rm_p.add_argument("name")
+    masks_p = cam_sub.add_parser("masks", help="show or set a camera's privacy masks (kept across restarts)")
+    masks_p.add_argument("name")
+    masks_how = masks_p.add_mutually_exclusive_group()
+    masks_how.add_argument("--set", dest="masks", metavar="JSON",
+                           help='polygons in relative coordinates, e.g. "[[0,0, 0.3,0, 0.3,0.2, 0,0.2]]"')
+    masks_how.add_argument("--clear", action="store_true", help="remove every mask")
 
     watch = sub.add_parser("watch", help="list, add or remove watches (standing yes/no questions on a camera)")
     _add_client_args(watch)
@@ -196,7 +206,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_cameras(args: argparse.Namespace) -> int:
     from livewatch import client
-    from livewatch.server.protocol import CameraAdd, CameraRemove, Status
+    from livewatch.server.protocol import CameraAdd, CameraMasks, CameraRemove, Status
 
     token = _token(args)
     if args.action == "ls":
@@ -204,16 +214,38 @@ def _cmd_cameras(args: argparse.Namespace) -> int:
         for name, cam in sorted(reply.get("cameras", {}).items()):
             print(f"{name}\t{cam.get('state')}\t{cam.get('source', '')}")
         return 0
-    message: CameraAdd | CameraRemove
-    if args.action == "add":
+    message: CameraAdd | CameraRemove | CameraMasks
+    if args.action == "masks":
+        message = CameraMasks(id=client.new_id(), camera=args.name, masks=_masks(args))
+    elif args.action == "add":
         message = CameraAdd(id=client.new_id(), name=args.name, url=args.camera_url)
     else:
         message = CameraRemove(id=client.new_id(), name=args.name)
     reply = asyncio.run(client.request(args.url, token, message))
     if reply.get("type") == "error":
         raise client.ClientError(f"{reply.get('code')}: {reply.get('message')}", client.EXIT_REQUEST_FAILED)
+    if reply["type"] == "camera.masks":
+        print(json.dumps(reply["masks"]))
+        return 0
     print(f"{reply['type']}: {reply['name']}" + (f" ({reply['url']})" if reply.get("url") else ""))
     return 0
+
+
+def _masks(args: argparse.Namespace) -> Masks | None:
+    from livewatch.capture.masks import NO_MASKS, parse_masks
+    from livewatch.client import EXIT_USAGE, ClientError
+    from livewatch.errors import MaskError
+
+    if args.clear:
+        return NO_MASKS
+    if args.masks is None:
+        return None
+    try:
+        return parse_masks(json.loads(args.masks))
+    except (MaskError, RecursionError) as exc:
+        raise ClientError(f"--set: {exc}", EXIT_USAGE) from None
+    except ValueError:
+        raise ClientError("--set: not valid JSON", EXIT_USAGE) from None
 
 
 def _hours(text: str | None) -> tuple[int, int] | None:

@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from livewatch.backend import BackendHooks, CameraBackend
+from livewatch.capture.masks import NO_MASKS, Masks
 from livewatch.capture.source import SourceSpec, parse_source
 from livewatch.config import Settings
 from livewatch.engine.results import WatchResult
@@ -35,7 +37,7 @@ from livewatch.errors import (
 from livewatch.log import get_logger
 from livewatch.memory.jpegfile import thumbnail
 from livewatch.metrics import Metrics
-from livewatch.registry import CameraRegistry
+from livewatch.registry import CameraRegistry, MaskOverrides
 from livewatch.sdnotify import Notifier
 from livewatch.server.guard import ConnectionGuard, RateLimit
 from livewatch.server.handler import Connection
@@ -77,6 +79,7 @@ class Daemon:
         self.backend: CameraBackend | None = None
         self.shutting_down = False
         self.registry = CameraRegistry(settings.state_dir)
+        self.masks = MaskOverrides(settings.state_dir)
         self.connections: set[Connection] = set()
         self.http: HttpServer | None = None
         self.metrics = Metrics(self.status)
@@ -132,6 +135,11 @@ class Daemon:
         except StorageError as exc:  # only the config file may stop the daemon: start without the saved cameras
             aside = self.registry.move_aside()
             log.error("registry.unreadable", error=str(exc), moved_to=str(aside) if aside else None)
+        try:
+            self.masks.load()
+        except StorageError as exc:  # the configured masks hold; the API's are set again by whoever set them
+            aside = self.masks.move_aside()
+            log.error("masks.unreadable", error=str(exc), moved_to=str(aside) if aside else None)
         specs: dict[str, SourceSpec | None] = {}
         errors: dict[str, str] = {}
         for cam in self.registry.effective(s.cameras):
@@ -139,7 +147,7 @@ class Daemon:
             try:
                 if saved and len(specs) >= s.security.max_cameras:  # a planted or old list: the bound holds here too
                     raise CameraError("over security.max_cameras; not started")
-                specs[cam.name] = self._parse(cam.url, api=saved)
+                specs[cam.name] = replace(self._parse(cam.url, api=saved), masks=self.masks.masks(cam))
             except CameraError as exc:
                 if not saved:
                     raise ConfigError(f"{s.source}: cameras.{cam.name}.url: {exc}") from exc
@@ -288,7 +296,7 @@ class Daemon:
     async def _frame(self, camera: str, frame_id: int, size: int | None = None) -> bytes | None:
         """A frame for GET /frames/CAMERA/ID.jpg: an event's evidence (kept here) or a stored frame of the
         camera; ``size``: scaled to fit that many pixels (a thumbnail, without the store's metadata)."""
-        if self.backend is None or camera not in self.backend.camera_names():
+        if self.backend is None or not self.backend.has_camera(camera):
             return None
         kept = self.watches.kept_evidence(camera, frame_id) if self.watches is not None else None
         if kept is None:
@@ -322,7 +330,7 @@ class Daemon:
         sec = self.settings.security
         backend = self._backend()
         async with self._camera_lock:
-            if name in self.camera_names():
+            if backend.has_camera(name):
                 raise RequestError(ErrorCode.CAMERA_EXISTS, f"a camera named {name!r} already exists")
             if len(self.camera_names()) >= sec.max_cameras:
                 raise RequestError(ErrorCode.TOO_MANY_CAMERAS, f"this daemon watches at most {sec.max_cameras} cameras "
@@ -350,14 +358,29 @@ class Daemon:
     async def remove_camera(self, name: str) -> None:
         backend = self._backend()
         async with self._camera_lock:
-            if name not in backend.camera_names():
+            if not backend.has_camera(name):
                 raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name!r}")
             await backend.remove(name)
             if self.watches is not None:
                 self.watches.camera_changed(name)
             configured = any(c.name == name for c in self.settings.cameras)
             await asyncio.to_thread(self.registry.remove, name, configured)
+            await asyncio.to_thread(self.masks.forget, name)
         log.info("camera.removed", camera=name)
+
+    async def camera_masks(self, camera: str, masks: Masks | None) -> Masks:
+        backend = self._backend()
+        async with self._camera_lock:
+            if not backend.has_camera(camera):
+                raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {camera!r}")
+            if masks is None:
+                configured = next((c.masks for c in self.settings.cameras
+                                   if c.name == camera and camera not in self.registry.added), NO_MASKS)
+                return self.masks.cameras.get(camera, configured)
+            await asyncio.to_thread(self.masks.set, camera, masks)
+            await backend.set_masks(camera, masks)
+        log.info("camera.masks_set", camera=camera, masks=len(masks.polygons))
+        return masks
 
     # -- watches ------------------------------------------------------------------------------------------------
 

@@ -119,6 +119,10 @@ class TimeRangeError(RecoverableError, ValueError):
     """A client's time (``since``/``until``) that cannot be read. The message is ours, safe to show the client."""
 
 
+class MaskError(RecoverableError, ValueError):
+    """Privacy masks that are not a list of polygons in relative coordinates (the text says which and why)."""
+
+
 class CancelledRequest(RecoverableError):
     """A request stopped before it finished because its client or the daemon cancelled it."""
 

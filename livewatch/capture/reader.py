@@ -90,6 +90,7 @@ class CameraReader:
         self.handoff = handoff
         self.fps = fps
         self.frame_size = frame_size
+        self.masks = spec.masks  # replaced whole by the daemon (set_masks): read once per sampled frame
         self.timeouts = (open_timeout_s, read_timeout_s)
         self.connect_check = connect_check  # before every open: the network policy (raises CameraError)
         # API cameras: every failure before the first frame is handled alike (retried, never 'failed'), so the
@@ -304,6 +305,9 @@ class CameraReader:
                 first = False
                 size = self.frame_size(frame.height, frame.width) if self.frame_size else (frame.height, frame.width)
                 image = frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
+                masks = self.masks
+                if masks:  # before the frame leaves this thread: nothing downstream sees the masked pixels
+                    image = masks.apply(image if image.flags.writeable else image.copy())
                 self.resolution = (frame.height, frame.width)
                 self.handoff.put(Frame(self.seq, wall, now_mono, image))
                 self.seq += 1

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
+from livewatch.capture.masks import NO_MASKS, Masks
 from livewatch.capture.urlpolicy import canonical, check_host, check_text, ffmpeg_whitelists
 from livewatch.errors import CameraError
 from livewatch.log import redact_url
@@ -64,6 +65,7 @@ class SourceSpec:
     host: str | None = None  # network sources: the checked host (what the network policy resolves)
     max_pixels: int = SourceLimits.max_pixels  # decoder cap (FFmpeg's max_pixels) and the open-time check
     decoder_threads: int = SourceLimits.decoder_threads
+    masks: Masks = NO_MASKS  # privacy masks, painted on every sampled frame by the reader
 
 
 def _query_options(text: str) -> dict[str, str]:

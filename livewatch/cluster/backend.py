@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from livewatch.backend import BackendHooks
+from livewatch.capture.masks import Masks
 from livewatch.capture.source import SourceSpec
 from livewatch.cluster.messages import AnswerDone, AnswerText, Failed, FindDone, FindProgress, ShardAPI
 from livewatch.cluster.supervisor import Shard, Supervisor
@@ -81,6 +82,14 @@ class ClusterBackend:
 
     def camera_names(self) -> list[str]:
         return sorted(self.cluster.cameras)
+
+    def has_camera(self, name: str) -> bool:
+        return name in self.cluster.cameras
+
+    async def set_masks(self, name: str, masks: Masks) -> None:
+        if name not in self.cluster.cameras:
+            raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name!r}")
+        await self.cluster.set_masks(name, masks)
 
     async def attach(self, name: str, spec: SourceSpec | None, *, untrusted: bool, error: str | None,
                      wait: bool) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from livewatch.capture.masks import Masks
 from livewatch.capture.source import SourceSpec
 from livewatch.engine.results import WatchResult
 from livewatch.errors import ErrorCode, RequestError
@@ -71,6 +72,8 @@ class ShardAPI(Protocol):
     async def detach(self, name: str, delete: bool) -> None: ...
 
     async def set_watches(self, camera: str, watches: dict[str, str]) -> None: ...
+
+    async def set_masks(self, camera: str, masks: Masks) -> None: ...
 
     def watch_results(self) -> AsyncIterator[list[WatchResult]]: ...
 

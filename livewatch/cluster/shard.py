@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from livewatch.backend import BackendHooks
+from livewatch.capture.masks import Masks
 from livewatch.capture.source import SourceSpec
 from livewatch.cluster.messages import (
     AnswerDone, AnswerItem, AnswerText, Failed, FindDone, FindItem, FindProgress, ShardAPI,
@@ -110,6 +111,9 @@ class ShardHost(ShardAPI):
 
     async def set_watches(self, camera: str, watches: dict[str, str]) -> None:
         self.backend.set_watches(camera, watches)
+
+    async def set_masks(self, camera: str, masks: Masks) -> None:
+        await self.backend.set_masks(camera, masks)
 
     async def watch_results(self) -> AsyncIterator[list[WatchResult]]:
         """The watch results of this shard's cameras, as the engine produces them, for as long as the front reads."""

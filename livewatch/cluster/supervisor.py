@@ -25,10 +25,11 @@ import itertools
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from livewatch.capture.masks import Masks
 from livewatch.capture.source import SourceSpec
 from livewatch.cluster.messages import ShardAPI
 from livewatch.cluster.placement import Placement
@@ -350,6 +351,20 @@ class Supervisor:
             self.lost(shard, f"{method} failed ({exc})")
             return self.unavailable(camera, "its shard stopped")
         return self.unavailable(camera, "its shard is busy or unreachable")
+
+    async def set_masks(self, camera: str, masks: Masks) -> None:
+        """Kept in the camera's spec (an attach, on this shard or the next, sends it) and set on its shard now."""
+        async with self._lock(camera):
+            cam = self.cameras.get(camera)
+            if cam is None or cam.spec is None:
+                return
+            cam.spec = replace(cam.spec, masks=masks)
+            shard = self.shards.get(self.placement.owner.get(camera) or "")
+            if shard is not None and shard.state == "up" and cam.settled:
+                try:
+                    await self.backend.call(shard.handle, self.cfg.shard_timeout_s, ShardAPI.set_masks, camera, masks)
+                except ShardGone as exc:
+                    self.lost(shard, f"set_masks failed ({exc})")
 
     # -- watches --------------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ValidationError
 
+from livewatch.capture.masks import NO_MASKS, Masks, parse_masks
 from livewatch.capture.source import CaptureParams, SourceLimits
 from livewatch.config.sections import (
     DEFAULT_MODEL_ID,
@@ -58,6 +59,7 @@ class Camera:
 
     name: str
     url: str = field(repr=False)
+    masks: Masks = NO_MASKS
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ def resolve_camera(source: str, name: str, section: CameraSection, environ: dict
             url = with_credentials(url, section.username, password)
         except ValueError as exc:
             raise ConfigError(f"{source}: {what}.url: {exc}") from exc
-    return Camera(name=name, url=url)
+    return Camera(name=name, url=url, masks=parse_masks(section.masks))
 
 
 def parse_camera_override(text: str) -> tuple[str, str]:

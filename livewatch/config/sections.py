@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from livewatch.capture.masks import parse_masks
 from livewatch.capture.urlpolicy import DEFAULT_DENY, UrlPolicy, parse_networks
 from livewatch.names import CAMERA_NAME_RE
 
@@ -246,6 +247,17 @@ class CameraSection(_Section):
     username: str = Field("", description="User name inserted into the URL (kept out of logs).")
     password_env: str = Field("", description="Environment variable holding the camera password.")
     password_file: str = Field("", description="File holding the camera password.")
+    masks: list[list[float]] = Field(
+        default_factory=list,
+        description="Privacy masks: polygons [x1, y1, x2, y2, ...] in relative coordinates (0..1), painted black "
+                    "on every sampled frame before anything stores, scores or shows it.",
+    )
+
+    @field_validator("masks")
+    @classmethod
+    def _masks(cls, value: list[list[float]]) -> list[list[float]]:
+        parse_masks(value)  # ValueError says which polygon and why
+        return value
 
 
 class WatchSection(_Section):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from livewatch.backend import BackendHooks
+from livewatch.capture.masks import Masks
 from livewatch.capture.source import SourceSpec
 from livewatch.config import Settings
 from livewatch.engine.core import EncodeReport, EngineCore
@@ -129,6 +130,15 @@ class LocalBackend:
 
     def camera_names(self) -> list[str]:
         return sorted(self.cameras)
+
+    def has_camera(self, name: str) -> bool:
+        return name in self.cameras
+
+    async def set_masks(self, name: str, masks: Masks) -> None:
+        runtime = self.cameras.get(name)
+        if runtime is None:
+            raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name!r}")
+        runtime.set_masks(masks)
 
     def _network_check(self, spec: SourceSpec) -> Callable[[], None] | None:
         """For an API camera's host: resolve it and check every address against the network policy (run by the

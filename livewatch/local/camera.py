@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from livewatch.capture.handoff import LatestHandoff
+from livewatch.capture.masks import Masks
 from livewatch.capture.reader import CameraReader
 from livewatch.capture.source import CaptureParams, SourceSpec
 from livewatch.capture.policy import CameraState
@@ -83,6 +85,13 @@ class CameraRuntime:
         )
         self.reader.start()
         self._task = asyncio.create_task(self._pump(handoff), name=f"camera-{self.name}")
+
+    def set_masks(self, masks: Masks) -> None:
+        """From the reader's next sampled frame on (the reader reads its attribute once a frame)."""
+        if self.spec is not None:
+            self.spec = replace(self.spec, masks=masks)
+        if self.reader is not None:
+            self.reader.masks = masks
 
     async def _pump(self, handoff: LatestHandoff[Frame]) -> None:
         bind(camera=self.name)

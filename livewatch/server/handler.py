@@ -177,13 +177,15 @@ class Connection:
                 self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_OTHERS} requests other than questions in flight")
             else:
                 self._spawn(self._memory(req))
-        elif isinstance(req, (p.CameraAdd, p.CameraRemove, wp.WatchAdd, wp.WatchRemove)):
+        elif isinstance(req, (p.CameraAdd, p.CameraRemove, p.CameraMasks, wp.WatchAdd, wp.WatchRemove)):
             if len(self._others) >= _MAX_CAMERA_OPS:
                 self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera or watch operations in flight")
             elif isinstance(req, p.CameraAdd):
                 self._spawn(self._camera_add(req))
             elif isinstance(req, p.CameraRemove):
                 self._spawn(self._camera_remove(req))
+            elif isinstance(req, p.CameraMasks):
+                self._spawn(self._camera_masks(req))
             else:
                 self._spawn(self._watch_op(req))
         elif isinstance(req, wp.WatchList):
@@ -285,6 +287,14 @@ class Connection:
             self._request_failed(req.id, exc, "conn.camera_remove_failed")
         else:
             self.send(p.camera_removed_message(req.id, req.name))
+
+    async def _camera_masks(self, req: p.CameraMasks) -> None:
+        try:
+            masks = await self.service.camera_masks(req.camera, req.masks)
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.camera_masks_failed")
+        else:
+            self.send(p.camera_masks_message(req.id, req.camera, masks))
 
     async def _watch_op(self, req: wp.WatchAdd | wp.WatchRemove) -> None:
         try:

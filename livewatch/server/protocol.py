@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from livewatch.errors import ErrorCode
+from livewatch.capture.masks import Masks, parse_masks
+from livewatch.errors import ErrorCode, MaskError
 from livewatch.names import CAMERA_NAME_RULE, is_camera_name
 from livewatch.server import watchproto as wp
 
@@ -86,7 +87,16 @@ class CameraRemove:
     name: str
 
 
-Request = Ask | Cancel | Status | Memory | CameraAdd | CameraRemove | wp.WatchRequest
+@dataclass(frozen=True)
+class CameraMasks:
+    """Read a camera's privacy masks (``masks`` None) or replace them (an empty tuple clears them)."""
+
+    id: RequestId
+    camera: str
+    masks: Masks | None = None
+
+
+Request = Ask | Cancel | Status | Memory | CameraAdd | CameraRemove | CameraMasks | wp.WatchRequest
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,15 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
         name = _camera_name(f, "name", required=True)
         assert name is not None
         return CameraRemove(id=rid, name=name)
+    if kind == "camera.masks":
+        f = _Fields(obj, rid, {"camera", "masks"})
+        camera = _camera_name(f, "camera", required=True)
+        assert camera is not None
+        try:
+            masks = parse_masks(obj["masks"]) if "masks" in obj else None
+        except MaskError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"field 'masks': {exc}", rid) from None
+        return CameraMasks(id=rid, camera=camera, masks=masks)
     if kind in wp.KINDS:
         try:
             return wp.parse_watch_request(kind, obj, rid)
@@ -240,14 +259,15 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
             raise ProtocolError(exc.code, str(exc), rid) from None
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
-        f"unknown message type {kind[:64]!r} (known: ask, cancel, status, camera.add, camera.remove, "
+        f"unknown message type {kind[:64]!r} (known: ask, cancel, status, memory, camera.add, camera.remove, "
+        f"camera.masks, "
         f"{', '.join(wp.KINDS)})",
         rid,
     )
 
 
 _TYPES: dict[type, str] = {Ask: "ask", Cancel: "cancel", Status: "status", CameraAdd: "camera.add",
-                           CameraRemove: "camera.remove", wp.WatchAdd: "watch.add", wp.WatchRemove: "watch.remove",
+                           CameraRemove: "camera.remove", CameraMasks: "camera.masks", Memory: "memory", wp.WatchAdd: "watch.add", wp.WatchRemove: "watch.remove",
                            wp.WatchList: "watch.list", wp.WatchSubscribe: "watch.subscribe",
                            wp.WatchUnsubscribe: "watch.unsubscribe", wp.Find: "find"}
 _DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
@@ -255,8 +275,8 @@ _DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
 
 def encode_request(request: Request) -> str:
     """A typed request as the client sends it (the inverse of ``parse_request``; defaults and None left out)."""
-    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(request).items()
-              if v is not None and _DEFAULTS.get(k, object()) != v}
+    fields = {k: v.to_json() if isinstance(v, Masks) else list(v) if isinstance(v, tuple) else v
+              for k, v in vars(request).items() if v is not None and _DEFAULTS.get(k, object()) != v}
     return _dump({"type": _TYPES[type(request)], **fields})
 
 
@@ -321,3 +341,7 @@ def camera_added_message(request_id: RequestId, name: str, url: str) -> str:
 
 def camera_removed_message(request_id: RequestId, name: str) -> str:
     return _dump({"type": "camera.removed", "id": request_id, "name": name})
+
+
+def camera_masks_message(request_id: RequestId, camera: str, masks: Masks) -> str:
+    return _dump({"type": "camera.masks", "id": request_id, "camera": camera, "masks": masks.to_json()})

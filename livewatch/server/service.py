@@ -7,6 +7,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Protocol
 
+from livewatch.capture.masks import Masks
 from livewatch.errors import ErrorCode
 from livewatch.server import protocol as p
 from livewatch.server import watchproto as wp
@@ -30,6 +31,9 @@ class Service(Protocol):
     async def add_camera(self, name: str, url: str) -> str: ...
 
     async def remove_camera(self, name: str) -> None: ...
+
+    async def camera_masks(self, camera: str, masks: Masks | None) -> Masks:
+        """The camera's privacy masks, replaced first when ``masks`` is given (kept across restarts)."""
 
     async def add_watch(self, request: wp.WatchAdd) -> dict[str, Any]:
         """Add or replace a watch; returns it as stored."""
