@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     find_p.add_argument("--until", help="to (default now)")
     find_p.add_argument("--top", type=int, default=5, help="moments to show (1-50, default 5)")
     find_p.add_argument("--json", action="store_true", help="print the find.result message as JSON")
+
+    digest = sub.add_parser("digest", help="list the configured digests or run one now")
+    _add_client_args(digest)
+    digest_sub = digest.add_subparsers(dest="action", metavar="ACTION", required=True)
+    digest_ls = digest_sub.add_parser("ls", help="digests with their schedule, last and next run")
+    digest_ls.add_argument("--json", action="store_true", help="print the digest.list message as JSON")
+    digest_run = digest_sub.add_parser("run", help="run a digest now and print it (also pushed as scheduled)")
+    digest_run.add_argument("name")
+    digest_run.add_argument("--json", action="store_true", help="print the digest as JSON")
 
     events = sub.add_parser("events", help="follow watch events until Ctrl-C")
     _add_client_args(events)
@@ -248,6 +258,31 @@ def _masks(args: argparse.Namespace) -> Masks | None:
         raise ClientError("--set: not valid JSON", EXIT_USAGE) from None
 
 
+def _cmd_digest(args: argparse.Namespace) -> int:
+    from livewatch import client
+    from livewatch.server.protocol import DigestList, DigestRun
+
+    message = DigestList(id=client.new_id()) if args.action == "ls" else DigestRun(id=client.new_id(),
+                                                                                    digest=args.name)
+    reply = asyncio.run(client.request(args.url, _token(args), message))
+    if reply.get("type") == "error":
+        raise client.ClientError(f"{reply.get('code')}: {reply.get('message')}", client.EXIT_REQUEST_FAILED)
+    if args.json:
+        print(json.dumps(reply["digest"] if args.action == "run" else reply))
+    elif args.action == "ls":
+        def when(t: float | None) -> str:
+            return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+        for d in reply["digests"]:
+            print(f"{d['name']}\t{d['schedule']}\t{','.join(d['cameras'])}\tnext {when(d['next_run'])}\t"
+                  f"last {when(d['last_run'])}")
+    else:
+        for cam in reply["digest"]["cameras"]:
+            body = cam["text"] if "text" in cam else f"({cam['error']['code']}: {cam['error']['message']})"
+            print(f"[{cam['camera']}] {body}")
+    return 0
+
+
 def _hours(text: str | None) -> tuple[int, int] | None:
     from livewatch.client import EXIT_USAGE, ClientError
 
@@ -320,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "watch": _cmd_watch,
         "events": _cmd_events,
         "find": _cmd_find,
+        "digest": _cmd_digest,
         "check-config": _cmd_check_config,
     }
     try:

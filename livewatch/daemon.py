@@ -49,6 +49,8 @@ from livewatch.server.service import Admission
 from livewatch.server.watchproto import Find, WatchAdd
 from livewatch.statelock import StateDirLock
 from livewatch.watch_service import start_watches
+from livewatch.digests.service import DigestPlan, DigestService
+from livewatch.engine.prompting.prompt import iso_time, resolve_tz
 from livewatch.watches.manager import WatchManager
 
 # Descriptors kept back from connections: the frame store, each camera's socket and files, the model's files,
@@ -99,6 +101,7 @@ class Daemon:
         self._camera_lock = asyncio.Lock()
         self.bound_port: int | None = None
         self.watches: WatchManager | None = None
+        self.digests: DigestService | None = None
 
     # -- phase 1: startup ---------------------------------------------------------------------------------------
 
@@ -117,6 +120,10 @@ class Daemon:
         for name, spec in specs.items():
             await backend.attach(name, spec, untrusted=name in self.registry.added, error=errors.get(name), wait=False)
         self.watches.warn_missing()
+        plans = {name: DigestPlan(tuple(d.cameras), d.schedule, d.question, d.max_tokens) for name, d in s.digests.items()}
+        self.digests = DigestService(plans, s.state_dir, resolve_tz(s.model.timezone), self._digest_ask,
+                                     self.watches.publish_digest)
+        self.digests.start()
         await self._bind(tls)
         if self.notifier.watchdog_interval_s:
             self._watchdog = asyncio.create_task(self._ping_watchdog(self.notifier.watchdog_interval_s))
@@ -270,6 +277,8 @@ class Daemon:
             await self.http.close()
         if self.backend is not None:
             await self.backend.stop(max(1.0, self.settings.server.shutdown_timeout_s / 2))
+        if self.digests is not None:
+            await self.digests.stop()
         if self.watches is not None:
             await self.watches.stop()
         self.state_lock.release()
@@ -367,6 +376,22 @@ class Daemon:
             await asyncio.to_thread(self.registry.remove, name, configured)
             await asyncio.to_thread(self.masks.forget, name)
         log.info("camera.removed", camera=name)
+
+    async def _digest_ask(self, camera: str, question: str, since: float, until: float,
+                          max_tokens: int) -> tuple[str, list[dict[str, Any]]]:
+        tz = resolve_tz(self.settings.model.timezone)
+        request = Ask(id="digest", camera=camera, question=question, max_tokens=max_tokens,
+                      since=iso_time(since, tz), until=iso_time(until, tz))
+        answered = await self.ask(request, camera, lambda _: None, "digest")
+        return answered.text, answered.evidence
+
+    async def run_digest(self, name: str) -> dict[str, Any]:
+        if self.digests is None:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, "digests are not available")
+        return await self.digests.run(name)
+
+    def list_digests(self) -> dict[str, Any]:
+        return self.digests.list() if self.digests is not None else {"digests": [], "recent": []}
 
     async def camera_masks(self, camera: str, masks: Masks | None) -> Masks:
         backend = self._backend()

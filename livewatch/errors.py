@@ -37,6 +37,7 @@ class ErrorCode(str, Enum):
     UNAUTHORIZED = "unauthorized"  # (HTTP 401 before the upgrade; never sent on an open connection)
     UNKNOWN_CAMERA = "unknown_camera"
     UNKNOWN_WATCH = "unknown_watch"  # watch.remove of a name that is not a watch
+    UNKNOWN_DIGEST = "unknown_digest"  # digest.run of a name that is not a configured digest
     UNKNOWN_REQUEST = "unknown_request"  # cancel of an id with nothing in flight
     DUPLICATE_ID = "duplicate_id"  # an ask whose id is still in flight on this connection
     CAMERA_EXISTS = "camera_exists"
@@ -121,6 +122,10 @@ class TimeRangeError(RecoverableError, ValueError):
 
 class MaskError(RecoverableError, ValueError):
     """Privacy masks that are not a list of polygons in relative coordinates (the text says which and why)."""
+
+
+class ScheduleError(RecoverableError, ValueError):
+    """A digest's schedule that is neither an interval nor a cron expression (the text says why)."""
 
 
 class CancelledRequest(RecoverableError):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from livewatch.config.sections import WatchSection
+from livewatch.config.sections import CameraSection, DigestSection, WatchSection
 from livewatch.config import DEFAULT_MODEL_ID, FileConfig, load_settings, with_credentials
 from livewatch.errors import ConfigError
 
@@ -39,7 +39,7 @@ def test_shipped_config_documents_and_sets_every_key() -> None:
     data = tomllib.loads(text)
     defaults = FileConfig().model_dump()
     for section, fields in defaults.items():
-        if section in ("cameras", "watches"):  # tables of named entries: their keys are listed in comments
+        if section in ("cameras", "watches", "digests"):  # tables of named entries: their keys are in comments
             continue
         assert set(data[section]) == set(fields), f"[{section}] keys differ from the schema"
         for key, value in fields.items():
@@ -47,10 +47,12 @@ def test_shipped_config_documents_and_sets_every_key() -> None:
             block = text.split(f"[{section}]", 1)[1]
             m = re.search(rf"((?:^#.*\n)+){re.escape(key)} = ", block, re.M)
             assert m, f"{section}.{key} has no comment above it"
-    for key in ("url", "username", "password_env", "password_file"):
+    for key in CameraSection.model_fields:
         assert re.search(rf"^#\s+{key}\s+\S", text, re.M), f"camera key {key} is not documented"
     for key in WatchSection.model_fields:
         assert re.search(rf"^#\s+{key}\s+\S", text, re.M), f"watch key {key} is not documented"
+    for key in DigestSection.model_fields:
+        assert re.search(rf"^#\s+{key}\s+\S", text, re.M), f"digest key {key} is not documented"
 
 
 def test_unknown_key_names_key_file_and_allowed(tmp_path: Path) -> None:
@@ -213,3 +215,14 @@ def test_watches_and_event_sinks_from_the_config(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             load_settings(write(tmp_path, bad), environ={})
+
+
+def test_digests_are_checked(tmp_path: Path) -> None:
+    ok = load_settings(write(tmp_path, '[digests.evening]\ncameras = ["demo"]\nschedule = "0 18 * * *"\n'), environ={})
+    assert ok.digests["evening"].schedule == "0 18 * * *" and ok.digests["evening"].max_tokens == 160
+    for body, message in [('cameras = ["demo"]\nschedule = "0 25 * * *"\n', "hour: '25' is outside 0-23"),
+                          ('cameras = []\nschedule = "1h"\n', "digests.evening.cameras"),
+                          ('cameras = ["demo"]\nschedule = "1h"\nquestion = ""\n', "digests.evening.question"),
+                          ('cameras = ["demo"]\n', "digests.evening.schedule")]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(write(tmp_path, "[digests.evening]\n" + body), environ={})

@@ -28,6 +28,7 @@ from livewatch.config.sections import (
     CameraSection,
     CaptureSection,
     ClusterSection,
+    DigestSection,
     EventsSection,
     FileConfig,
     LogSection,
@@ -46,7 +47,7 @@ from livewatch.names import CAMERA_NAME_RULE, is_camera_name
 from livewatch.server.limits import ServerLimits
 
 __all__ = [
-    "DEFAULT_MODEL_ID", "DEMO_CAMERA_URL", "Camera", "CameraSection", "CaptureSection", "ClusterSection", "FileConfig",
+    "DEFAULT_MODEL_ID", "DEMO_CAMERA_URL", "Camera", "CameraSection", "CaptureSection", "ClusterSection", "DigestSection", "FileConfig",
     "LogSection",
     "MemorySection", "ModelSection", "SecuritySection", "ServerSection", "Settings", "StateSection", "load_settings",
     "parse_config", "read_config_file", "with_credentials",
@@ -79,6 +80,7 @@ class Settings:
     warnings: tuple[str, ...] = ()  # logged by the daemon once logging is set up (e.g. a world-readable token file)
     events: EventsSection = EventsSection()
     watches: dict[str, WatchSpec] = field(default_factory=dict)
+    digests: dict[str, DigestSection] = field(default_factory=dict)
     webhook_secret: str | None = field(default=None, repr=False)
     mqtt_password: str | None = field(default=None, repr=False)
     cluster: ClusterSection = ClusterSection()
@@ -363,6 +365,7 @@ def load_settings(
         warnings=tuple(warnings),
         events=cfg.events,
         watches=watches,
+        digests=dict(cfg.digests),
         webhook_secret=webhook_secret,
         mqtt_password=mqtt_password,
         cluster=cfg.cluster,

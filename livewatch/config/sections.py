@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from livewatch.capture.masks import parse_masks
+from livewatch.digests.schedule import parse_schedule
 from livewatch.capture.urlpolicy import DEFAULT_DENY, UrlPolicy, parse_networks
 from livewatch.names import CAMERA_NAME_RE
 
@@ -281,6 +282,27 @@ class WatchSection(_Section):
         return self
 
 
+DEFAULT_DIGEST_QUESTION = ("Summarize what happened in these frames: who or what came and went, and when. "
+                           "Say so plainly if nothing happened.")
+
+
+class DigestSection(_Section):
+    cameras: list[Annotated[str, Field(pattern=CAMERA_NAME_RE)]] = Field(
+        ..., min_length=1, max_length=64, description="The cameras the digest summarizes, each answered on its own."
+    )
+    schedule: str = Field(..., description='When it runs: an interval ("30m", "2h", "1d") or cron ("0 18 * * *"), '
+                                           "in model.timezone.")
+    question: str = Field(DEFAULT_DIGEST_QUESTION, min_length=1, max_length=500,
+                          description="What each camera's range is asked.")
+    max_tokens: int = Field(160, ge=1, le=1024, description="Length of each camera's answer.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value).next_after(0.0, None)  # ScheduleError (a ValueError) says why
+        return value
+
+
 class EventsSection(_Section):
     queue_size: int = Field(256, ge=1, le=100000, description="Events a sink holds while it cannot deliver.")
     describe_tokens: int = Field(48, ge=1, le=512, description="Length of a 'describe' watch's description.")
@@ -380,4 +402,7 @@ class FileConfig(_Section):
     cluster: ClusterSection = ClusterSection()
     watches: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], WatchSection] = Field(
         default_factory=dict, description="Watches by name: standing yes/no questions delivered as events."
+    )
+    digests: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], DigestSection] = Field(
+        default_factory=dict, description="Digests by name: range questions answered and pushed on a schedule."
     )

@@ -177,7 +177,9 @@ class Connection:
                 self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_OTHERS} requests other than questions in flight")
             else:
                 self._spawn(self._memory(req))
-        elif isinstance(req, (p.CameraAdd, p.CameraRemove, p.CameraMasks, wp.WatchAdd, wp.WatchRemove)):
+        elif isinstance(req, p.DigestList):
+            self.send(p.digest_list_message(req.id, self.service.list_digests()))
+        elif isinstance(req, (p.CameraAdd, p.CameraRemove, p.CameraMasks, p.DigestRun, wp.WatchAdd, wp.WatchRemove)):
             if len(self._others) >= _MAX_CAMERA_OPS:
                 self._error(req.id, ErrorCode.BUSY, f"at most {_MAX_CAMERA_OPS} camera or watch operations in flight")
             elif isinstance(req, p.CameraAdd):
@@ -186,6 +188,8 @@ class Connection:
                 self._spawn(self._camera_remove(req))
             elif isinstance(req, p.CameraMasks):
                 self._spawn(self._camera_masks(req))
+            elif isinstance(req, p.DigestRun):
+                self._spawn(self._digest_run(req))
             else:
                 self._spawn(self._watch_op(req))
         elif isinstance(req, wp.WatchList):
@@ -287,6 +291,14 @@ class Connection:
             self._request_failed(req.id, exc, "conn.camera_remove_failed")
         else:
             self.send(p.camera_removed_message(req.id, req.name))
+
+    async def _digest_run(self, req: p.DigestRun) -> None:
+        try:
+            digest = await self.service.run_digest(req.digest)
+        except Exception as exc:
+            self._request_failed(req.id, exc, "conn.digest_run_failed")
+        else:
+            self.send(p.digest_result_message(req.id, digest))
 
     async def _camera_masks(self, req: p.CameraMasks) -> None:
         try:

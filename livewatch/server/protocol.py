@@ -96,7 +96,19 @@ class CameraMasks:
     masks: Masks | None = None
 
 
-Request = Ask | Cancel | Status | Memory | CameraAdd | CameraRemove | CameraMasks | wp.WatchRequest
+@dataclass(frozen=True)
+class DigestRun:
+    id: RequestId
+    digest: str
+
+
+@dataclass(frozen=True)
+class DigestList:
+    id: RequestId
+
+
+Request = Ask | Cancel | Status | Memory | CameraAdd | CameraRemove | CameraMasks | DigestRun | DigestList | \
+    wp.WatchRequest
 
 
 @dataclass(frozen=True)
@@ -252,6 +264,13 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
         except MaskError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"field 'masks': {exc}", rid) from None
         return CameraMasks(id=rid, camera=camera, masks=masks)
+    if kind == "digest.run":
+        name = _camera_name(_Fields(obj, rid, {"digest"}), "digest", required=True)  # names follow the same rule
+        assert name is not None
+        return DigestRun(id=rid, digest=name)
+    if kind == "digest.list":
+        _Fields(obj, rid, set())
+        return DigestList(id=rid)
     if kind in wp.KINDS:
         try:
             return wp.parse_watch_request(kind, obj, rid)
@@ -260,14 +279,15 @@ def parse_request(text: str | bytes, limits: Limits = Limits()) -> Request:
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
         f"unknown message type {kind[:64]!r} (known: ask, cancel, status, memory, camera.add, camera.remove, "
-        f"camera.masks, "
+        f"camera.masks, digest.run, digest.list, "
         f"{', '.join(wp.KINDS)})",
         rid,
     )
 
 
 _TYPES: dict[type, str] = {Ask: "ask", Cancel: "cancel", Status: "status", CameraAdd: "camera.add",
-                           CameraRemove: "camera.remove", CameraMasks: "camera.masks", Memory: "memory", wp.WatchAdd: "watch.add", wp.WatchRemove: "watch.remove",
+                           CameraRemove: "camera.remove", CameraMasks: "camera.masks", Memory: "memory",
+                           DigestRun: "digest.run", DigestList: "digest.list", wp.WatchAdd: "watch.add", wp.WatchRemove: "watch.remove",
                            wp.WatchList: "watch.list", wp.WatchSubscribe: "watch.subscribe",
                            wp.WatchUnsubscribe: "watch.unsubscribe", wp.Find: "find"}
 _DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
@@ -341,6 +361,14 @@ def camera_added_message(request_id: RequestId, name: str, url: str) -> str:
 
 def camera_removed_message(request_id: RequestId, name: str) -> str:
     return _dump({"type": "camera.removed", "id": request_id, "name": name})
+
+
+def digest_result_message(request_id: RequestId, digest: dict[str, Any]) -> str:
+    return _dump({"type": "digest.result", "id": request_id, "digest": digest})
+
+
+def digest_list_message(request_id: RequestId, listing: dict[str, Any]) -> str:
+    return _dump({"type": "digest.list", "id": request_id, **listing})
 
 
 def camera_masks_message(request_id: RequestId, camera: str, masks: Masks) -> str:

@@ -32,6 +32,11 @@ class Service(Protocol):
 
     async def remove_camera(self, name: str) -> None: ...
 
+    async def run_digest(self, name: str) -> dict[str, Any]:
+        """Run a configured digest now; the digest (also pushed to subscribers and sinks)."""
+
+    def list_digests(self) -> dict[str, Any]: ...
+
     async def camera_masks(self, camera: str, masks: Masks | None) -> Masks:
         """The camera's privacy masks, replaced first when ``masks`` is given (kept across restarts)."""
 

@@ -44,6 +44,8 @@ class EventSink(Protocol):
 
     def publish_event(self, event: WatchEvent) -> None: ...
 
+    def publish_digest(self, digest: dict[str, Any]) -> None: ...
+
     def watch_changed(self, spec: WatchSpec, present: bool) -> None: ...
 
     def watch_state(self, spec: WatchSpec, on: bool) -> None: ...
@@ -290,6 +292,15 @@ class WatchManager:
         for sink in self.sinks:
             sink.publish_event(event)
         self.events_sent += 1
+
+    def publish_digest(self, digest: dict[str, Any]) -> None:
+        """A digest to the subscribers of every watch (``watch.subscribe`` without names) and to the sinks."""
+        text = json.dumps(digest, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        for names, send in list(self._subscribers.values()):
+            if names is None:
+                send(text)
+        for sink in self.sinks:
+            sink.publish_digest(digest)
 
     async def _follow_with_description(self, watch: _Watch, event: WatchEvent) -> None:
         if self._budget is not None:

@@ -5,6 +5,7 @@ Topics (``PREFIX`` is ``topic_prefix``, default ``livewatch``; ``DISCOVERY`` is 
 
     PREFIX/CAMERA/WATCH/event     every WatchEvent as its wire JSON; QoS 1, not retained
     PREFIX/CAMERA/WATCH/state     ON / OFF: whether the condition holds now; QoS 1, retained
+    PREFIX/digest/NAME            every digest as its wire JSON; QoS 1, retained (the latest of each digest)
     PREFIX/status                 online / offline: the birth message after each connect, the last will, and
                                   "offline" again on a clean stop (a clean DISCONNECT drops the will); retained
     DISCOVERY/binary_sensor/livewatch_CAMERA_WATCH/config
@@ -48,7 +49,7 @@ from livewatch import __version__
 from livewatch.log import get_logger, redact_text, redact_url
 from livewatch.watches.events import WatchEvent, WatchSpec
 from livewatch.errors import DeliveryError
-from livewatch.watches.sinks import Outgoing, Sink, SinkOptions, WatchAdded, WatchRemoved, WatchState
+from livewatch.watches.sinks import DigestOut, Outgoing, Sink, SinkOptions, WatchAdded, WatchRemoved, WatchState
 
 log = get_logger("livewatch.sinks")
 
@@ -93,6 +94,9 @@ class Topics:
 
     def state(self, camera: str, watch: str) -> str:
         return f"{self.prefix}/{segment(camera)}/{segment(watch)}/state"
+
+    def digest(self, name: str) -> str:
+        return f"{self.prefix}/digest/{segment(name)}"
 
     def object_id(self, camera: str, watch: str) -> str:
         """Home Assistant's object id and unique id; it allows only [A-Za-z0-9_-], so '.' becomes '_'."""
@@ -239,6 +243,8 @@ class MqttSink(Sink):
             self._set(self.topics.state(*key), CLEAR)
             self._watches.pop(key, None)
             return [item]
+        if isinstance(item, DigestOut):
+            return [item]
         if isinstance(item, WatchState):
             on = item.on
         elif item.kind in ("started", "ended"):
@@ -267,6 +273,9 @@ class MqttSink(Sink):
             await self._publish(client, self.topics.event(item.camera, item.watch), body, retain=False)
         elif isinstance(item, WatchState):
             await self._publish_retained(client, self.topics.state(item.camera, item.watch))
+        elif isinstance(item, DigestOut):
+            body = json.dumps(item.message, separators=(",", ":"), allow_nan=False).encode()
+            await self._publish(client, self.topics.digest(item.message["digest"]), body, retain=True)
         else:
             camera, watch = (item.spec.camera, item.spec.name) if isinstance(item, WatchAdded) else \
                 (item.camera, item.watch)

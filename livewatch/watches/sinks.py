@@ -63,7 +63,14 @@ class WatchRemoved:
     watch: str
 
 
-Outgoing: TypeAlias = WatchEvent | WatchState | WatchAdded | WatchRemoved
+@dataclass(frozen=True)
+class DigestOut:
+    """A digest (``livewatch.digests``) as its wire JSON: the webhook posts it, MQTT publishes it."""
+
+    message: dict[str, Any]
+
+
+Outgoing: TypeAlias = WatchEvent | WatchState | WatchAdded | WatchRemoved | DigestOut
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,9 @@ class Sink(ABC):
 
     def publish_event(self, event: WatchEvent) -> None:
         self.offer(event)
+
+    def publish_digest(self, digest: dict[str, Any]) -> None:
+        self.offer(DigestOut(digest))
 
     def watch_changed(self, spec: WatchSpec, present: bool) -> None:
         self.offer(WatchAdded(spec) if present else WatchRemoved(spec.camera, spec.name))

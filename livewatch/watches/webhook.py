@@ -32,7 +32,7 @@ from livewatch import __version__
 from livewatch.log import get_logger, redact_url
 from livewatch.watches.events import WatchEvent
 from livewatch.errors import DeliveryError
-from livewatch.watches.sinks import Outgoing, Sink, SinkOptions
+from livewatch.watches.sinks import DigestOut, Outgoing, Sink, SinkOptions
 
 log = get_logger("livewatch.sinks")
 
@@ -82,7 +82,7 @@ class WebhookSink(Sink):
         return f"WebhookSink(name={self.name!r}, url={self.target!r})"
 
     def accepts(self, item: Outgoing) -> bool:
-        return isinstance(item, WatchEvent)
+        return isinstance(item, (WatchEvent, DigestOut))
 
     def client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -94,8 +94,8 @@ class WebhookSink(Sink):
         return self._http
 
     async def deliver(self, item: Outgoing) -> None:
-        assert isinstance(item, WatchEvent)  # accepts() lets only events in
-        body = encode(item.to_message())
+        assert isinstance(item, (WatchEvent, DigestOut))  # accepts() lets only these in
+        body = encode(item.to_message() if isinstance(item, WatchEvent) else item.message)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body)}
         try:
             async with asyncio.timeout(self.timeout_s):

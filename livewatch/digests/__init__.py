@@ -1,0 +1,1 @@
+"""Digests: summaries of what the cameras saw, pushed on a schedule."""
