@@ -149,7 +149,11 @@ class Daemon:
             log.error("masks.unreadable", error=str(exc), moved_to=str(aside) if aside else None)
         specs: dict[str, SourceSpec | None] = {}
         errors: dict[str, str] = {}
-        for cam in self.registry.effective(s.cameras):
+        for cam in sorted(self.registry.effective(s.cameras), key=lambda c: bool(c.source)):  # zones after sources
+            if cam.source:
+                specs[cam.name] = SourceSpec("zone", cam.source, redacted=f"zone of {cam.source}", crop=cam.crop,
+                                             masks=self.masks.masks(cam))
+                continue
             saved = cam.name in self.registry.added
             try:
                 if saved and len(specs) >= s.security.max_cameras:  # a planted or old list: the bound holds here too

@@ -124,6 +124,10 @@ class MaskError(RecoverableError, ValueError):
     """Privacy masks that are not a list of polygons in relative coordinates (the text says which and why)."""
 
 
+class ZoneError(RecoverableError, ValueError):
+    """A zone camera's crop or source that cannot work (the text says why)."""
+
+
 class ScheduleError(RecoverableError, ValueError):
     """A digest's schedule that is neither an interval nor a cron expression (the text says why)."""
 

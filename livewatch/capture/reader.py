@@ -20,6 +20,7 @@ from typing import Any
 
 import av
 
+from livewatch.capture.zones import ZoneTap, feed_all, parent_frame
 from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.policy import Backoff, CameraState, Supervisor
 from livewatch.capture.sampler import Sampler, WallClock
@@ -91,6 +92,7 @@ class CameraReader:
         self.fps = fps
         self.frame_size = frame_size
         self.masks = spec.masks  # replaced whole by the daemon (set_masks): read once per sampled frame
+        self.taps: tuple[ZoneTap, ...] = ()  # zones cut from this camera's frames (replaced whole, read per frame)
         self.timeouts = (open_timeout_s, read_timeout_s)
         self.connect_check = connect_check  # before every open: the network policy (raises CameraError)
         # API cameras: every failure before the first frame is handled alike (retried, never 'failed'), so the
@@ -304,10 +306,16 @@ class CameraReader:
                         self.gaps.append((previous, wall - previous))
                 first = False
                 size = self.frame_size(frame.height, frame.width) if self.frame_size else (frame.height, frame.width)
-                image = frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
-                masks = self.masks
-                if masks:  # before the frame leaves this thread: nothing downstream sees the masked pixels
-                    image = masks.apply(image if image.flags.writeable else image.copy())
+                masks, taps = self.masks, self.taps
+                if taps:  # zones: one conversion at full resolution, masked, then each crop and this frame's own
+                    full = frame.to_ndarray(format="rgb24")
+                    full = masks.apply(full if full.flags.writeable else full.copy())
+                    feed_all(taps, full, wall, now_mono)
+                    image = parent_frame(full, size)
+                else:
+                    image = frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
+                    if masks:  # before the frame leaves this thread: nothing downstream sees the masked pixels
+                        image = masks.apply(image if image.flags.writeable else image.copy())
                 self.resolution = (frame.height, frame.width)
                 self.handoff.put(Frame(self.seq, wall, now_mono, image))
                 self.seq += 1

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from livewatch.capture.masks import NO_MASKS, Masks
+from livewatch.capture.zones import Crop
 from livewatch.capture.urlpolicy import canonical, check_host, check_text, ffmpeg_whitelists
 from livewatch.errors import CameraError
 from livewatch.log import redact_url
@@ -54,7 +55,7 @@ class CaptureParams:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # rtsp | http | file | webcam | testsrc
+    kind: str  # rtsp | http | file | webcam | testsrc | zone
     target: str = field(repr=False)  # what av.open receives (may hold credentials)
     format: str | None = None
     options: dict[str, str] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class SourceSpec:
     max_pixels: int = SourceLimits.max_pixels  # decoder cap (FFmpeg's max_pixels) and the open-time check
     decoder_threads: int = SourceLimits.decoder_threads
     masks: Masks = NO_MASKS  # privacy masks, painted on every sampled frame by the reader
+    crop: Crop | None = None  # kind "zone": the rectangle of the parent camera (``target``) it is cut from
 
 
 def _query_options(text: str) -> dict[str, str]:

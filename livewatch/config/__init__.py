@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from livewatch.capture.masks import NO_MASKS, Masks, parse_masks
 from livewatch.capture.source import CaptureParams, SourceLimits
+from livewatch.capture.zones import Crop, parse_crop
 from livewatch.config.sections import (
     DEFAULT_MODEL_ID,
     DEMO_CAMERA_URL,
@@ -61,6 +62,8 @@ class Camera:
     name: str
     url: str = field(repr=False)
     masks: Masks = NO_MASKS
+    source: str = ""  # a zone: the camera it is cut from (url is then empty)
+    crop: Crop | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,9 @@ def with_credentials(url: str, username: str, password: str | None) -> str:
 
 def resolve_camera(source: str, name: str, section: CameraSection, environ: dict[str, str]) -> Camera:
     what = f"cameras.{name}"
+    if section.source:
+        return Camera(name=name, url="", masks=parse_masks(section.masks), source=section.source,
+                      crop=parse_crop(section.crop))
     password = _read_secret(source, what, section.password_env, section.password_file, environ)
     if section.password_env and password is None and not section.password_file:
         raise ConfigError(f"{source}: {what}.password_env: environment variable {section.password_env} is not set")

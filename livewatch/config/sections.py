@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from livewatch.capture.masks import parse_masks
+from livewatch.capture.zones import parse_crop
 from livewatch.digests.schedule import parse_schedule
 from livewatch.capture.urlpolicy import DEFAULT_DENY, UrlPolicy, parse_networks
 from livewatch.names import CAMERA_NAME_RE
@@ -244,7 +245,11 @@ class LogSection(_Section):
 
 
 class CameraSection(_Section):
-    url: str = Field(..., min_length=1, description="Camera URL: rtsp(s)://, http(s)://, file path, /dev/videoN, testsrc://.")
+    url: str = Field("", description="Camera URL: rtsp(s)://, http(s)://, file path, /dev/videoN, testsrc:// "
+                                      "(or source and crop for a zone).")
+    source: str = Field("", description="A zone: the camera whose decoded frames it is cut from (instead of url).")
+    crop: list[float] = Field(default_factory=list, description="A zone's rectangle [x, y, w, h] of its source, "
+                                                                "relative (0..1).")
     username: str = Field("", description="User name inserted into the URL (kept out of logs).")
     password_env: str = Field("", description="Environment variable holding the camera password.")
     password_file: str = Field("", description="File holding the camera password.")
@@ -259,6 +264,18 @@ class CameraSection(_Section):
     def _masks(cls, value: list[list[float]]) -> list[list[float]]:
         parse_masks(value)  # ValueError says which polygon and why
         return value
+
+    @model_validator(mode="after")
+    def _url_or_zone(self) -> CameraSection:
+        if bool(self.url) == bool(self.source):
+            raise ValueError("a camera has either a url or a source (a zone of that camera), not both or neither")
+        if self.source:
+            parse_crop(self.crop)  # ZoneError (a ValueError) says why
+            if self.username or self.password_env or self.password_file:
+                raise ValueError("a zone has no credentials of its own: its source camera has them")
+        elif self.crop:
+            raise ValueError("crop is for zones: give source too")
+        return self
 
 
 class WatchSection(_Section):
@@ -406,3 +423,17 @@ class FileConfig(_Section):
     digests: dict[Annotated[str, Field(pattern=CAMERA_NAME_RE)], DigestSection] = Field(
         default_factory=dict, description="Digests by name: range questions answered and pushed on a schedule."
     )
+
+    @model_validator(mode="after")
+    def _zones(self) -> FileConfig:
+        for name, cam in self.cameras.items():
+            if not cam.source:
+                continue
+            source = self.cameras.get(cam.source)
+            if source is None or source.source:
+                raise ValueError(f"cameras.{name}.source: {cam.source!r} is not a camera with a url of this file "
+                                 "(a zone is cut from a camera, not from another zone)")
+            if self.cluster.backend == "ray":
+                raise ValueError(f"cameras.{name}: zones run with cluster.backend = \"local\" only (a zone shares "
+                                 "its source's decoder, which a shard would have to own too)")
+        return self

@@ -167,6 +167,13 @@ class LocalBackend:
             return
         assert self.worker is not None
         frame_size = self._frame_size()  # capture converts to it, memory stores at it: the model's pixel cap
+        parent = None
+        if spec is not None and spec.kind == "zone":
+            parent = self.cameras.get(spec.target)
+            if parent is None or parent.spec is None or parent.spec.kind == "zone":
+                error = f"zone of {spec.target!r}: that camera is not running here (a zone's source must be a " \
+                        "running camera with a URL)"
+                spec, parent = None, None
         store = await asyncio.to_thread(self.stores.open_camera, name)
         memory = CameraMemory(name, self.settings.memory_params(frame_size), store)
         await asyncio.to_thread(memory.restore)  # a store it cannot read leaves it running from RAM (logged)
@@ -177,6 +184,8 @@ class LocalBackend:
         )
         self.cameras[name] = runtime
         runtime.start()
+        if parent is not None and spec is not None:
+            runtime.link(parent)
         log.info("camera.attached", camera=name, source=spec.redacted if spec else None, failed=spec is None)
 
     async def detach(self, name: str, *, delete: bool) -> None:
@@ -184,6 +193,9 @@ class LocalBackend:
         runtime = self.cameras.pop(name, None)
         if runtime is None:
             raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {name!r}")
+        for zone in [rt for rt in self.cameras.values() if rt.parent is runtime]:
+            zone.unlink(error=f"its source camera {name!r} was removed")
+            log.warning("camera.zone_orphaned", camera=zone.name, source=name)
         await runtime.stop()
         if delete:
             await asyncio.to_thread(runtime.memory.delete_all)

@@ -23,6 +23,7 @@ from typing import Any
 
 from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.masks import Masks
+from livewatch.capture.zones import ZoneTap
 from livewatch.capture.reader import CameraReader
 from livewatch.capture.source import CaptureParams, SourceSpec
 from livewatch.capture.policy import CameraState
@@ -61,6 +62,9 @@ class CameraRuntime:
         self._task: asyncio.Task[None] | None = None
         self.memory_stats: dict[str, Any] = memory.stats()
         self.context: list[FramePair] = []  # the pairs last published (the page's strip reads them)
+        self.taps: list[ZoneTap] = []  # this camera's zones (the reader feeds them)
+        self.tap: ZoneTap | None = None  # a zone's own tap
+        self.parent: CameraRuntime | None = None  # a zone's parent, while it runs
 
     def start(self) -> None:
         pairs, version = self.memory.context()
@@ -72,6 +76,11 @@ class CameraRuntime:
             return
         loop = asyncio.get_running_loop()
         handoff: LatestHandoff[Frame] = LatestHandoff(loop, maxlen=8)
+        if self.spec.kind == "zone":
+            assert self.spec.crop is not None
+            self.tap = ZoneTap(self.name, self.spec.crop, self._frame_size, handoff, self.spec.masks)
+            self._task = asyncio.create_task(self._pump(handoff), name=f"camera-{self.name}")
+            return  # fed by its parent's reader once linked (``link``)
         self.reader = CameraReader(
             self.name,
             self.spec,
@@ -83,8 +92,29 @@ class CameraRuntime:
             connect_check=self._connect_check,
             uniform_errors=self.untrusted,
         )
+        self.reader.taps = tuple(self.taps)
         self.reader.start()
         self._task = asyncio.create_task(self._pump(handoff), name=f"camera-{self.name}")
+
+    # -- zones --------------------------------------------------------------------------------------------------
+
+    def link(self, parent: CameraRuntime) -> None:
+        """This zone is fed by ``parent``'s reader from its next sampled frame."""
+        assert self.tap is not None
+        self.parent = parent
+        parent.taps.append(self.tap)
+        if parent.reader is not None:
+            parent.reader.taps = tuple(parent.taps)
+
+    def unlink(self, error: str | None = None) -> None:
+        """No longer fed (stopped, or ``error``: the parent went away, which the zone's state then says)."""
+        parent, self.parent = self.parent, None
+        if parent is not None and self.tap in parent.taps:
+            parent.taps.remove(self.tap)
+            if parent.reader is not None:
+                parent.reader.taps = tuple(parent.taps)
+        if error is not None:
+            self.start_error = error
 
     def set_masks(self, masks: Masks) -> None:
         """From the reader's next sampled frame on (the reader reads its attribute once a frame)."""
@@ -92,6 +122,8 @@ class CameraRuntime:
             self.spec = replace(self.spec, masks=masks)
         if self.reader is not None:
             self.reader.masks = masks
+        if self.tap is not None:
+            self.tap.masks = masks
 
     async def _pump(self, handoff: LatestHandoff[Frame]) -> None:
         bind(camera=self.name)
@@ -145,6 +177,9 @@ class CameraRuntime:
         """Stop the reader, let the pump drain what was sampled, flush the lone frame."""
         if self.reader is not None:
             await asyncio.to_thread(self.reader.stop, timeout)
+        if self.tap is not None:  # a zone: no more frames from the parent; the pump ends after the last one
+            self.unlink()
+            self.tap.handoff.close()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout)
@@ -154,11 +189,22 @@ class CameraRuntime:
                 pass  # already logged by the pump
 
     def reader_stats(self) -> dict[str, Any]:
+        if self.tap is not None:  # a zone: its parent's decoder, its own frames
+            parent = self.parent
+            if parent is None:
+                return {"state": CameraState.FAILED.value, "frames_sampled": self.tap.sampled, "frames_dropped": 0,
+                        "reconnects": 0, "last_error": self.start_error, "zone_of": self.spec.target
+                        if self.spec else None, "decoder": "none"}
+            stats = parent.reader_stats()
+            return {"state": stats["state"], "frames_sampled": self.tap.sampled, "frames_dropped": 0,
+                    "reconnects": stats.get("reconnects", 0), "last_error": stats.get("last_error"),
+                    "zone_of": parent.name, "decoder": "parent",
+                    "resolution": list(self.tap.size) if self.tap.size else None}
         if self.reader is None:
             state = CameraState.FAILED if self.spec is None else CameraState.STOPPED
             return {"state": state.value, "frames_sampled": 0, "frames_dropped": 0, "reconnects": 0,
                     "last_error": self.start_error if self.spec is None else None}
-        stats = self.reader.stats()
+        stats = {**self.reader.stats(), "decoder": "own", "zones": [t.name for t in self.taps]}
         if self.untrusted and stats.get("last_error"):
             stats["last_error"] = "the camera could not be opened or read; the daemon's log has the detail"
         return stats
