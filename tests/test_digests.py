@@ -134,7 +134,7 @@ def test_a_digest_on_a_one_minute_schedule_reaches_everyone(make_daemon, tmp_pat
         headers = {"Authorization": f"Bearer {TOKEN}"}
 
         async def main() -> dict:
-            async with Subscriber(broker.port, "livewatch/digest/#") as sub:
+            async with Subscriber(broker.port, "livewatch/digest/#", "homeassistant/sensor/#") as sub:
                 async with websockets.connect(d.url, additional_headers=headers) as ws:
                     await ws.send(json.dumps({"type": "watch.subscribe", "id": 1}))
                     while True:  # the next minute's digest, as the subscriber of every watch gets it
@@ -144,7 +144,11 @@ def test_a_digest_on_a_one_minute_schedule_reaches_everyone(make_daemon, tmp_pat
                 await sub.wait("livewatch/digest/minute", timeout=30)
                 await until(lambda: any(r["body"].get("type") == "digest" for r in hook.requests), timeout=30)
                 pushed = json.loads(sub.on("livewatch/digest/minute")[0][0])
+                await sub.wait("homeassistant/sensor/livewatch_digest_minute/config", timeout=10)
+                sensor = json.loads(sub.on("homeassistant/sensor/livewatch_digest_minute/config")[0][0])
             assert pushed["id"] == message["id"]
+            assert sensor["state_topic"] == sensor["json_attributes_topic"] == "livewatch/digest/minute"
+            assert sensor["unique_id"] == "livewatch_digest_minute" and "value_template" in sensor
             return message
 
         digest = asyncio.run(main())

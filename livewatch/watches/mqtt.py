@@ -6,6 +6,9 @@ Topics (``PREFIX`` is ``topic_prefix``, default ``livewatch``; ``DISCOVERY`` is 
     PREFIX/CAMERA/WATCH/event     every WatchEvent as its wire JSON; QoS 1, not retained
     PREFIX/CAMERA/WATCH/state     ON / OFF: whether the condition holds now; QoS 1, retained
     PREFIX/digest/NAME            every digest as its wire JSON; QoS 1, retained (the latest of each digest)
+    DISCOVERY/sensor/livewatch_digest_NAME/config
+                                  Home Assistant's discovery config of the digest as a sensor (state: the start of
+                                  its answers; attributes: the digest); retained, published with its first digest
     PREFIX/status                 online / offline: the birth message after each connect, the last will, and
                                   "offline" again on a clean stop (a clean DISCONNECT drops the will); retained
     DISCOVERY/binary_sensor/livewatch_CAMERA_WATCH/config
@@ -98,6 +101,9 @@ class Topics:
     def digest(self, name: str) -> str:
         return f"{self.prefix}/digest/{segment(name)}"
 
+    def digest_config(self, name: str) -> str:
+        return f"{self.discovery_prefix}/sensor/livewatch_digest_{segment(name).replace('.', '_')}/config"
+
     def object_id(self, camera: str, watch: str) -> str:
         """Home Assistant's object id and unique id; it allows only [A-Za-z0-9_-], so '.' becomes '_'."""
         return f"livewatch_{segment(camera)}_{segment(watch)}".replace(".", "_")
@@ -132,6 +138,26 @@ def discovery_config(spec: WatchSpec, topics: Topics, device_class: str | None =
     if device_class is not None:
         config["device_class"] = device_class
     return config
+
+
+def digest_discovery_config(name: str, topics: Topics) -> dict[str, Any]:
+    """Home Assistant's MQTT discovery config for one digest: a sensor whose state is the start of the latest
+    digest's answers (Home Assistant keeps at most 255 characters of a state) and whose attributes are the whole
+    digest (each camera's text and evidence frame URLs)."""
+    return {
+        "name": f"digest {name}",
+        "unique_id": f"livewatch_digest_{segment(name)}".replace(".", "_"),
+        "state_topic": topics.digest(name),
+        "value_template": "{{ (value_json.cameras | selectattr('text', 'defined') | map(attribute='text') "
+                          "| join(' '))[:250] }}",
+        "json_attributes_topic": topics.digest(name),
+        "availability_topic": topics.status,
+        "payload_available": ONLINE.decode(),
+        "payload_not_available": OFFLINE.decode(),
+        "device": {"identifiers": ["livewatch_digests"], "name": "livewatch digests", "manufacturer": "livewatch",
+                   "model": "livewatch digest", "sw_version": __version__},
+        "origin": {"name": "livewatch", "sw_version": __version__},
+    }
 
 
 @dataclass(frozen=True)
@@ -243,7 +269,10 @@ class MqttSink(Sink):
             self._set(self.topics.state(*key), CLEAR)
             self._watches.pop(key, None)
             return [item]
-        if isinstance(item, DigestOut):
+        if isinstance(item, DigestOut):  # the sensor's config goes with the first digest (and every reconnect)
+            name = item.message["digest"]
+            config = json.dumps(digest_discovery_config(name, self.topics), separators=(",", ":"))
+            self._set(self.topics.digest_config(name), config.encode())
             return [item]
         if isinstance(item, WatchState):
             on = item.on
@@ -274,6 +303,7 @@ class MqttSink(Sink):
         elif isinstance(item, WatchState):
             await self._publish_retained(client, self.topics.state(item.camera, item.watch))
         elif isinstance(item, DigestOut):
+            await self._publish_retained(client, self.topics.digest_config(item.message["digest"]))
             body = json.dumps(item.message, separators=(",", ":"), allow_nan=False).encode()
             await self._publish(client, self.topics.digest(item.message["digest"]), body, retain=True)
         else:
