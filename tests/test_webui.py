@@ -1,6 +1,6 @@
 """The web page in real headless Chromium (Debian's package, driven by Playwright) against a real daemon with the
 tiny checkpoint and the test-pattern camera: login, the camera grid, a camera's memory strip, a streamed answer
-and a cancelled one, camera add (a bad URL, then a good one) and remove, logout; a wrong token stays locked; a
+and a cancelled one, a privacy mask drawn, saved (the daemon has it), shown after a reload and cleared, camera add (a bad URL, then a good one) and remove, logout; a wrong token stays locked; a
 page on another origin cannot use the logged-in session. Screenshots at desktop and phone widths land in the
 test's tmp dir (and in LIVEWATCH_SCREENSHOTS, when set, for the README)."""
 
@@ -141,6 +141,30 @@ def test_the_page_in_a_real_browser(daemon: DaemonProcess, browser, tmp_path: Pa
     page.wait_for_function("() => window.streamed > 3", timeout=60_000)
     page.click("#cancel-button")
     expect(page.locator(".turn").first.locator(".metrics")).to_have_text("cancelled", timeout=20_000)
+
+    # privacy masks: a shape drawn on the newest frame is saved (the daemon has it, a reload shows it), then cleared
+    page.wait_for_function("() => document.querySelector('#mask-frame').naturalWidth > 0", timeout=20_000)
+    layer = page.locator("#mask-layer")
+    box = layer.bounding_box()
+    assert box is not None and box["width"] > 100
+    corners = ((0.1, 0.1), (0.4, 0.1), (0.4, 0.3), (0.1, 0.3))
+    for x, y in corners:
+        layer.click(position={"x": x * box["width"], "y": y * box["height"]})
+    page.click("#mask-close")
+    expect(page.locator("#mask-layer polygon")).to_have_count(1)
+    page.click("#mask-save")
+    expect(page.locator("#mask-status")).to_have_text("Saved: 1 mask.", timeout=20_000)
+    with sync_connect(daemon.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        ws.send(json.dumps({"type": "camera.masks", "id": 1, "camera": "demo"}))
+        (saved,) = json.loads(ws.recv(timeout=20))["masks"]
+    assert saved == pytest.approx([v for point in corners for v in point], abs=0.02)
+    page.reload()
+    expect(page.locator("#mask-layer polygon")).to_have_count(1, timeout=20_000)
+    shots["masks"] = tmp_path / "page-masks.png"
+    page.screenshot(path=str(shots["masks"]), full_page=True)
+    page.click("#mask-clear")
+    page.click("#mask-save")
+    expect(page.locator("#mask-status")).to_have_text("Saved: 0 masks.", timeout=20_000)
 
     # cameras: a bad URL shows the API's error inline; a good one is added, then removed
     page.click("nav >> text=Cameras")

@@ -246,7 +246,61 @@ async function openCamera(name) {
         el("img", { src: `${f.url}?size=300`, alt: `${f.star ? "star" : "window"} frame at ${time(f.time)}`, loading: "lazy" }),
         el("figcaption", {}, `${time(f.time)} · ${f.star ? "★ star" : "window"} · ${f.importance.toFixed(2)}`))));
     if (!memory.frames.length) $("#strip").replaceChildren(el("p", { class: "muted" }, "No frames yet."));
+    const newest = memory.frames.reduce((a, f) => (!a || f.time > a.time ? f : a), null);
+    if (newest) $("#mask-frame").src = `${newest.url}?size=640`;
   } catch (e) { $("#strip").replaceChildren(el("p", { class: "error" }, e.message)); }
+  loadMasks(name);
+}
+
+// -- privacy masks: polygons in relative coordinates, drawn over the newest frame ---------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+let masks = []; // closed polygons: [[x, y], ...]
+let drawing = []; // the polygon being drawn
+
+async function loadMasks(name) {
+  masks = []; drawing = [];
+  $("#mask-status").textContent = "";
+  try {
+    const reply = await daemon.request({ type: "camera.masks", camera: name });
+    masks = reply.masks.map((flat) => flat.reduce((pts, v, i) => (i % 2 ? pts[pts.length - 1].push(v) : pts.push([v]), pts), []));
+  } catch (e) { $("#mask-status").textContent = e.message; }
+  renderMasks();
+}
+
+function renderMasks() {
+  const layer = $("#mask-layer");
+  const shape = (tag, pts) => {
+    const node = document.createElementNS(SVG, tag);
+    node.setAttribute("points", pts.map(([x, y]) => `${x},${y}`).join(" "));
+    return node;
+  };
+  layer.replaceChildren(...masks.map((p) => shape("polygon", p)), ...(drawing.length ? [shape("polyline", drawing)] : []));
+  $("#mask-close").disabled = drawing.length < 3;
+}
+
+function maskClick(event) {
+  const box = $("#mask-layer").getBoundingClientRect();
+  const clamp = (v) => Math.min(1, Math.max(0, Math.round(v * 10000) / 10000));
+  drawing.push([clamp((event.clientX - box.left) / box.width), clamp((event.clientY - box.top) / box.height)]);
+  renderMasks();
+}
+
+function closeMask() {
+  if (drawing.length >= 3) { masks.push(drawing); drawing = []; renderMasks(); }
+}
+
+function undoMask() {
+  if (drawing.length) drawing.pop(); else masks.pop();
+  renderMasks();
+}
+
+async function saveMasks() {
+  closeMask();
+  try {
+    const reply = await daemon.request({ type: "camera.masks", camera: shownCamera, masks: masks.map((p) => p.flat()) });
+    $("#mask-status").textContent = `Saved: ${reply.masks.length} mask${reply.masks.length === 1 ? "" : "s"}.`;
+  } catch (e) { $("#mask-status").textContent = e.message; }
 }
 
 function renderCameraFigures() {
@@ -358,6 +412,11 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("#ask-form").addEventListener("submit", ask);
   $("#cancel-button").addEventListener("click", cancelAsk);
   $("#add-watch").addEventListener("submit", addWatch);
+  $("#mask-layer").addEventListener("click", maskClick);
+  $("#mask-close").addEventListener("click", closeMask);
+  $("#mask-undo").addEventListener("click", undoMask);
+  $("#mask-clear").addEventListener("click", () => { masks = []; drawing = []; renderMasks(); });
+  $("#mask-save").addEventListener("click", saveMasks);
   try {
     const s = await session();
     if (s.logged_in) start(); else locked();
