@@ -151,7 +151,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         "server": settings.server.model_dump(),
         "log": settings.log.model_dump(),
         "state_dir": str(settings.state_dir),
-        "cameras": {cam.name: redact_url(cam.url) for cam in settings.cameras},
+        "cameras": {cam.name: redact_url(cam.url) if cam.url or cam.crop is None
+                    else f"zone of {cam.source} {cam.crop.to_json()}" for cam in settings.cameras},
+        "digests": {name: d.model_dump() for name, d in settings.digests.items()},
         "cluster": settings.cluster.model_dump(),
         "token": "set" if settings.token else "not set",
     }

@@ -120,7 +120,8 @@ class Daemon:
         for name, spec in specs.items():
             await backend.attach(name, spec, untrusted=name in self.registry.added, error=errors.get(name), wait=False)
         self.watches.warn_missing()
-        plans = {name: DigestPlan(tuple(d.cameras), d.schedule, d.question, d.max_tokens) for name, d in s.digests.items()}
+        plans = {name: DigestPlan(tuple(d.cameras), d.schedule, d.question, d.max_tokens)
+                 for name, d in s.digests.items()}
         self.digests = DigestService(plans, s.state_dir, resolve_tz(s.model.timezone), self._digest_ask,
                                      self.watches.publish_digest)
         self.digests.start()

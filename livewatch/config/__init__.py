@@ -48,7 +48,8 @@ from livewatch.names import CAMERA_NAME_RULE, is_camera_name
 from livewatch.server.limits import ServerLimits
 
 __all__ = [
-    "DEFAULT_MODEL_ID", "DEMO_CAMERA_URL", "Camera", "CameraSection", "CaptureSection", "ClusterSection", "DigestSection", "FileConfig",
+    "DEFAULT_MODEL_ID", "DEMO_CAMERA_URL", "Camera", "CameraSection", "CaptureSection", "ClusterSection",
+    "DigestSection", "FileConfig",
     "LogSection",
     "MemorySection", "ModelSection", "SecuritySection", "ServerSection", "Settings", "StateSection", "load_settings",
     "parse_config", "read_config_file", "with_credentials",

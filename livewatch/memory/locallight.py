@@ -10,6 +10,7 @@ from livewatch.memory.cells import CELL, CLIP_LEVEL, KERNEL, cell_means, median
 
 LIGHT_NCC = 0.8  # a cell whose texture correlates this well with the background's is lit, not covered
 COVERED_NCC = 0.5  # a textured cell correlating less than this is covered by something else
+WAY_MIN = 0.05  # |mean log gain| of a region's lit or flat cells below which it has no clear way (5% of light)
 LIGHT_TEXTURE = 1.5  # grey levels of texture (std over a cell) a cell needs for its correlation to mean anything
 
 
@@ -101,7 +102,8 @@ def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: 
     changed pixels is light when its cells that say something (lit, flat, covered, edged: ``light_cells``) are
     at least 30% of the cells it changed (a cell its edge only grazes, under 30% changed, counts for neither),
     at least half of them lit or flat, at least 2 lit (texture vouches for the light), no more covered or
-    edged than lit, and its flat cells changed the same way as its lit ones (both brighter or both darker):
+    edged than lit, and its flat cells did not go the other way from its lit ones (a quarter of them brighter by
+    WAY_MIN where the lit cells are darker, or the reverse):
     light falling differently on the same scene, but for its covered or edged cells in groups of 2 or more and
     a cell around them (an object in the shadow or the pool stays change). A region of flat cells alone, with
     nothing covered or edged, is light only within 2 cells of such a region and changed the same way (the
@@ -122,12 +124,19 @@ def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: 
     edged_n = np.bincount(cell_labels[edged], minlength=n)
     cells_n = np.bincount(cell_labels[changed >= 0.3], minlength=n)
     says = lit_n + flat_n + covered_n + edged_n  # the cells that say something (not noise-bound, not in-between)
-    # brighter or darker: the mean log gain of a region's lit cells and of its flat cells
+    # brighter or darker: the mean log gain of a region's lit cells (its way, when WAY_MIN or more: within it the
+    # region is about as bright as the background). Light takes the flat cells its way too: a quarter of them going
+    # clearly the other way (the dark bars of light through blinds) is not light; without a way of the lit cells,
+    # the flat ones must not have one either
     log_gain = np.log(np.maximum(gain, 1e-3))
-    lit_way = np.bincount(cell_labels[lit], weights=log_gain[lit], minlength=n)
-    flat_way = np.bincount(cell_labels[flat], weights=log_gain[flat], minlength=n)
+    lit_way = np.bincount(cell_labels[lit], weights=log_gain[lit], minlength=n) / np.maximum(lit_n, 1)
+    flat_way = np.bincount(cell_labels[flat], weights=log_gain[flat], minlength=n) / np.maximum(flat_n, 1)
+    clear = np.abs(lit_way) >= WAY_MIN
+    against = flat & clear[cell_labels] & (log_gain * np.sign(lit_way)[cell_labels] <= -WAY_MIN)
+    opposed = np.where(clear, np.bincount(cell_labels[against], minlength=n) >= 0.25 * flat_n,
+                       np.abs(flat_way) >= WAY_MIN)
     said = (says >= 0.3 * cells_n) & (lit_n + flat_n >= 0.5 * says)
-    light = said & (lit_n >= 2) & (covered_n + edged_n <= lit_n) & ((flat_n == 0) | (lit_way * flat_way > 0))
+    light = said & (lit_n >= 2) & (covered_n + edged_n <= lit_n) & ((flat_n == 0) | ~opposed)
     light[0] = False
     if not light.any():
         return raw
@@ -137,7 +146,7 @@ def without_light(raw: np.ndarray, frame_y: np.ndarray, bg_y: np.ndarray, clip: 
     # raises the thresholds there and breaks the pool into pieces)
     near = cv2.dilate(light[cell_labels].astype(np.uint8), _NEAR_KERNEL).astype(bool)
     touching = np.bincount(cell_labels[near], minlength=n) > 0
-    way = float(lit_way[light].sum())
+    way = float((lit_way * lit_n)[light].sum())
     light |= said & (lit_n == 0) & (flat_n >= 2) & (covered_n + edged_n == 0) & touching & (flat_way * way > 0)
     light[0] = False
     # in a lit region only what covers the background or brings new edges stays change (an object in a shadow,
