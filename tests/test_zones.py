@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from test_daemon import make_daemon  # noqa: F401  (the fixture)
 from livewatch.capture.zones import Crop, parse_crop
 from livewatch.config import load_settings
 from livewatch.errors import ConfigError, ZoneError
@@ -118,9 +119,6 @@ def test_a_zone_shares_its_parents_decoder_and_sees_its_detail(make_daemon, tmp_
     assert d.terminate() == 0
 
 
-from test_daemon import make_daemon  # noqa: E402,F401  (the fixture)
-
-
 def test_a_zone_inherits_its_parents_masks_and_has_its_own() -> None:
     """The reader paints the parent's masks on the full-resolution frame, then each tap cuts its zone (and paints
     the zone's own masks, relative to the zone)."""
@@ -128,7 +126,7 @@ def test_a_zone_inherits_its_parents_masks_and_has_its_own() -> None:
 
     from livewatch.capture.handoff import LatestHandoff
     from livewatch.capture.masks import parse_masks
-    from livewatch.capture.zones import ZoneTap, feed_all
+    from livewatch.capture.zones import ZoneTap
 
     async def main() -> np.ndarray:
         handoff: LatestHandoff = LatestHandoff(asyncio.get_running_loop())
@@ -136,9 +134,16 @@ def test_a_zone_inherits_its_parents_masks_and_has_its_own() -> None:
         tap = ZoneTap("door", Crop(0.5, 0.0, 0.5, 0.5), None, handoff, own)
         full = np.full((200, 400, 3), 120, np.uint8)
         parse_masks([[0.5, 0.0, 0.75, 0.0, 0.75, 0.25, 0.5, 0.25]]).apply(full)  # the parent's: the zone's top-left
-        feed_all([tap], full, 1.0, 1.0)
+        tap.feed(full, 1.0, 1.0)
         frame = await handoff.get()
         assert frame is not None and tap.size == (100, 200)
+        # a zone over the whole picture at its own size: its masks go on its copy, never on the parent's picture
+        whole = ZoneTap("all", Crop(0.0, 0.0, 1.0, 1.0), None, handoff, own)
+        before = full.copy()
+        whole.feed(full, 2.0, 2.0)
+        assert (full == before).all()
+        copied = await handoff.get()
+        assert copied is not None and (copied.image[100:] == 0).all() and (copied.image[:100, 300:] == 120).all()
         return frame.image
 
     zone = asyncio.run(main())

@@ -20,13 +20,13 @@ from typing import Any
 
 import av
 
-from livewatch.capture.zones import ZoneTap, feed_all, parent_frame
+from livewatch.capture.zones import ZoneTap
 from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.policy import Backoff, CameraState, Supervisor
 from livewatch.capture.sampler import Sampler, WallClock
 from livewatch.capture.source import SourceSpec
 from livewatch.errors import CameraError, SourceBoundError
-from livewatch.frames import Frame
+from livewatch.frames import Frame, resize
 from livewatch.log import bind, get_logger, redact_text
 
 log = get_logger("livewatch.capture")
@@ -310,8 +310,9 @@ class CameraReader:
                 if taps:  # zones: one conversion at full resolution, masked, then each crop and this frame's own
                     full = frame.to_ndarray(format="rgb24")
                     full = masks.apply(full if full.flags.writeable else full.copy())
-                    feed_all(taps, full, wall, now_mono)
-                    image = parent_frame(full, size)
+                    for tap in taps:
+                        tap.feed(full, wall, now_mono)
+                    image = resize(full, size)
                 else:
                     image = frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
                     if masks:  # before the frame leaves this thread: nothing downstream sees the masked pixels

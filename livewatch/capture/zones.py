@@ -12,17 +12,16 @@ parent's masks. Pure but for the hand-off: crops in, frames out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from livewatch.capture.handoff import LatestHandoff
 from livewatch.capture.masks import NO_MASKS, Masks
 from livewatch.errors import ZoneError
-from livewatch.frames import Frame
+from livewatch.frames import Frame, resize
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class ZoneTap:
     masks: Masks = NO_MASKS  # replaced whole (set_masks), read once a frame
     seq: int = 0
     sampled: int = 0
-    size: tuple[int, int] | None = field(default=None)  # the last frame's (height, width)
+    size: tuple[int, int] | None = None  # the last frame's (height, width)
 
     def feed(self, full: np.ndarray, wall: float, mono: float) -> None:
         """Cut this zone from a parent's full-resolution RGB frame (its masks painted) and hand it on."""
@@ -77,8 +76,9 @@ class ZoneTap:
         part = full[top:bottom, left:right]
         h, w = part.shape[:2]
         th, tw = self.frame_size(h, w) if self.frame_size else (h, w)
-        image = np.ascontiguousarray(part) if (th, tw) == (h, w) else \
-            cv2.resize(part, (tw, th), interpolation=cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR)
+        image = resize(part, (th, tw))
+        if image is part:  # the crop at its own size is a view of the parent's picture: the zone's masks go on a copy
+            image = part.copy()
         self.masks.apply(image)
         self.size = (th, tw)
         self.handoff.put(Frame(self.seq, wall, mono, image))
@@ -86,15 +86,3 @@ class ZoneTap:
         self.sampled += 1
 
 
-def parent_frame(full: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The parent's own frame from the full-resolution picture: scaled to its cap (area average)."""
-    h, w = full.shape[:2]
-    if (h, w) == size:
-        return full.copy()
-    return cv2.resize(full, (size[1], size[0]), interpolation=cv2.INTER_AREA if size[0] * size[1] < h * w
-                      else cv2.INTER_LINEAR)
-
-
-def feed_all(taps: Sequence[ZoneTap], full: np.ndarray, wall: float, mono: float) -> None:
-    for tap in taps:
-        tap.feed(full, wall, mono)
