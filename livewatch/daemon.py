@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from livewatch.backend import BackendHooks, CameraBackend
-from livewatch.capture.masks import NO_MASKS, Masks
+from livewatch.capture.masks import Masks
 from livewatch.capture.source import SourceSpec, parse_source
-from livewatch.config import Settings
+from livewatch.config import Camera, Settings
 from livewatch.engine.results import WatchResult
 from livewatch.errors import (
     ErrorCode,
@@ -404,9 +404,8 @@ class Daemon:
             if not backend.has_camera(camera):
                 raise RequestError(ErrorCode.UNKNOWN_CAMERA, f"no camera named {camera!r}")
             if masks is None:
-                configured = next((c.masks for c in self.settings.cameras
-                                   if c.name == camera and camera not in self.registry.added), NO_MASKS)
-                return self.masks.cameras.get(camera, configured)
+                return self.masks.masks(next((c for c in self.registry.effective(self.settings.cameras)
+                                              if c.name == camera), Camera(camera, "")))
             await asyncio.to_thread(self.masks.set, camera, masks)
             await backend.set_masks(camera, masks)
         log.info("camera.masks_set", camera=camera, masks=len(masks.polygons))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from test_daemon import FAST_DEMO, make_daemon  # noqa: F401  (the fixture)
 from livewatch.digests.service import DigestPlan, DigestService
 from livewatch.errors import ErrorCode, RequestError
 
@@ -189,5 +190,3 @@ def test_a_digest_on_a_one_minute_schedule_reaches_everyone(make_daemon, tmp_pat
     wait_until(lambda: any(r["reason"] == "missed" for r in recent()), 120, interval=1.0)
     assert sum(r["reason"] == "missed" for r in recent()) == 1
 
-
-from test_daemon import FAST_DEMO, make_daemon  # noqa: E402,F401  (the fixture)
